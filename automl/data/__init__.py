@@ -1,0 +1,29 @@
+"""HAM10000 data: validated metadata, decode-once image cache, lesion-grouped splits.
+
+>>> from automl.data import load_dataset                               # doctest: +SKIP
+>>> ds = load_dataset("../shared/data/ham10000_28", image_size=(28, 28))  # doctest: +SKIP
+>>> x_train, y_train = ds.subset("train")                              # doctest: +SKIP
+"""
+
+from automl.data._dataset import BINARY_CLASSES, Dataset, class_names, load_dataset
+from automl.data._images import RESIZE_METHOD, decode_image, index_images, resize_image, resize_tensor
+from automl.data._metadata import DX_CLASSES, MALIGNANT, METADATA_FILE, read_metadata
+from automl.data._split import grouped_split, lesion_leaks
+
+__all__ = [
+    "BINARY_CLASSES",
+    "DX_CLASSES",
+    "MALIGNANT",
+    "METADATA_FILE",
+    "RESIZE_METHOD",
+    "Dataset",
+    "class_names",
+    "decode_image",
+    "grouped_split",
+    "index_images",
+    "lesion_leaks",
+    "load_dataset",
+    "read_metadata",
+    "resize_image",
+    "resize_tensor",
+]

@@ -1,0 +1,63 @@
+"""Shared fixtures: tiny HAM10000-shaped datasets generated on the fly, and the shared real data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+DX = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
+# Each class gets its own colour, so a small CNN can learn the tiny data in a few epochs.
+COLOURS = {
+    "akiec": (200, 40, 40), "bcc": (40, 200, 40), "bkl": (40, 40, 200), "df": (200, 200, 40),
+    "mel": (200, 40, 200), "nv": (40, 200, 200), "vasc": (120, 120, 120),
+}
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def make_ham(root: Path, lesions_per_class: int = 12, size: int = 20, seed: int = 0, folders=("HAM10000_images",)) -> Path:
+    """Write a HAM10000-layout folder: metadata CSV plus noisy, class-coloured JPEGs.
+
+    Lesions have 1 to 3 images each; images are dealt round-robin over ``folders``.
+    """
+    rng = np.random.default_rng(seed)
+    rows, n = [], 0
+    for dx in DX:
+        count = lesions_per_class * (3 if dx == "nv" else 1)
+        for lesion in range(count):
+            lesion_id = f"HAM_{dx}_{lesion:04d}"
+            for _ in range(int(rng.integers(1, 4))):
+                image_id = f"ISIC_{n:07d}"
+                pixels = np.clip(np.array(COLOURS[dx]) + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
+                folder = root / folders[n % len(folders)]
+                folder.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(pixels).save(folder / f"{image_id}.jpg", quality=95)
+                rows.append({"lesion_id": lesion_id, "image_id": image_id, "dx": dx, "dx_type": "histo",
+                             "age": 50.0, "sex": "male", "localization": "back"})
+                n += 1
+    pd.DataFrame(rows).to_csv(root / "HAM10000_metadata.csv", index=False)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    """Every test decodes into its own cache folder."""
+    monkeypatch.setenv("AUTOML_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def tiny_ham(tmp_path) -> Path:
+    return make_ham(tmp_path / "ham")
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not (SHARED_DATA / "ham10000_28" / "HAM10000_metadata.csv").is_file():
+        pytest.skip(f"shared HAM10000 data not found at {SHARED_DATA}")
+    return SHARED_DATA
