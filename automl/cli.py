@@ -31,6 +31,32 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, help="training seed (default: the spec's training.seed)")
     train.add_argument("--out", type=Path, help="output folder (default: results/train/SPEC_NAME)")
     train.set_defaults(run=_train)
+
+    search = commands.add_parser("search", help="search a spec's space with Ray Tune (or KerasTuner)")
+    search.add_argument("spec", type=Path, help="spec file (YAML) with search ranges and settings")
+    _data_args(search)
+    search.add_argument("--name", required=True, help="run name: results go to RESULTS/NAME")
+    search.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: results)")
+    search.add_argument("--address", help="Ray cluster address (default: embedded local Ray)")
+    search.add_argument("--resume", action="store_true", help="continue an interrupted search of this name")
+    settings = search.add_argument_group("search settings (override the spec's search section)")
+    settings.add_argument("--engine", choices=("ray", "keras-tuner"))
+    settings.add_argument("--searcher", choices=("random", "optuna"))
+    settings.add_argument("--scheduler", choices=("asha", "none"))
+    settings.add_argument("--keras-tuner", dest="keras_tuner", choices=("hyperband", "bayesian", "random"))
+    settings.add_argument("--num-samples", type=int)
+    settings.add_argument("--max-epochs", type=int)
+    settings.add_argument("--grace-period", type=int)
+    settings.add_argument("--reduction-factor", type=int)
+    settings.add_argument("--metric")
+    settings.add_argument("--mode", choices=("min", "max"))
+    settings.add_argument("--max-concurrent", type=int)
+    settings.add_argument("--cpus-per-trial", dest="cpu", type=float)
+    settings.add_argument("--gpus-per-trial", dest="gpu", type=float)
+    settings.add_argument("--time-budget", dest="time_budget_s", type=float, help="seconds")
+    settings.add_argument("--max-failures", type=int)
+    settings.add_argument("--seed", type=int, help="searcher seed")
+    search.set_defaults(run=_search)
     return parser
 
 
@@ -52,6 +78,20 @@ def _train(args: argparse.Namespace) -> None:
         skip_bad_images=args.skip_bad_images,
         cache_dir=args.cache_dir,
     )
+
+
+def _search(args: argparse.Namespace) -> None:
+    from automl.console import import_tensorflow_quietly
+    from automl.spec import SEARCH_OVERRIDES, load_spec
+
+    overrides = {key: getattr(args, key) for key in SEARCH_OVERRIDES}
+    spec = load_spec(args.spec).with_overrides(image_size=args.image_size, split_file=args.split_file, search=overrides)
+    spec.space  # noqa: B018 - validates the space before the slow imports
+    import_tensorflow_quietly()
+    from automl.search import run_search
+
+    run_search(spec, args.data, args.name, args.results, address=args.address, resume=args.resume,
+               skip_bad_images=args.skip_bad_images, cache_dir=args.cache_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

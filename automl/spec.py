@@ -19,8 +19,24 @@ A spec is a YAML file with these sections (every key optional unless said)::
       metric: val_balanced_accuracy
       seed: 0
     hyperparameters:                  # names and domains: automl.hparams.HYPERPARAMETERS
-      conv_blocks: 4
-      block_dropout: [0.1, 0.2, 0.3, 0.4]
+      conv_blocks: 4                  # a fixed value, or a dimension (automl.space):
+      learning_rate: {float: [1.0e-4, 1.0e-2], log: true}
+    search:                           # automl search only
+      engine: ray                     # ray | keras-tuner
+      searcher: optuna                # random | optuna (TPE)
+      scheduler: asha                 # asha | none
+      keras_tuner: hyperband          # engine keras-tuner: hyperband | bayesian | random
+      num_samples: 20
+      max_epochs: 20
+      grace_period: 2                 # ASHA: epochs every trial gets
+      reduction_factor: 3             # ASHA: 1/this of the trials go on at each rung
+      metric: val_balanced_accuracy
+      mode: max                       # default: min for losses, max otherwise
+      max_concurrent: 2
+      resources: {cpu: 1, gpu: 0}     # per trial; gpu may be fractional
+      time_budget_s: null             # stop starting trials after this many seconds
+      max_failures: 2                 # a failing trial is retried from its last checkpoint
+      seed: 0
 
 Unknown keys and values of the wrong type are errors that name the file and the field.
 """
@@ -36,7 +52,8 @@ from typing import Any
 import yaml
 
 from automl.errors import SpecError
-from automl.hparams import ModelConfig, check_value
+from automl.hparams import ModelConfig
+from automl.space import SearchSpace
 
 TASKS = ("multiclass", "binary")
 METRICS = ("val_balanced_accuracy", "val_macro_f1", "val_accuracy", "val_auc", "val_loss")
@@ -84,13 +101,46 @@ class TrainingSpec:
 
 
 @dataclass(frozen=True)
+class SearchSettings:
+    engine: str = "ray"
+    searcher: str = "optuna"
+    scheduler: str = "asha"
+    keras_tuner: str = "hyperband"
+    num_samples: int = 20
+    max_epochs: int = 20
+    grace_period: int = 2
+    reduction_factor: int = 3
+    metric: str = "val_balanced_accuracy"
+    mode: str = "max"
+    max_concurrent: int = 2
+    cpu: float = 1.0
+    gpu: float = 0.0
+    time_budget_s: float | None = None
+    max_failures: int = 2
+    seed: int = 0
+
+
+#: Command-line overrides of search settings: flag name -> (field, type).
+SEARCH_OVERRIDES = {
+    "engine": str, "searcher": str, "scheduler": str, "keras_tuner": str, "num_samples": int,
+    "max_epochs": int, "grace_period": int, "reduction_factor": int, "metric": str, "mode": str,
+    "max_concurrent": int, "cpu": float, "gpu": float, "time_budget_s": float, "max_failures": int, "seed": int,
+}
+
+
+@dataclass(frozen=True)
 class Spec:
     name: str
     data: DataSpec
     training: TrainingSpec
     hyperparameters: Mapping[str, Any]
+    search: SearchSettings = field(default_factory=SearchSettings)
     description: str = ""
     source: Path | None = None
+
+    @property
+    def space(self) -> SearchSpace:
+        return SearchSpace.parse(self.hyperparameters, where=f"{self.source or 'spec'}: hyperparameters")
 
     def model_config(self) -> ModelConfig:
         """The single candidate a fixed spec describes (what ``automl train`` runs)."""
@@ -104,6 +154,25 @@ class Spec:
         config = ModelConfig.from_params(self.hyperparameters, where=where)
         config.check_image_size(*self.data.image_size, where=where)
         return config
+
+    def to_yaml(self) -> str:
+        """The resolved spec as YAML that :func:`load_spec` reads back to an equal spec."""
+        search = dataclasses.asdict(self.search)
+        search["resources"] = {"cpu": search.pop("cpu"), "gpu": search.pop("gpu")}
+        split = {
+            k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+            for k, v in dataclasses.asdict(self.data.split).items()
+            if v is not None
+        }
+        resolved = {
+            "name": self.name,
+            "description": self.description,
+            "data": {"task": self.data.task, "image_size": list(self.data.image_size), "split": split},
+            "training": dataclasses.asdict(self.training),
+            "hyperparameters": dict(self.hyperparameters),
+            "search": search,
+        }
+        return yaml.safe_dump(resolved, sort_keys=False)
 
     def with_overrides(self, **overrides: Any) -> Spec:
         """A copy with command-line overrides applied (``None`` means not given), validated like the file."""
@@ -119,7 +188,20 @@ class Spec:
             training = dataclasses.replace(training, epochs=_int(overrides["epochs"], "--epochs", low=1))
         if overrides.get("seed") is not None:
             training = dataclasses.replace(training, seed=_int(overrides["seed"], "--seed", low=0))
-        return dataclasses.replace(self, data=data, training=training)
+        search = self.search
+        given = {k: v for k, v in (overrides.get("search") or {}).items() if v is not None}
+        if given:
+            raw = dataclasses.asdict(search)
+            resources = {"cpu": raw.pop("cpu"), "gpu": raw.pop("gpu")}
+            for key, value in given.items():
+                if key in ("cpu", "gpu"):
+                    resources[key] = value
+                else:
+                    raw[key] = value
+            if "metric" in given and "mode" not in given:
+                raw["mode"] = None
+            search = _parse_search(raw | {"resources": resources}, "command line")
+        return dataclasses.replace(self, data=data, training=training, search=search)
 
 
 def load_spec(path: str | Path) -> Spec:
@@ -176,17 +258,40 @@ def parse_spec(raw: Any, source: Path | None = None) -> Spec:
     )
     train_raw.finish()
 
-    hp_raw = top.get("hyperparameters", dict, default={})
-    hyperparameters = {}
-    for hp_name, value in hp_raw.items():
-        hp_where = f"{where}: hyperparameters.{hp_name}"
-        if isinstance(value, Mapping):
-            # Search ranges are validated by the search space; keep them as written.
-            hyperparameters[hp_name] = dict(value)
-        else:
-            hyperparameters[hp_name] = check_value(str(hp_name), value, hp_where)
+    hyperparameters = {str(k): v for k, v in top.get("hyperparameters", dict, default={}).items()}
+    SearchSpace.parse(hyperparameters, where=f"{where}: hyperparameters")  # every entry validated here
+    search = _parse_search(top.get("search", dict, default={}), f"{where}: search")
     top.finish()
-    return Spec(name, data, training, hyperparameters, description, source)
+    return Spec(name, data, training, hyperparameters, search, description, source)
+
+
+def _parse_search(raw: Any, where: str) -> SearchSettings:
+    section = _Section(raw, where)
+    resources = _Section(section.get("resources", dict, default={}), f"{where}.resources" if ":" in where else f"{where}: resources")
+    metric = section.get("metric", str, default="val_balanced_accuracy", choices=METRICS)
+    settings = SearchSettings(
+        engine=section.get("engine", str, default="ray", choices=("ray", "keras-tuner")),
+        searcher=section.get("searcher", str, default="optuna", choices=("random", "optuna")),
+        scheduler=section.get("scheduler", str, default="asha", choices=("asha", "none")),
+        keras_tuner=section.get("keras_tuner", str, default="hyperband", choices=("hyperband", "bayesian", "random")),
+        num_samples=section.get("num_samples", int, default=20, low=1),
+        max_epochs=section.get("max_epochs", int, default=20, low=1),
+        grace_period=section.get("grace_period", int, default=2, low=1),
+        reduction_factor=section.get("reduction_factor", int, default=3, low=2),
+        metric=metric,
+        mode=section.get("mode", str, default=metric_mode(metric), choices=("min", "max")),
+        max_concurrent=section.get("max_concurrent", int, default=2, low=1),
+        cpu=resources.get("cpu", float, default=1.0, low=0.0),
+        gpu=resources.get("gpu", float, default=0.0, low=0.0),
+        time_budget_s=section.get("time_budget_s", float, default=None, low=1.0),
+        max_failures=section.get("max_failures", int, default=2, low=0),
+        seed=section.get("seed", int, default=0, low=0),
+    )
+    resources.finish()
+    section.finish()
+    if settings.grace_period > settings.max_epochs:
+        raise SpecError(f"{where}: grace_period ({settings.grace_period}) exceeds max_epochs ({settings.max_epochs})")
+    return settings
 
 
 def parse_image_size(value: Any, where: str) -> tuple[int, int]:

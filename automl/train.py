@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from automl import __version__, console
 from automl.data import RESIZE_METHOD, load_dataset
@@ -64,18 +63,7 @@ def train_command(
         write_json(stage / "metrics.json", metrics)
         result.model.save(stage / "model.keras")
         pd.DataFrame(result.history).to_csv(stage / "history.csv", index=False)
-        resolved = {
-            "name": spec.name,
-            "data": {
-                "task": spec.data.task,
-                "image_size": list(spec.data.image_size),
-                "split": {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
-                          for k, v in dataclasses.asdict(spec.data.split).items() if v is not None},
-            },
-            "training": dataclasses.asdict(spec.training),
-            "hyperparameters": config.to_params(),
-        }
-        atomic_write(stage / "spec.yaml", yaml.safe_dump(resolved, sort_keys=False))
+        atomic_write(stage / "spec.yaml", dataclasses.replace(spec, hyperparameters=config.to_params()).to_yaml())
     _print_summary(metrics, out)
     return metrics
 

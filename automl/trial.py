@@ -203,6 +203,43 @@ def fit_candidate(
     )
 
 
+class EpochRunner:
+    """Trains a candidate one epoch at a time, for engines that drive the loop (Ray Tune's Trainable).
+
+    ``run_epoch`` returns the epoch's training loss and accuracy plus the validation metrics;
+    ``save``/``restore`` round-trip the model and optimizer state through a ``.keras`` file.
+    """
+
+    def __init__(self, config: ModelConfig, dataset: Dataset, seed: int):
+        self.config, self.dataset, self.seed = config, dataset, seed
+        keras.utils.set_random_seed(seed)
+        self.model = build_model(config, dataset.image_size, len(dataset.class_names))
+        self.x_train, self.y_train = dataset.subset("train")
+        self.validation = ValidationMetrics(*dataset.subset("val"), dataset.class_names)
+        self.epochs_done = 0
+        self._batches()
+
+    def _batches(self) -> None:
+        n_classes = len(self.dataset.class_names)
+        self.batches = TrainingBatches(self.x_train, self.y_train, self.config, n_classes, self.seed + self.epochs_done)
+
+    def run_epoch(self) -> dict[str, float]:
+        history = self.model.fit(
+            self.batches, epochs=self.epochs_done + 1, initial_epoch=self.epochs_done,
+            callbacks=[self.validation], verbose=0,
+        )
+        self.epochs_done += 1
+        return {k: float(v[-1]) for k, v in history.history.items()}
+
+    def save(self, path) -> None:
+        self.model.save(path)
+
+    def restore(self, path, epochs_done: int) -> None:
+        self.model = keras.saving.load_model(path)
+        self.epochs_done = epochs_done
+        self._batches()
+
+
 def evaluate(model: keras.Model, dataset: Dataset, split: str) -> dict:
     """The metrics of :func:`automl.metrics.classification_metrics` on one split."""
     images, labels = dataset.subset(split)

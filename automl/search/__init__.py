@@ -1,0 +1,139 @@
+"""``automl search``: a ranked, resumable hyperparameter search whose results land in the results store.
+
+The Ray Tune engine (default) runs random or Optuna TPE search with ASHA pruning on embedded
+local Ray, or on a cluster given its address; ``engine: keras-tuner`` runs the same space under
+KerasTuner in this process. Either way the run folder holds the contract of :mod:`automl.store`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from pathlib import Path
+
+from automl import console
+from automl.data import load_dataset
+from automl.errors import UserError
+from automl.files import atomic_write
+from automl.search._report import Report
+from automl.spec import Spec, load_spec
+from automl.store import RUN_FILE, SPEC_FILE, RunStore, read_run_info, read_trials, write_run_info
+
+__all__ = ["run_search"]
+
+
+def run_search(
+    spec: Spec,
+    data_dir: Path,
+    name: str,
+    results_dir: Path = Path("results"),
+    address: str | None = None,
+    resume: bool = False,
+    skip_bad_images: bool = False,
+    cache_dir: Path | None = None,
+) -> Path:
+    """Run (or resume) the search a spec describes; returns the run folder."""
+    run_dir = Path(results_dir) / name
+    if resume:
+        if not (run_dir / SPEC_FILE).is_file():
+            raise UserError(f"{run_dir}: no search to resume here (no {SPEC_FILE}); start it without --resume")
+        spec = load_spec(run_dir / SPEC_FILE)  # the space and settings the run started with
+    elif (run_dir / RUN_FILE).is_file():
+        raise UserError(
+            f"{run_dir}: a search named {name!r} already exists; pass --resume to continue it, or another --name"
+        )
+    settings, space = spec.search, spec.space
+    if not space.searched:
+        raise UserError(f"{spec.source or 'spec'}: hyperparameters: nothing to search (every value is fixed); use automl train")
+
+    dataset = load_dataset(data_dir, skip_bad_images=skip_bad_images, cache_dir=cache_dir, **spec.data.dataset_args())
+    for note in dataset.notes:
+        console.info(f"note: {note}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        atomic_write(run_dir / SPEC_FILE, spec.to_yaml())
+    started = read_run_info(run_dir).get("started") or _now()
+    write_run_info(
+        run_dir, name=name, status="running", engine=settings.engine, searcher=settings.searcher,
+        scheduler=settings.scheduler if settings.engine == "ray" else settings.keras_tuner,
+        metric=settings.metric, mode=settings.mode, num_samples=settings.num_samples,
+        max_epochs=settings.max_epochs, started=started, ended=None, data_dir=str(data_dir),
+        data_fingerprint=dataset.fingerprint, split=dataset.split_protocol, task=dataset.task,
+        image_size=list(dataset.image_size), hyperparameters=[d.name for d in space.searched],
+    )
+    engine = settings.engine if settings.engine == "keras-tuner" else f"ray ({settings.searcher} + {settings.scheduler})"
+    console.info(
+        f"{'resuming' if resume else 'starting'} search {name}: {engine}, {settings.num_samples} trials of up to "
+        f"{settings.max_epochs} epochs, {len(space.searched)} hyperparameters searched, metric {settings.metric}; "
+        f"{len(dataset.table)} images at {dataset.image_size[0]}x{dataset.image_size[1]}, split {dataset.split_protocol}"
+    )
+    report = Report(settings.metric, settings.num_samples, [d.name for d in space.searched])
+    store_args = {"run_dir": run_dir, "metric": settings.metric, "mode": settings.mode, "max_epochs": settings.max_epochs}
+    wall = time.monotonic()
+    interrupted = False
+    try:
+        if settings.engine == "keras-tuner":
+            from automl.search._keras_tuner import run_keras_tuner
+
+            store = RunStore(**store_args)
+            run_keras_tuner(dataset, space, settings, run_dir, store, report, resume)
+            store.flush(force=True)
+        else:
+            interrupted = _run_ray(spec, dataset, space, run_dir, name, store_args, report, address, resume)
+    except KeyboardInterrupt:
+        interrupted = True
+    status = "interrupted" if interrupted else "finished"
+    write_run_info(run_dir, status=status, ended=_now())
+    trials = read_trials(run_dir) if (run_dir / "trials.parquet").is_file() else None
+    if trials is not None:
+        report.leaderboard(trials, settings.mode)
+    console.out.print(f"results: {run_dir}  ({time.monotonic() - wall:.0f}s)")
+    if interrupted:
+        console.info(
+            f"search interrupted; finished trials are kept. Resume with: automl search {spec.source or SPEC_FILE} "
+            f"--data {data_dir} --name {name} --results {results_dir} --resume"
+        )
+    return run_dir
+
+
+def _run_ray(spec, dataset, space, run_dir, name, store_args, report, address, resume) -> bool:
+    """Run the Ray Tune engine; True if the search stopped before every trial finished."""
+    import os
+
+    # Our own lines and leaderboard replace Tune's console output and its checkpoint-frequency warning.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    import ray
+
+    from automl.search._ray import StoreCallback, build_tuner, restore_tuner
+
+    settings = spec.search
+    if address:
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise UserError(f"--address {address}: cannot connect to the Ray cluster: {str(exc).splitlines()[0]}") from None
+    else:
+        # Embedded local Ray; its dashboard stays off (nothing listens beyond Ray's own token-protected ports).
+        ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING, configure_logging=True)
+    # A failed trial is one line of ours (with the path of its traceback), not Tune's full traceback.
+    logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
+    try:
+        if resume:
+            tuner = restore_tuner(dataset, space, settings, run_dir)
+        else:
+            callback = StoreCallback(store_args, space, report)
+            tuner = build_tuner(dataset, space, settings, run_dir, name, [callback])
+        tuner.fit()
+    finally:
+        ray.shutdown()
+    trials = read_trials(run_dir) if (run_dir / "trials.parquet").is_file() else None
+    finished = 0 if trials is None else int(trials["status"].isin(["completed", "pruned", "errored"]).sum())
+    still_running = trials is not None and (trials["status"] == "running").any()
+    out_of_time = settings.time_budget_s is not None
+    return bool(still_running or (finished < settings.num_samples and not out_of_time))
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

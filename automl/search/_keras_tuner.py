@@ -1,0 +1,108 @@
+"""The same search space under KerasTuner's own tuners (single process), for engine comparisons.
+
+Models come from the same builder and train on the same batches with the same per-epoch
+validation metrics as Ray trials, and every epoch lands in the same results store.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import keras
+import keras_tuner as kt
+
+from automl.data import Dataset
+from automl.errors import SpecError
+from automl.hparams import ModelConfig
+from automl.model import build_model
+from automl.space import SearchSpace
+from automl.spec import SearchSettings
+from automl.store import RunStore
+from automl.trial import TrainingBatches, ValidationMetrics
+
+PROJECT_DIR = "keras_tuner"
+
+
+class SpaceHyperModel(kt.HyperModel):
+    """Builds candidates through :func:`automl.model.build_model` and fits them on our batches."""
+
+    def __init__(self, space: SearchSpace, dataset: Dataset, store: RunStore, seed: int):
+        super().__init__(name="automl")
+        self.space, self.dataset, self.store, self.seed = space, dataset, store, seed
+        self.trial_id: str | None = None
+        self.trial_started = 0.0
+
+    def config(self, hp: kt.HyperParameters) -> ModelConfig:
+        try:
+            config = ModelConfig.from_params(self.space.active(hp.values))
+            config.check_image_size(*self.dataset.image_size)
+        except SpecError as exc:
+            raise kt.errors.FailedTrialError(str(exc)) from None
+        return config
+
+    def build(self, hp: kt.HyperParameters) -> keras.Model:
+        return build_model(self.config(hp), self.dataset.image_size, len(self.dataset.class_names))
+
+    def fit(self, hp, model, *args, callbacks=(), epochs=1, initial_epoch=0, **kwargs):
+        config = self.config(hp)
+        x, y = self.dataset.subset("train")
+        batches = TrainingBatches(x, y, config, len(self.dataset.class_names), self.seed + initial_epoch)
+        validation = ValidationMetrics(*self.dataset.subset("val"), self.dataset.class_names)
+        # Validation metrics first: KerasTuner's own callbacks read the objective from the logs.
+        return model.fit(batches, epochs=epochs, initial_epoch=initial_epoch, verbose=0,
+                         callbacks=[validation, *callbacks, _StoreEpochs(self)])
+
+
+class _StoreEpochs(keras.callbacks.Callback):
+    def __init__(self, hypermodel: SpaceHyperModel):
+        super().__init__()
+        self.hypermodel = hypermodel
+
+    def on_epoch_end(self, epoch, logs=None):
+        hm = self.hypermodel
+        import socket
+
+        hm.store.epoch(hm.trial_id, epoch + 1, logs or {}, time.monotonic() - hm.trial_started,
+                       {"hostname": socket.gethostname(), "node_ip": "127.0.0.1"})
+
+
+def run_keras_tuner(
+    dataset: Dataset, space: SearchSpace, settings: SearchSettings, run_dir: Path, store: RunStore, report, resume: bool
+) -> None:
+    """Run KerasTuner's Hyperband, BayesianOptimization or RandomSearch over the space."""
+    hypermodel = SpaceHyperModel(space, dataset, store, settings.seed)
+    base = {"hyperband": kt.Hyperband, "bayesian": kt.BayesianOptimization, "random": kt.RandomSearch}[settings.keras_tuner]
+
+    class Tuner(base):
+        def run_trial(self, trial, *args, **kwargs):
+            hypermodel.trial_id, hypermodel.trial_started = trial.trial_id, time.monotonic()
+            store.trial_started(trial.trial_id, space.active(trial.hyperparameters.values))
+            return super().run_trial(trial, *args, **kwargs)
+
+        def on_trial_end(self, trial):
+            super().on_trial_end(trial)
+            failed = trial.status in ("FAILED", "INVALID")
+            store.trial_finished(trial.trial_id, "errored" if failed else "completed",
+                                 (trial.message or "failed").strip().splitlines()[-1] if failed else None)
+            report.trial_line(store, trial.trial_id, sum(
+                1 for r in store.trials.values() if r.get("status") in ("completed", "pruned", "errored")))
+
+    budget = (
+        {"max_epochs": settings.max_epochs, "factor": settings.reduction_factor}
+        if settings.keras_tuner == "hyperband"
+        else {"max_trials": settings.num_samples}
+    )
+    tuner = Tuner(
+        hypermodel=hypermodel,
+        objective=kt.Objective(settings.metric, direction=settings.mode),
+        hyperparameters=space.keras_tuner_hyperparameters(),
+        tune_new_entries=False,
+        seed=settings.seed,
+        directory=str(run_dir),
+        project_name=PROJECT_DIR,
+        overwrite=not resume,
+        max_consecutive_failed_trials=max(3, settings.num_samples),
+        **budget,
+    )
+    tuner.search(epochs=settings.max_epochs)

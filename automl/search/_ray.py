@@ -1,0 +1,277 @@
+"""The Ray Tune engine: random or Optuna TPE search, ASHA pruning, checkpoints every epoch, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from automl import console
+from automl.data import Dataset
+from automl.errors import UserError
+from automl.hparams import ModelConfig
+from automl.space import SearchSpace
+from automl.spec import SearchSettings
+from automl.store import RunStore
+
+EXPERIMENT_DIR = "ray"
+OPTUNA_DB = "optuna.db"
+# Test-only fault hook: a trial raises once at this epoch (a marker file per trial in
+# AUTOML_FAULT_DIR makes it once), so tests and the closing demo can watch a retry from checkpoint.
+FAULT_EPOCH_ENV, FAULT_DIR_ENV = "AUTOML_FAULT_EPOCH", "AUTOML_FAULT_DIR"
+
+
+class CandidateTrainable(tune.Trainable):
+    """One candidate CNN per trial, trained one epoch per ``step``.
+
+    A class trainable, so that with ``reuse_actors`` a worker process keeps TensorFlow imported
+    and warm across trials. The dataset arrives once, through the object store, as a setup argument.
+    """
+
+    def setup(self, config: dict, dataset: Dataset = None, space: SearchSpace = None, seed: int = 0, cpus: float = 1):
+        _configure_tensorflow(cpus)
+        self.dataset, self.space, self.base_seed = dataset, space, seed
+        self._start(config)
+
+    def _start(self, config: dict) -> None:
+        from automl.errors import SpecError
+        from automl.trial import EpochRunner
+
+        self.params = self.space.active(config)
+        self.started = time.monotonic()
+        self.infeasible, self.restored_from_epoch = None, None
+        try:
+            model_config = ModelConfig.from_params(self.params)
+            model_config.check_image_size(*self.dataset.image_size)
+        except SpecError as exc:
+            self.infeasible, self.runner = str(exc), None
+            return
+        # One seed for every trial: candidates differ by their hyperparameters, not by luck of the draw.
+        self.runner = EpochRunner(model_config, self.dataset, seed=self.base_seed)
+
+    def step(self) -> dict[str, Any]:
+        if self.runner is None:
+            # Infeasible for the image size: report the worst score once so the searcher learns.
+            return {"infeasible": self.infeasible, "val_balanced_accuracy": 0.0, "val_macro_f1": 0.0,
+                    "val_accuracy": 0.0, "val_auc": 0.5, "val_loss": 1e9, "done": True}
+        _maybe_inject_fault(self.trial_id, self.runner.epochs_done + 1)
+        metrics = self.runner.run_epoch()
+        extra = {"epoch": self.runner.epochs_done, "elapsed_s": time.monotonic() - self.started}
+        if self.restored_from_epoch is not None:
+            extra["restored_from_epoch"] = self.restored_from_epoch
+        return metrics | extra
+
+    def save_checkpoint(self, checkpoint_dir: str) -> dict | None:
+        if self.runner is None:
+            return None
+        self.runner.save(Path(checkpoint_dir) / "model.keras")
+        elapsed = time.monotonic() - self.started
+        (Path(checkpoint_dir) / "state.json").write_text(json.dumps({"epochs_done": self.runner.epochs_done, "elapsed_s": elapsed}))
+        return None
+
+    def load_checkpoint(self, checkpoint: str | dict | None) -> None:
+        if self.runner is None or not checkpoint:
+            return
+        state = json.loads((Path(checkpoint) / "state.json").read_text())
+        self.runner.restore(Path(checkpoint) / "model.keras", state["epochs_done"])
+        self.started = time.monotonic() - state["elapsed_s"]
+        self.restored_from_epoch = state["epochs_done"]
+
+    def reset_config(self, new_config: dict) -> bool:
+        import keras
+
+        keras.backend.clear_session()  # a reused worker must not accumulate graphs
+        self._start(new_config)
+        return True
+
+
+def build_tuner(
+    dataset: Dataset, space: SearchSpace, settings: SearchSettings, run_dir: Path, name: str, callbacks: list
+) -> tune.Tuner:
+    """A fresh Tuner for the spec's searcher, scheduler and resources, writing Ray's folder into ``run_dir``."""
+    return tune.Tuner(
+        _trainable(dataset, space, settings),
+        param_space=space.ray_param_space() if settings.searcher == "random" else None,
+        tune_config=tune.TuneConfig(
+            metric=settings.metric,
+            mode=settings.mode,
+            search_alg=_searcher(space, settings, run_dir, name),
+            scheduler=_scheduler(settings),
+            num_samples=settings.num_samples,
+            time_budget_s=settings.time_budget_s,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=EXPERIMENT_DIR,
+            storage_path=str(run_dir.resolve()),
+            stop={"training_iteration": settings.max_epochs},
+            checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1, num_to_keep=1, checkpoint_at_end=False),
+            failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+            callbacks=callbacks,
+            verbose=0,
+        ),
+    )
+
+
+def restore_tuner(dataset: Dataset, space: SearchSpace, settings: SearchSettings, run_dir: Path) -> tune.Tuner:
+    """The interrupted experiment in ``run_dir``, with finished trials kept and the searcher's state."""
+    path = str((run_dir / EXPERIMENT_DIR).resolve())
+    if not tune.Tuner.can_restore(path):
+        raise UserError(f"{run_dir}: no interrupted Ray experiment to resume here; start it without --resume")
+    return tune.Tuner.restore(
+        path,
+        trainable=_trainable(dataset, space, settings),
+        param_space=space.ray_param_space() if settings.searcher == "random" else None,
+        resume_unfinished=True,
+        resume_errored=True,
+    )
+
+
+class StoreCallback(tune.Callback):
+    """Feeds Tune's events to the results store and prints a line per finished trial."""
+
+    def __init__(self, store_args: dict, space: SearchSpace, report):
+        self.store_args, self.space, self.report = store_args, space, report
+        self.store: RunStore | None = None
+
+    def __getstate__(self):
+        # Tune pickles callbacks into its experiment state; the store is reloaded from disk on resume.
+        return self.__dict__ | {"store": None}
+
+    def _open(self) -> RunStore:
+        if self.store is None:
+            self.store = RunStore(**self.store_args)
+        return self.store
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._open().trial_started(trial.trial_id, self.space.active(trial.config))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if "epoch" not in result:
+            return  # an infeasible candidate's single worst-score report
+        info = {"hostname": str(result.get("hostname", "")), "node_ip": str(result.get("node_ip", ""))}
+        if result.get("restored_from_epoch") is not None:
+            info["restored_from_epoch"] = int(result["restored_from_epoch"])
+        self._open().epoch(trial.trial_id, result["epoch"], result, result.get("elapsed_s", 0.0), info)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        result = trial.last_result or {}
+        if result.get("infeasible"):
+            self._finish(trial, "errored", result["infeasible"])
+        else:
+            self._finish(trial, "completed")
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        row = self._open().trials.setdefault(trial.trial_id, {"trial_id": trial.trial_id})
+        row["retries"] = int(row.get("retries") or 0) + 1
+        console.info(
+            f"trial {trial.trial_id} failed ({_last_error_line(trial)}); retrying from its last checkpoint "
+            f"(traceback: {getattr(trial, 'error_file', None) or 'in the trial folder'})"
+        )
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._finish(trial, "errored", _last_error_line(trial))
+
+    def _finish(self, trial, status: str, error: str | None = None) -> None:
+        store = self._open()
+        store.trial_finished(trial.trial_id, status, error)
+        self.report.trial_line(store, trial.trial_id, len(trials_done(store)))
+
+    def on_experiment_end(self, trials, **info):
+        if self.store is not None:
+            self.store.flush(force=True)
+
+
+def trials_done(store: RunStore) -> list[str]:
+    return [t for t, row in store.trials.items() if row.get("status") in ("completed", "pruned", "errored")]
+
+
+def _trainable(dataset: Dataset, space: SearchSpace, settings: SearchSettings):
+    # with_parameters puts the dataset into the object store once; every trial gets that copy.
+    trainable = tune.with_parameters(CandidateTrainable, dataset=dataset, space=space, seed=settings.seed, cpus=settings.cpu)
+    return tune.with_resources(trainable, {"cpu": settings.cpu, "gpu": settings.gpu})
+
+
+def _searcher(space: SearchSpace, settings: SearchSettings, run_dir: Path, name: str):
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    if settings.searcher == "random":
+        return BasicVariantGenerator(random_state=settings.seed, max_concurrent=settings.max_concurrent)
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # The study lives in the run folder: `optuna-dashboard sqlite:///RUN/optuna.db` opens it.
+    storage = optuna.storages.RDBStorage(f"sqlite:///{(run_dir / OPTUNA_DB).resolve()}")
+    searcher = OptunaSearch(
+        space=space.optuna_define_by_run(),
+        metric=settings.metric,
+        mode=settings.mode,
+        sampler=optuna.samplers.TPESampler(seed=settings.seed),
+        storage=storage,
+        study_name=name,
+    )
+    return ConcurrencyLimiter(searcher, max_concurrent=settings.max_concurrent)
+
+
+def _scheduler(settings: SearchSettings):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if settings.scheduler == "none":
+        return FIFOScheduler()
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        max_t=settings.max_epochs,
+        grace_period=settings.grace_period,
+        reduction_factor=settings.reduction_factor,
+    )
+
+
+_TF_CONFIGURED = False
+
+
+def _configure_tensorflow(cpus: float) -> None:
+    """Once per worker process: TF's thread pools sized to the trial's CPU share, GPU memory growth."""
+    global _TF_CONFIGURED
+    if _TF_CONFIGURED:
+        return
+    import tensorflow as tf
+
+    threads = max(1, int(cpus))
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        pass  # the runtime was already initialised in this process; keep its pools
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:
+            pass
+    _TF_CONFIGURED = True
+
+
+def _maybe_inject_fault(trial_id: str, epoch: int) -> None:
+    fault_epoch, fault_dir = os.environ.get(FAULT_EPOCH_ENV), os.environ.get(FAULT_DIR_ENV)
+    if not (fault_epoch and fault_dir) or epoch != int(fault_epoch):
+        return
+    marker = Path(fault_dir) / trial_id
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    raise RuntimeError(f"injected fault in trial {trial_id} at epoch {epoch} ({FAULT_EPOCH_ENV})")
+
+
+def _last_error_line(trial) -> str:
+    path = getattr(trial, "error_file", None)
+    try:
+        lines = [l for l in Path(path).read_text().splitlines() if l.strip()] if path else []
+    except OSError:
+        lines = []
+    return lines[-1][:300] if lines else "trial failed"

@@ -1,0 +1,62 @@
+"""What a search prints: a line per finished trial, and the leaderboard at the end."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from automl import console
+from automl.store import RunStore, hyperparameter_columns
+
+# Shown in progress lines when they are searched: the hyperparameters that matter most in the seeds.
+KEY_HYPERPARAMETERS = ("conv_blocks", "base_filters", "filters", "dense_units", "optimizer", "learning_rate",
+                       "imbalance", "batch_size", "pool_type")
+
+
+class Report:
+    def __init__(self, metric: str, num_samples: int, searched: list[str]):
+        self.metric, self.num_samples = metric, num_samples
+        self.shown = [n for n in KEY_HYPERPARAMETERS if n in searched][:5] or searched[:5]
+
+    def trial_line(self, store: RunStore, trial_id: str, done: int) -> None:
+        row = store.trials[trial_id]
+        value = row.get(f"best_{self.metric}")
+        params = ", ".join(f"{n}={_short(row.get(f'hp_{n}'))}" for n in self.shown if row.get(f"hp_{n}") is not None)
+        status = row.get("status")
+        what = f"{status} after {int(row.get('epochs') or 0)} epochs" if status != "errored" else f"errored: {row.get('error')}"
+        console.info(
+            f"[{done}/{self.num_samples}] {trial_id} {what}  {self.metric} {_fmt(value)}  "
+            f"best so far {_fmt(store.best_value())}  ({params})"
+        )
+
+    def leaderboard(self, trials: pd.DataFrame, mode: str, top: int = 10) -> None:
+        from rich.table import Table
+
+        column = f"best_{self.metric}"
+        if trials.empty or column not in trials:
+            console.out.print("no trial finished an epoch")
+            return
+        ranked = trials.sort_values(column, ascending=(mode == "min"), na_position="last").head(top)
+        hps = [c for c in hyperparameter_columns(trials) if trials[c].nunique(dropna=True) > 1]
+        table = Table(title=f"leaderboard by {column} (top {len(ranked)} of {len(trials)} trials)")
+        for name in ("trial", "status", "epochs", self.metric.removeprefix("val_"), "macro_f1", *[h[3:] for h in hps]):
+            table.add_column(name, justify="left" if name in ("trial", "status") else "right")
+        for row in ranked.to_dict("records"):
+            table.add_row(
+                row["trial_id"], str(row.get("status")), str(int(row.get("epochs") or 0)), _fmt(row.get(column)),
+                _fmt(row.get("best_val_macro_f1")), *[_short(row.get(h)) for h in hps],
+            )
+        console.out.print(table)
+
+
+def _fmt(value) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def _short(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)

@@ -1,0 +1,162 @@
+"""The results store: what a search leaves on disk, and the contract for everything that reads it.
+
+One folder per run, ``RESULTS/NAME/``:
+
+``spec.yaml``
+    the resolved spec the run used (settings after command-line overrides).
+``run.json``
+    engine, searcher, scheduler, metric and mode, status (``running``, ``finished``,
+    ``interrupted``), start and end times, the data fingerprint and split.
+``trials.parquet``
+    one row per trial: ``trial_id``, ``status`` (``running|completed|pruned|errored``),
+    ``epochs``, every hyperparameter as ``hp_NAME`` (missing when its condition did not hold),
+    ``best_epoch``, ``best_val_*`` (at the epoch best by the run's metric), ``last_val_*``,
+    ``wall_time_s``, ``hostname``, ``node_ip``, ``error``; ``retries`` and ``restored_from_epoch``
+    when a failed trial was resumed from its checkpoint.
+``epochs.parquet``
+    one row per trial and epoch: ``trial_id``, ``epoch``, ``loss``, ``accuracy``, every
+    ``val_*`` metric, ``learning_rate``, ``elapsed_s`` since the trial started.
+
+Files are rewritten whole, atomically (temporary file + rename), while the search runs; a reader
+never sees a torn file. Readers use :func:`read_trials` / :func:`read_epochs` and never import Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from automl.files import atomic_write, write_json
+
+TRIALS_FILE = "trials.parquet"
+EPOCHS_FILE = "epochs.parquet"
+RUN_FILE = "run.json"
+SPEC_FILE = "spec.yaml"
+VAL_METRICS = ("val_balanced_accuracy", "val_macro_f1", "val_accuracy", "val_auc", "val_loss")
+EPOCH_COLUMNS = ("loss", "accuracy", *VAL_METRICS, "learning_rate")
+STATUSES = ("running", "completed", "pruned", "errored")
+
+
+class RunStore:
+    """Collects trial and epoch records of one run and writes them out atomically.
+
+    Existing files are loaded first, so a resumed run keeps every finished trial.
+    """
+
+    def __init__(self, run_dir: Path, metric: str, mode: str, max_epochs: int, flush_every_s: float = 2.0):
+        self.run_dir = Path(run_dir)
+        self.metric, self.mode, self.max_epochs = metric, mode, max_epochs
+        self.flush_every_s = flush_every_s
+        self.trials: dict[str, dict[str, Any]] = {}
+        self.epochs: dict[tuple[str, int], dict[str, Any]] = {}
+        self._last_flush = 0.0
+        if (self.run_dir / TRIALS_FILE).is_file():
+            for row in read_trials(self.run_dir).to_dict("records"):
+                self.trials[row["trial_id"]] = row
+        if (self.run_dir / EPOCHS_FILE).is_file():
+            for row in read_epochs(self.run_dir).to_dict("records"):
+                self.epochs[row["trial_id"], int(row["epoch"])] = row
+
+    def trial_started(self, trial_id: str, params: dict[str, Any]) -> None:
+        row = self.trials.setdefault(trial_id, {"trial_id": trial_id, "epochs": 0, "wall_time_s": 0.0})
+        row["status"] = "running"
+        row.update({f"hp_{k}": v for k, v in params.items()})
+
+    def epoch(self, trial_id: str, epoch: int, metrics: dict[str, Any], elapsed_s: float, info: dict[str, Any]) -> None:
+        """Record one epoch's metrics (a retried trial overwrites the epochs it repeats)."""
+        record = {"trial_id": trial_id, "epoch": int(epoch), "elapsed_s": float(elapsed_s)}
+        record.update({k: _number(metrics.get(k)) for k in EPOCH_COLUMNS})
+        self.epochs[trial_id, int(epoch)] = record
+        row = self.trials.setdefault(trial_id, {"trial_id": trial_id, "status": "running"})
+        row.update(info)
+        row["epochs"] = max(int(epoch), int(row.get("epochs") or 0))
+        row["wall_time_s"] = float(elapsed_s)
+        self._summarise(trial_id)
+        self.flush()
+
+    def trial_finished(self, trial_id: str, status: str, error: str | None = None) -> None:
+        assert status in STATUSES, status
+        row = self.trials.setdefault(trial_id, {"trial_id": trial_id, "epochs": 0})
+        if status == "completed" and int(row.get("epochs") or 0) < self.max_epochs:
+            status = "pruned"
+        row["status"] = status
+        row["error"] = error
+        self.flush(force=True)
+
+    def best_value(self) -> float:
+        """The run's best value of its metric so far (NaN before any epoch)."""
+        values = [r.get(f"best_{self.metric}") for r in self.trials.values()]
+        values = [v for v in values if v is not None and not math.isnan(v)]
+        if not values:
+            return math.nan
+        return max(values) if self.mode == "max" else min(values)
+
+    def flush(self, force: bool = False) -> None:
+        if not force and time.monotonic() - self._last_flush < self.flush_every_s:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        trials = pd.DataFrame(list(self.trials.values()))
+        epochs = pd.DataFrame(list(self.epochs.values()))
+        if not epochs.empty:
+            epochs = epochs.sort_values(["trial_id", "epoch"], kind="stable")
+        atomic_write(self.run_dir / TRIALS_FILE, lambda f: _order(trials).to_parquet(f, index=False))
+        atomic_write(self.run_dir / EPOCHS_FILE, lambda f: epochs.to_parquet(f, index=False))
+        self._last_flush = time.monotonic()
+
+    def _summarise(self, trial_id: str) -> None:
+        rows = [r for (t, _), r in sorted(self.epochs.items()) if t == trial_id]
+        values = [r.get(self.metric) for r in rows]
+        scored = [(v, i) for i, v in enumerate(values) if v is not None and not math.isnan(v)]
+        row = self.trials[trial_id]
+        if scored:
+            _, best = max(scored) if self.mode == "max" else min(scored)
+            row["best_epoch"] = rows[best]["epoch"]
+            row.update({f"best_{m}": rows[best].get(m) for m in VAL_METRICS})
+        row.update({f"last_{m}": rows[-1].get(m) for m in VAL_METRICS})
+
+
+def write_run_info(run_dir: Path, **info: Any) -> dict:
+    """Merge ``info`` into ``run.json`` (atomically) and return the whole record."""
+    path = Path(run_dir) / RUN_FILE
+    record = json.loads(path.read_text()) if path.is_file() else {}
+    record.update(info)
+    write_json(path, record)
+    return record
+
+
+def read_run_info(run_dir: Path) -> dict:
+    path = Path(run_dir) / RUN_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def read_trials(run_dir: Path) -> pd.DataFrame:
+    return pd.read_parquet(Path(run_dir) / TRIALS_FILE)
+
+
+def read_epochs(run_dir: Path) -> pd.DataFrame:
+    return pd.read_parquet(Path(run_dir) / EPOCHS_FILE)
+
+
+def hyperparameter_columns(trials: pd.DataFrame) -> list[str]:
+    return [c for c in trials.columns if c.startswith("hp_")]
+
+
+def _order(trials: pd.DataFrame) -> pd.DataFrame:
+    if trials.empty:
+        return trials
+    first = ["trial_id", "status", "epochs", "best_epoch"]
+    hps = sorted(hyperparameter_columns(trials))
+    rest = [c for c in trials.columns if c not in first and c not in hps]
+    return trials[[c for c in first if c in trials.columns] + hps + rest]
+
+
+def _number(value: Any) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
