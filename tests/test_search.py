@@ -1,0 +1,128 @@
+"""Real searches on embedded local Ray (and KerasTuner) over tiny generated data."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+
+from automl.cli import main
+from automl.search import run_search
+from automl.spec import load_spec
+from automl.store import read_epochs, read_run_info, read_trials
+
+TINY_SEARCH = """
+name: tiny_search
+data: {image_size: 16}
+hyperparameters:
+  conv_blocks: {choice: [1, 2]}
+  base_filters: {choice: [4, 8]}
+  block_dropout_2: {float: [0.0, 0.3], when: "conv_blocks >= 2"}
+  dense_units: 16
+  learning_rate: {float: [1.0e-3, 1.0e-2], log: true}
+  batch_size: 32
+  imbalance: {choice: [none, class_weight]}
+search:
+  num_samples: 4
+  max_epochs: 3
+  grace_period: 1
+  reduction_factor: 2
+  max_concurrent: 2
+  resources: {cpu: 1}
+"""
+FINISHED = {"completed", "pruned", "errored"}
+
+
+@pytest.fixture
+def tiny_spec(tmp_path):
+    path = tmp_path / "tiny_search.yaml"
+    path.write_text(TINY_SEARCH)
+    return path
+
+
+def check_store(run_dir, num_samples, max_epochs):
+    trials, epochs = read_trials(run_dir), read_epochs(run_dir)
+    assert len(trials) == num_samples
+    assert set(trials["status"]) <= FINISHED and (trials["status"] == "completed").any()
+    assert (trials["epochs"] <= max_epochs).all()
+    # Every epoch a trial ran is in epochs.parquet, once.
+    assert len(epochs) == trials["epochs"].sum()
+    assert not epochs.duplicated(["trial_id", "epoch"]).any()
+    assert {"hp_conv_blocks", "hp_learning_rate", "best_val_balanced_accuracy", "node_ip", "wall_time_s"} <= set(trials)
+    # A conditional hyperparameter is recorded only where its condition held.
+    one_block = trials["hp_conv_blocks"] == 1
+    assert trials.loc[one_block, "hp_block_dropout_2"].isna().all()
+    assert read_run_info(run_dir)["status"] == "finished"
+    return trials
+
+
+def test_optuna_asha_search(tiny_ham, tiny_spec, tmp_path):
+    spec = load_spec(tiny_spec)
+    run_dir = run_search(spec, tiny_ham, "optuna_asha", tmp_path / "results")
+    trials = check_store(run_dir, 4, 3)
+    study = optuna.load_study(study_name="optuna_asha", storage=f"sqlite:///{run_dir / 'optuna.db'}")
+    assert len(study.trials) == 4  # optuna-dashboard can open the run's study
+    assert trials["status"].isin(["completed", "pruned"]).all()
+
+
+def test_random_asha_search_retries_a_failed_trial_from_its_checkpoint(tiny_ham, tiny_spec, tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOML_FAULT_EPOCH", "2")
+    monkeypatch.setenv("AUTOML_FAULT_DIR", str(tmp_path / "faults"))
+    spec = load_spec(tiny_spec).with_overrides(search={"searcher": "random", "num_samples": 3, "scheduler": "none"})
+    run_dir = run_search(spec, tiny_ham, "random_fault", tmp_path / "results")
+    trials = check_store(run_dir, 3, 3)
+    # Every trial failed once at epoch 2, resumed from its epoch-1 checkpoint and still finished.
+    assert (trials["status"] == "completed").all()
+    assert (trials["retries"] == 1).all() and (trials["restored_from_epoch"] == 1).all()
+    assert len(list((tmp_path / "faults").iterdir())) == 3
+
+
+def test_driver_killed_then_resumed_keeps_finished_trials(tiny_ham, tiny_spec, tmp_path):
+    results = tmp_path / "results"
+    run_dir = results / "killed"
+    args = [sys.executable, "-m", "automl", "search", str(tiny_spec), "--data", str(tiny_ham), "--name", "killed",
+            "--results", str(results), "--num-samples", "6", "--max-concurrent", "1"]
+    # Its own session, so the driver and the local Ray it started die together, like a lost machine.
+    driver = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline, finished_before = time.monotonic() + 240, set()
+    try:
+        while time.monotonic() < deadline and not finished_before:
+            time.sleep(1)
+            if (run_dir / "trials.parquet").is_file():
+                trials = read_trials(run_dir)
+                finished_before = set(trials.loc[trials["status"].isin(FINISHED), "trial_id"])
+            assert driver.poll() is None, "search ended before it could be killed"
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    assert finished_before, "no trial finished within 240 s"
+
+    code = main(["search", str(tiny_spec), "--data", str(tiny_ham), "--name", "killed", "--results", str(results),
+                 "--resume"])
+    assert code == 0
+    after = read_trials(run_dir)
+    assert finished_before <= set(after["trial_id"])  # no finished trial lost
+    assert after["status"].isin(FINISHED).all() and len(after) == 6
+
+
+def test_keras_tuner_engine_writes_the_same_store(tiny_ham, tiny_spec, tmp_path):
+    spec = load_spec(tiny_spec).with_overrides(search={"engine": "keras-tuner", "keras_tuner": "hyperband"})
+    run_dir = run_search(spec, tiny_ham, "kt", tmp_path / "results")
+    trials, epochs = read_trials(run_dir), read_epochs(run_dir)
+    assert len(trials) >= 2 and set(trials["status"]) <= FINISHED
+    assert len(epochs) >= len(trials)
+    assert (run_dir / "keras_tuner").is_dir()
+
+
+def test_existing_name_needs_resume_and_resume_needs_a_run(tiny_ham, tiny_spec, tmp_path, capsys):
+    results = tmp_path / "results"
+    (results / "taken").mkdir(parents=True)
+    (results / "taken" / "run.json").write_text("{}")
+    assert main(["search", str(tiny_spec), "--data", str(tiny_ham), "--name", "taken", "--results", str(results)]) == 2
+    assert "already exists; pass --resume" in capsys.readouterr().err
+    assert main(["search", str(tiny_spec), "--data", str(tiny_ham), "--name", "nothing", "--results", str(results),
+                 "--resume"]) == 2
+    assert "no search to resume here" in capsys.readouterr().err
