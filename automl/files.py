@@ -13,12 +13,22 @@ from pathlib import Path
 from typing import IO, Any
 
 
+def _umasked(mode: int) -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
+_PUBLIC_FILE, _PUBLIC_DIR = _umasked(0o666), _umasked(0o777)
+
+
 def atomic_write(path: Path, content: bytes | str | Callable[[IO[bytes]], Any]) -> None:
     """Write ``content`` (or let a callable write to the open file) to a temporary file, then rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _PUBLIC_FILE)  # mkstemp's 0600 would make results unreadable to others
         with os.fdopen(fd, "wb") as f:
             if callable(content):
                 content(f)
@@ -51,6 +61,7 @@ def staged_dir(out: Path) -> Iterator[Path]:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
+    stage.chmod(_PUBLIC_DIR)
     try:
         yield stage
     except BaseException:

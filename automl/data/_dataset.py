@@ -94,12 +94,15 @@ def load_dataset(
     notes = []
     if failures:
         first = ", ".join(f"{image_id} ({reason})" for image_id, reason in list(failures.items())[:5])
-        summary = f"{len(failures)} of {len(table)} images are missing or unreadable (first: {first})"
+        summary = f"{len(failures)} of {len(table)} images (first: {first})"
         if not skip_bad_images:
-            raise DataError(f"{data_dir}: {summary}; fix them or pass --skip-bad-images to leave them out")
+            raise DataError(
+                f"{data_dir}: {len(failures)} of {len(table)} images are missing or unreadable (first: {first}); "
+                "fix them or pass --skip-bad-images to leave them out"
+            )
         keep = ~table["image_id"].isin(failures).to_numpy()
         table, images = table[keep].reset_index(drop=True), images[keep]
-        notes.append(f"skipped {summary}")
+        notes.append(f"skipped {summary} that are missing or unreadable")
         if table.empty:
             raise DataError(f"{data_dir}: no readable image is left after skipping the bad ones")
 

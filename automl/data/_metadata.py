@@ -50,14 +50,14 @@ def read_metadata(data_dir: Path) -> pd.DataFrame:
         raise DataError(
             f"{path}: {len(duplicated)} image_ids appear more than once (first: {', '.join(duplicated[:5])})"
         )
-    table["dx"] = table["dx"].str.lower()
-    unknown = table[~table["dx"].isin(DX_CLASSES)]
+    unknown = table[~table["dx"].str.lower().isin(DX_CLASSES)]
     if len(unknown):
         first = ", ".join(f"{r.image_id} ({r.dx!r})" for r in unknown.head(5).itertuples())
         raise DataError(
             f"{path}: {len(unknown)} rows have an unknown dx (first: {first}); "
             f"known codes: {', '.join(DX_CLASSES)}"
         )
+    table["dx"] = table["dx"].str.lower()
     mixed = table.groupby("lesion_id")["dx"].nunique()
     mixed = mixed[mixed > 1]
     if len(mixed):
