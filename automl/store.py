@@ -8,7 +8,8 @@ One folder per run, ``RESULTS/NAME/``:
     engine, searcher, scheduler, metric and mode, status (``running``, ``finished``,
     ``interrupted``), start and end times, the data fingerprint and split.
 ``trials.parquet``
-    one row per trial: ``trial_id``, ``status`` (``running|completed|pruned|errored``),
+    one row per trial: ``trial_id``, ``status`` (``running|completed|pruned|errored``; pruned =
+    stopped before ``max_epochs`` by ASHA, Hyperband or the time budget),
     ``epochs``, every hyperparameter as ``hp_NAME`` (missing when its condition did not hold),
     ``best_epoch``, ``best_val_*`` (at the epoch best by the run's metric), ``last_val_*``,
     ``wall_time_s``, ``hostname``, ``node_ip``, ``error``; ``retries`` and ``restored_from_epoch``

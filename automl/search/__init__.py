@@ -50,6 +50,8 @@ def run_search(
     dataset = load_dataset(data_dir, skip_bad_images=skip_bad_images, cache_dir=cache_dir, **spec.data.dataset_args())
     for note in dataset.notes:
         console.info(f"note: {note}")
+    if settings.engine == "ray":
+        _start_ray(address)  # before anything is written: an unreachable cluster leaves no half-made run
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         atomic_write(run_dir / SPEC_FILE, spec.to_yaml())
@@ -80,7 +82,7 @@ def run_search(
             run_keras_tuner(dataset, space, settings, run_dir, store, report, resume)
             store.flush(force=True)
         else:
-            interrupted = _run_ray(spec, dataset, space, run_dir, name, store_args, report, address, resume)
+            interrupted = _run_ray(spec, dataset, space, run_dir, name, store_args, report, resume)
     except KeyboardInterrupt:
         interrupted = True
     status = "interrupted" if interrupted else "finished"
@@ -97,8 +99,8 @@ def run_search(
     return run_dir
 
 
-def _run_ray(spec, dataset, space, run_dir, name, store_args, report, address, resume) -> bool:
-    """Run the Ray Tune engine; True if the search stopped before every trial finished."""
+def _start_ray(address: str | None) -> None:
+    """Embedded local Ray, or a connection to the cluster at ``address``."""
     import os
 
     # Our own lines and leaderboard replace Tune's console output and its checkpoint-frequency warning.
@@ -106,10 +108,8 @@ def _run_ray(spec, dataset, space, run_dir, name, store_args, report, address, r
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     import ray
 
-    from automl.search._ray import StoreCallback, build_tuner, restore_tuner
-
-    settings = spec.search
     if address:
+        _check_reachable(address)
         try:
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -119,6 +119,33 @@ def _run_ray(spec, dataset, space, run_dir, name, store_args, report, address, r
         ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING, configure_logging=True)
     # A failed trial is one line of ours (with the path of its traceback), not Tune's full traceback.
     logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in seconds, not minutes, when nothing listens at HOST:PORT (Ray itself retries for long)."""
+    import socket
+
+    if address == "auto":
+        return
+    host, _, port = address.split("://")[-1].rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--address {address}: expected HOST:PORT of the cluster's head (e.g. 10.0.0.5:6379) or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise UserError(
+            f"--address {address}: nothing answers there ({exc.strerror or exc}); start the cluster "
+            "(ray start --head) or check the address"
+        ) from None
+
+
+def _run_ray(spec, dataset, space, run_dir, name, store_args, report, resume) -> bool:
+    """Run the Ray Tune engine on the Ray started by :func:`_start_ray`; True if it stopped early."""
+    import ray
+
+    from automl.search._ray import StoreCallback, build_tuner, restore_tuner
+
+    settings = spec.search
     try:
         if resume:
             tuner = restore_tuner(dataset, space, settings, run_dir)

@@ -72,6 +72,7 @@ def run_keras_tuner(
 ) -> None:
     """Run KerasTuner's Hyperband, BayesianOptimization or RandomSearch over the space."""
     hypermodel = SpaceHyperModel(space, dataset, store, settings.seed)
+    started = time.monotonic()
     base = {"hyperband": kt.Hyperband, "bayesian": kt.BayesianOptimization, "random": kt.RandomSearch}[settings.keras_tuner]
 
     class Tuner(base):
@@ -87,6 +88,9 @@ def run_keras_tuner(
                                  (trial.message or "failed").strip().splitlines()[-1] if failed else None)
             report.trial_line(store, trial.trial_id, sum(
                 1 for r in store.trials.values() if r.get("status") in ("completed", "pruned", "errored")))
+            if settings.time_budget_s and time.monotonic() - started > settings.time_budget_s:
+                # Out of time: the oracle hands out no further trial once max_trials is reached.
+                self.oracle.max_trials = len(self.oracle.trials)
 
     budget = (
         {"max_epochs": settings.max_epochs, "factor": settings.reduction_factor}
