@@ -106,7 +106,7 @@ class ValidationMetrics(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         metrics = classification_metrics(self.labels, predict_proba(self.model, self.images), self.class_names)
-        logs.update(prefixed(metrics, "val"))
+        logs.update({k: v for k, v in prefixed(metrics, "val").items() if k != "val_n"})
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 

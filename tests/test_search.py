@@ -84,7 +84,7 @@ def test_driver_killed_then_resumed_keeps_finished_trials(tiny_ham, tiny_spec, t
     results = tmp_path / "results"
     run_dir = results / "killed"
     args = [sys.executable, "-m", "automl", "search", str(tiny_spec), "--data", str(tiny_ham), "--name", "killed",
-            "--results", str(results), "--num-samples", "6", "--max-concurrent", "1"]
+            "--results", str(results), "--num-samples", "6", "--max-concurrent", "1", "--searcher", "random"]
     # Its own session, so the driver and the local Ray it started die together, like a lost machine.
     driver = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline, finished_before = time.monotonic() + 240, set()

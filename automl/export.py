@@ -1,0 +1,109 @@
+"""Self-contained models: raw uint8 RGB images of any size in, class probabilities out.
+
+:func:`assemble` wraps one or more trained members into one Keras graph: a resize layer that
+calls :func:`automl.data.resize_tensor` (the very function the training cache used), every
+member, and the weighted average of their probabilities. :func:`export_model` writes it as a
+``.keras`` file and as a TensorFlow SavedModel that plain TensorFlow loads without this package::
+
+    import tensorflow as tf
+    model = tf.saved_model.load("MODEL_DIR/saved_model")
+    probs = model.serve(tf.constant(image_uint8[None]))   # (1, n_classes)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import keras
+
+from automl.data import resize_tensor
+from automl.files import atomic_write, staged_dir, write_json
+
+MODEL_FILE = "model.keras"
+SAVED_MODEL_DIR = "saved_model"
+CARD_JSON, CARD_MD = "model_card.json", "model_card.md"
+
+
+@keras.saving.register_keras_serializable(package="automl")
+class ResizeImages(keras.layers.Layer):
+    """Resizes a batch of raw images to the members' input size, exactly as the training cache did."""
+
+    def __init__(self, height: int, width: int, **kwargs):
+        super().__init__(**kwargs)
+        self.height, self.width = int(height), int(width)
+
+    def call(self, images):
+        return resize_tensor(images, (self.height, self.width))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.height, self.width, 3)
+
+    def get_config(self):
+        return super().get_config() | {"height": self.height, "width": self.width}
+
+
+@keras.saving.register_keras_serializable(package="automl")
+class WeightedAverage(keras.layers.Layer):
+    """The ensemble: a fixed weighted mean of the members' probabilities."""
+
+    def __init__(self, member_weights: Sequence[float], **kwargs):
+        super().__init__(**kwargs)
+        total = float(sum(member_weights))
+        self.member_weights = [float(w) / total for w in member_weights]
+
+    def call(self, inputs):
+        return sum(w * x for w, x in zip(self.member_weights, inputs, strict=True))
+
+    def compute_output_shape(self, input_shapes):
+        return input_shapes[0]
+
+    def get_config(self):
+        return super().get_config() | {"member_weights": self.member_weights}
+
+
+def assemble(members: Sequence[keras.Model], weights: Sequence[float], image_size: tuple[int, int]) -> keras.Model:
+    """One model over raw uint8 images of any size; members with zero weight are left out."""
+    kept = [(m, w) for m, w in zip(members, weights, strict=True) if w > 0]
+    if not kept:
+        raise ValueError("an ensemble needs at least one member with a positive weight")
+    images = keras.Input(shape=(None, None, 3), dtype="uint8", name="image")
+    resized = ResizeImages(*image_size, name="resize")(images)
+    outputs = [
+        # Each member gets its own name: trained members share layer and model names.
+        keras.Model(m.inputs, m.output, name=f"member_{i + 1}")(resized)
+        for i, (m, _) in enumerate(kept)
+    ]
+    probs = WeightedAverage([w for _, w in kept], name="ensemble")(outputs) if len(kept) > 1 else outputs[0]
+    return keras.Model(images, probs, name="skin_automl")
+
+
+def export_model(model: keras.Model, out_dir: Path, card: dict) -> Path:
+    """Write ``model.keras``, ``saved_model/`` and the model card (JSON and Markdown) into ``out_dir``."""
+    out_dir = Path(out_dir)
+    with staged_dir(out_dir) as stage:
+        model.save(stage / MODEL_FILE)
+        model.export(str(stage / SAVED_MODEL_DIR), format="tf_saved_model", verbose=False)
+        write_json(stage / CARD_JSON, card)
+        atomic_write(stage / CARD_MD, card_markdown(card))
+    return out_dir
+
+
+def read_card(model_dir: Path) -> dict:
+    return json.loads((Path(model_dir) / CARD_JSON).read_text())
+
+
+def card_markdown(card: dict) -> str:
+    """A human-readable model card from its JSON form."""
+    lines = [f"# {card.get('name', 'skin-automl model')}", ""]
+    lines.append(f"Intended use: {card.get('intended_use', 'research only, not diagnosis')}.")
+    lines.append("")
+    for key in ("task", "classes", "input", "resize", "data_fingerprint", "split", "members"):
+        if key in card:
+            value = card[key]
+            lines.append(f"- **{key.replace('_', ' ')}**: {', '.join(map(str, value)) if isinstance(value, list) else value}")
+    if "metrics" in card:
+        lines += ["", "| metric | value |", "| --- | --- |"]
+        lines += [f"| {k} | {v:.3f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in card["metrics"].items()]
+    return "\n".join(lines) + "\n"

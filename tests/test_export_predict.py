@@ -1,0 +1,89 @@
+"""Export of an ensemble graph (raw images in), reload in plain TensorFlow, and predict's CSV."""
+
+import json
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from automl.data import DX_CLASSES, decode_image, resize_image
+from automl.errors import UserError
+from automl.export import assemble, export_model
+from automl.hparams import ModelConfig
+from automl.model import build_model
+from automl.predict import predict_files
+
+
+def members(n_classes=7):
+    configs = [{"conv_blocks": 1, "base_filters": 4, "dense_units": 8},
+               {"conv_blocks": 2, "base_filters": 4, "dense_units": 8, "flip_horizontal": True}]
+    return [build_model(ModelConfig.from_params(c), (16, 16), n_classes) for c in configs]
+
+
+@pytest.fixture
+def exported(tmp_path):
+    model = assemble(members(), [2.0, 1.0], (16, 16))
+    export_model(model, tmp_path / "model", {"name": "test", "task": "multiclass", "classes": list(DX_CLASSES)})
+    return model, tmp_path / "model"
+
+
+def test_ensemble_graph_resizes_like_training_and_averages_members():
+    ms = members()
+    model = assemble(ms, [2.0, 1.0], (16, 16))
+    raw = np.random.default_rng(0).integers(0, 256, (2, 45, 60, 3), dtype=np.uint8)
+    resized = np.stack([resize_image(image, (16, 16)) for image in raw]).astype("float32")
+    expected = (2 * ms[0](resized).numpy() + ms[1](resized).numpy()) / 3
+    np.testing.assert_allclose(model(raw).numpy(), expected, atol=1e-6)
+    single = assemble(ms, [1.0, 0.0], (16, 16))  # a zero-weight member is left out
+    np.testing.assert_allclose(single(raw).numpy(), ms[0](resized).numpy(), atol=1e-6)
+
+
+def test_saved_model_reloads_in_plain_tensorflow(exported, tmp_path):
+    model, model_dir = exported
+    raw = np.random.default_rng(1).integers(0, 256, (3, 30, 40, 3), dtype=np.uint8)
+    np.save(tmp_path / "raw.npy", raw)
+    code = (
+        "import sys, json, numpy as np, tensorflow as tf\n"
+        f"m = tf.saved_model.load({str(model_dir / 'saved_model')!r})\n"
+        f"print(json.dumps(m.serve(tf.constant(np.load({str(tmp_path / 'raw.npy')!r}))).numpy().tolist()))\n"
+        "assert 'automl' not in sys.modules\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    np.testing.assert_allclose(json.loads(proc.stdout.strip().splitlines()[-1]), model(raw).numpy(), atol=1e-5)
+    reloaded = keras.saving.load_model(model_dir / "model.keras")
+    np.testing.assert_allclose(reloaded(raw).numpy(), model(raw).numpy(), atol=1e-6)
+    assert json.loads((model_dir / "model_card.json").read_text())["classes"] == list(DX_CLASSES)
+    assert "# test" in (model_dir / "model_card.md").read_text()
+
+
+def test_predict_schema_and_error_rows(exported, tmp_path):
+    model, model_dir = exported
+    images = tmp_path / "images"
+    (images / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(2)
+    Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(images / "ISIC_A.jpg")
+    Image.fromarray(rng.integers(0, 256, (50, 20), dtype=np.uint8)).save(images / "sub" / "ISIC_B.png")  # greyscale
+    (images / "ISIC_C.jpg").write_bytes(b"not a jpeg")
+    table = predict_files(model_dir, [images, tmp_path / "missing.jpg"], tmp_path / "preds.csv")
+    written = pd.read_csv(tmp_path / "preds.csv", keep_default_na=False)
+    assert list(written.columns) == ["image_id", "dx_pred", *[f"p_{c}" for c in DX_CLASSES], "error"]
+    rows = written.set_index("image_id")
+    assert set(rows.index) == {"ISIC_A", "ISIC_B", "ISIC_C", "missing"}
+    assert rows.loc["ISIC_C", "error"] and rows.loc["missing", "error"] == "missing"
+    assert rows.loc["ISIC_A", "error"] == "" and rows.loc["ISIC_A", "dx_pred"] in DX_CLASSES
+    expected = model(decode_image(images / "ISIC_A.jpg")[None]).numpy()[0]
+    np.testing.assert_allclose(rows.loc["ISIC_A", [f"p_{c}" for c in DX_CLASSES]].astype(float), expected, atol=1e-6)
+    assert len(table) == 4
+
+
+def test_predict_fails_only_when_nothing_is_readable(exported, tmp_path):
+    _, model_dir = exported
+    (tmp_path / "bad.jpg").write_text("nope")
+    with pytest.raises(UserError, match="none of the 1 inputs could be read"):
+        predict_files(model_dir, [tmp_path / "bad.jpg"], tmp_path / "preds.csv")
+    assert (tmp_path / "preds.csv").is_file()  # the error rows are still written
