@@ -57,6 +57,48 @@ def build_parser() -> argparse.ArgumentParser:
     settings.add_argument("--max-failures", type=int)
     settings.add_argument("--seed", type=int, help="searcher seed")
     search.set_defaults(run=_search)
+
+    retrain = commands.add_parser("retrain", help="retrain a search's top configurations from scratch (Ray Tune)")
+    retrain.add_argument("name", help="search run name")
+    retrain.add_argument("--results", type=Path, default=Path("results"))
+    retrain.add_argument("--data", type=Path, help="HAM10000 folder (default: the one the search used)")
+    retrain.add_argument("--top-k", type=int, default=5, help="configurations to retrain (default 5)")
+    retrain.add_argument("--seeds", type=int, default=1, help="seeds per configuration (default 1)")
+    retrain.add_argument("--epochs", type=int, help="epoch budget (default: the spec's training.epochs)")
+    retrain.add_argument("--address", help="Ray cluster address (default: embedded local Ray)")
+    retrain.add_argument("--skip-bad-images", action="store_true")
+    retrain.add_argument("--cache-dir", type=Path)
+    retrain.set_defaults(run=_retrain)
+
+    ensemble = commands.add_parser("ensemble", help="ensemble the retrained members and evaluate on the test split")
+    ensemble.add_argument("name", help="search run name")
+    ensemble.add_argument("--results", type=Path, default=Path("results"))
+    ensemble.add_argument("--method", choices=("greedy", "mean", "weighted"), default="greedy")
+    ensemble.set_defaults(run=_ensemble)
+
+    export = commands.add_parser("export", help="export a run's ensemble as a self-contained model folder")
+    export.add_argument("name", help="search run name")
+    export.add_argument("--results", type=Path, default=Path("results"))
+    export.add_argument("--out", type=Path, required=True, help="model folder to write")
+    export.set_defaults(run=_export)
+
+    predict = commands.add_parser("predict", help="classify image files with an exported model")
+    predict.add_argument("model_dir", type=Path, help="folder written by automl export")
+    predict.add_argument("inputs", nargs="+", help="image files or folders")
+    predict.add_argument("--out", type=Path, default=Path("preds.csv"), help="CSV to write (default preds.csv)")
+    predict.add_argument("--batch-size", type=int, default=64)
+    predict.set_defaults(run=_predict)
+
+    run = commands.add_parser("run", help="search, retrain, ensemble, evaluate and export in one command")
+    run.add_argument("spec", type=Path, help="search spec (YAML)")
+    _data_args(run)
+    run.add_argument("--name", required=True, help="run name: results go to RESULTS/NAME")
+    run.add_argument("--results", type=Path, default=Path("results"))
+    run.add_argument("--address", help="Ray cluster address (default: embedded local Ray)")
+    run.add_argument("--top-k", type=int, default=5)
+    run.add_argument("--seeds", type=int, default=1)
+    run.add_argument("--method", choices=("greedy", "mean", "weighted"), default="greedy")
+    run.set_defaults(run=_run)
     return parser
 
 
@@ -92,6 +134,78 @@ def _search(args: argparse.Namespace) -> None:
 
     run_search(spec, args.data, args.name, args.results, address=args.address, resume=args.resume,
                skip_bad_images=args.skip_bad_images, cache_dir=args.cache_dir)
+
+
+def _run_data_dir(args: argparse.Namespace) -> Path:
+    from automl.errors import UserError
+    from automl.store import read_run_info
+
+    if getattr(args, "data", None):
+        return args.data
+    recorded = read_run_info(args.results / args.name).get("data_dir")
+    if not recorded:
+        raise UserError(f"{args.results / args.name}: no search run here; check --results and the name, or pass --data")
+    return Path(recorded)
+
+
+def _retrain(args: argparse.Namespace) -> None:
+    from automl.console import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
+    from automl.retrain import retrain
+
+    retrain(args.results / args.name, _run_data_dir(args), top_k=args.top_k, seeds=args.seeds, epochs=args.epochs,
+            address=args.address, skip_bad_images=args.skip_bad_images, cache_dir=args.cache_dir)
+
+
+def _ensemble(args: argparse.Namespace) -> None:
+    from automl.evaluate import evaluate_run
+
+    evaluate_run(args.results / args.name, method=args.method)
+
+
+def _export(args: argparse.Namespace) -> None:
+    from automl.console import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
+    from automl.export import export_run
+
+    out = export_run(args.results / args.name, args.out)
+    print(f"exported {out}: model.keras, saved_model/, model_card.json, model_card.md")
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from automl.console import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
+    from automl.predict import predict_files
+
+    predict_files(args.model_dir, args.inputs, args.out, batch_size=args.batch_size)
+
+
+def _run(args: argparse.Namespace) -> None:
+    from automl.console import import_tensorflow_quietly
+    from automl.spec import load_spec
+
+    spec = load_spec(args.spec).with_overrides(image_size=args.image_size, split_file=args.split_file)
+    spec.space  # noqa: B018 - validates the space before the slow imports
+    import_tensorflow_quietly()
+    from automl.evaluate import evaluate_run
+    from automl.export import export_run
+    from automl.retrain import retrain
+    from automl.search import run_search
+
+    from automl.store import read_run_info
+
+    run_dir = run_search(spec, args.data, args.name, args.results, address=args.address,
+                         skip_bad_images=args.skip_bad_images, cache_dir=args.cache_dir)
+    if read_run_info(run_dir).get("status") != "finished":
+        return  # interrupted: run_search said how to resume; retrain afterwards with automl retrain
+    retrain(run_dir, args.data, top_k=args.top_k, seeds=args.seeds, address=args.address,
+            skip_bad_images=args.skip_bad_images, cache_dir=args.cache_dir)
+    evaluate_run(run_dir, method=args.method)
+    out = export_run(run_dir, run_dir / "model")
+    print(f"done: report {run_dir / 'ensemble' / 'report.md'}, model {out}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -107,3 +107,61 @@ def card_markdown(card: dict) -> str:
         lines += ["", "| metric | value |", "| --- | --- |"]
         lines += [f"| {k} | {v:.3f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in card["metrics"].items()]
     return "\n".join(lines) + "\n"
+
+
+def export_run(run_dir: Path, out_dir: Path) -> Path:
+    """Export a run's ensemble (after retrain and ensemble) as one self-contained model folder."""
+    import yaml
+
+    from automl.data import RESIZE_METHOD
+    from automl.errors import UserError
+    from automl.evaluate import ENSEMBLE_DIR
+    from automl.retrain import RETRAIN_DIR, read_members
+    from automl.store import SPEC_FILE, read_run_info
+
+    run_dir = Path(run_dir)
+    if not (run_dir / ENSEMBLE_DIR / "ensemble.json").is_file():
+        raise UserError(f"{run_dir}: no ensemble yet (no {ENSEMBLE_DIR}/ensemble.json); run automl ensemble first")
+    info = read_run_info(run_dir)
+    summary = json.loads((run_dir / ENSEMBLE_DIR / "ensemble.json").read_text())
+    metrics = json.loads((run_dir / ENSEMBLE_DIR / "metrics.json").read_text())
+    members = read_members(run_dir).set_index("member_id")
+    chosen = [m for m, w in summary["weights"].items() if w > 0]
+    models = [keras.saving.load_model(run_dir / RETRAIN_DIR / "members" / m / MODEL_FILE) for m in chosen]
+    image_size = tuple(info["image_size"])
+    model = assemble(models, [summary["weights"][m] for m in chosen], image_size)
+    test, ci = metrics["ensemble"]["test"], metrics["ensemble"].get("test_ci95", {})
+    card = {
+        "name": f"skin-automl {run_dir.name}",
+        "intended_use": "research on dermoscopy image classification; not a medical device and not for diagnosis",
+        "task": summary["task"],
+        "classes": summary["classes"],
+        "input": "raw uint8 RGB images of any size, batch of one size at a time (N, H, W, 3)",
+        "image_size": list(image_size),
+        "resize": RESIZE_METHOD,
+        "data_fingerprint": info.get("data_fingerprint"),
+        "split": summary["split"],
+        "ensemble_method": summary["method"],
+        "members": [
+            {"member_id": m, "weight": summary["weights"][m], "search_trial": members.loc[m, "trial_id"],
+             "seed": int(members.loc[m, "seed"])}
+            for m in chosen
+        ],
+        "metrics": {f"test_{k}": test[k] for k in ("balanced_accuracy", "macro_f1", "accuracy", "auc")},
+        "metrics_ci95": {f"test_{k}": v for k, v in ci.items()},
+        "search_spec": yaml.safe_load((run_dir / SPEC_FILE).read_text()),
+        "versions": _versions(),
+    }
+    return export_model(model, out_dir, card)
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for package in ("skin-automl", "tensorflow", "keras", "ray", "optuna", "numpy", "scikit-learn"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = None
+    return out

@@ -244,3 +244,27 @@ def evaluate(model: keras.Model, dataset: Dataset, split: str) -> dict:
     """The metrics of :func:`automl.metrics.classification_metrics` on one split."""
     images, labels = dataset.subset(split)
     return classification_metrics(labels, predict_proba(model, images), dataset.class_names)
+
+
+_TF_CONFIGURED = False
+
+
+def configure_tensorflow(cpus: float) -> None:
+    """Once per worker process: TF's thread pools sized to the trial's CPU share, GPU memory growth."""
+    global _TF_CONFIGURED
+    if _TF_CONFIGURED:
+        return
+    import tensorflow as tf
+
+    threads = max(1, int(cpus))
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        pass  # the runtime was already initialised in this process; keep its pools
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:
+            pass
+    _TF_CONFIGURED = True

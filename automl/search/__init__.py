@@ -20,7 +20,7 @@ from automl.search._report import Report
 from automl.spec import Spec, load_spec
 from automl.store import RUN_FILE, SPEC_FILE, RunStore, read_run_info, read_trials, write_run_info
 
-__all__ = ["run_search"]
+__all__ = ["run_search", "start_ray"]
 
 
 def run_search(
@@ -51,7 +51,7 @@ def run_search(
     for note in dataset.notes:
         console.info(f"note: {note}")
     if settings.engine == "ray":
-        _start_ray(address)  # before anything is written: an unreachable cluster leaves no half-made run
+        start_ray(address)  # before anything is written: an unreachable cluster leaves no half-made run
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         atomic_write(run_dir / SPEC_FILE, spec.to_yaml())
@@ -99,7 +99,7 @@ def run_search(
     return run_dir
 
 
-def _start_ray(address: str | None) -> None:
+def start_ray(address: str | None) -> None:
     """Embedded local Ray, or a connection to the cluster at ``address``."""
     import os
 
@@ -140,7 +140,7 @@ def _check_reachable(address: str) -> None:
 
 
 def _run_ray(spec, dataset, space, run_dir, name, store_args, report, resume) -> bool:
-    """Run the Ray Tune engine on the Ray started by :func:`_start_ray`; True if it stopped early."""
+    """Run the Ray Tune engine on the Ray started by :func:`start_ray`; True if it stopped early."""
     import ray
 
     from automl.search._ray import StoreCallback, build_tuner, restore_tuner

@@ -17,6 +17,7 @@ from automl.hparams import ModelConfig
 from automl.space import SearchSpace
 from automl.spec import SearchSettings
 from automl.store import RunStore
+from automl.trial import configure_tensorflow
 
 EXPERIMENT_DIR = "ray"
 OPTUNA_DB = "optuna.db"
@@ -33,7 +34,7 @@ class CandidateTrainable(tune.Trainable):
     """
 
     def setup(self, config: dict, dataset: Dataset = None, space: SearchSpace = None, seed: int = 0, cpus: float = 1):
-        _configure_tensorflow(cpus)
+        configure_tensorflow(cpus)
         self.dataset, self.space, self.base_seed = dataset, space, seed
         self._start(config)
 
@@ -230,30 +231,6 @@ def _scheduler(settings: SearchSettings):
         grace_period=settings.grace_period,
         reduction_factor=settings.reduction_factor,
     )
-
-
-_TF_CONFIGURED = False
-
-
-def _configure_tensorflow(cpus: float) -> None:
-    """Once per worker process: TF's thread pools sized to the trial's CPU share, GPU memory growth."""
-    global _TF_CONFIGURED
-    if _TF_CONFIGURED:
-        return
-    import tensorflow as tf
-
-    threads = max(1, int(cpus))
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    except RuntimeError:
-        pass  # the runtime was already initialised in this process; keep its pools
-    for gpu in tf.config.list_physical_devices("GPU"):
-        try:
-            tf.config.experimental.set_memory_growth(gpu, True)
-        except RuntimeError:
-            pass
-    _TF_CONFIGURED = True
 
 
 def _maybe_inject_fault(trial_id: str, epoch: int) -> None:

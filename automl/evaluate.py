@@ -1,0 +1,183 @@
+"""``automl ensemble``: choose the ensemble on validation, judge it and every member on the test split.
+
+Writes ``RESULTS/NAME/ensemble/``: ``ensemble.json`` (method, members, weights, greedy path),
+``metrics.json`` (every member and the ensemble on val and test, with bootstrap confidence
+intervals on test), ``report.md`` (tables next to the seeds' published numbers),
+``confusion_matrix.png`` and, for the binary task, ``roc.png``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+
+from automl import console
+from automl.ensemble import METHODS, build_ensemble
+from automl.errors import UserError
+from automl.files import atomic_write, staged_dir, write_json
+from automl.metrics import HEADLINE, classification_metrics
+from automl.retrain import LABELS_FILE, RETRAIN_DIR, read_members
+from automl.store import read_run_info
+
+ENSEMBLE_DIR = "ensemble"
+
+#: Published results the report sets ours beside; none used a lesion-grouped split.
+PUBLISHED = [
+    {"source": "seed 000, proposed CNN + class weighting", "task": "multiclass", "resolution": "100x75",
+     "split": "image-level random 80/10/10", "accuracy": 0.65, "macro_f1": 0.51},
+    {"source": "seed 000, proposed CNN + augmented oversampling", "task": "multiclass", "resolution": "100x75",
+     "split": "image-level random 80/10/10", "accuracy": 0.72, "macro_f1": 0.56},
+    {"source": "seed 003, CNN (best strategy)", "task": "multiclass", "resolution": "224x224",
+     "split": "'non-duplicated' train, duplicates in val/test (leaks)", "accuracy": 0.844, "macro_f1": 0.374},
+    {"source": "MedMNIST v2, ResNet-18 (28)", "task": "multiclass", "resolution": "28x28",
+     "split": "official DermaMNIST (image-level, leaks)", "accuracy": 0.735, "auc": 0.917},
+    {"source": "MedMNIST v2, Google AutoML Vision", "task": "multiclass", "resolution": "28x28",
+     "split": "official DermaMNIST (image-level, leaks)", "accuracy": 0.768},
+    {"source": "seed 001, weighted ensemble", "task": "binary", "resolution": "224x224",
+     "split": "unstated", "accuracy": 0.880, "sensitivity": 0.735, "specificity": 0.934},
+]
+
+
+def evaluate_run(run_dir: Path, method: str = "greedy", bootstrap: int = 1000, seed: int = 0) -> dict:
+    """Build the ensemble from the retrained members' validation probabilities and evaluate on test."""
+    if method not in METHODS:
+        raise UserError(f"--method {method}: use one of {', '.join(METHODS)}")
+    run_dir = Path(run_dir)
+    if not (run_dir / RETRAIN_DIR / LABELS_FILE).is_file():
+        raise UserError(f"{run_dir}: no retrained members (no {RETRAIN_DIR}/{LABELS_FILE}); run automl retrain first")
+    info, members = read_run_info(run_dir), read_members(run_dir)
+    labels = np.load(run_dir / RETRAIN_DIR / LABELS_FILE)
+    classes = tuple(str(c) for c in labels["class_names"])
+    ids = list(members["member_id"])
+    val = [np.load(run_dir / RETRAIN_DIR / "members" / m / "val_probs.npy") for m in ids]
+    test = [np.load(run_dir / RETRAIN_DIR / "members" / m / "test_probs.npy") for m in ids]
+    ensemble = build_ensemble(method, val, labels["y_val"])
+    results = {
+        m: {"val": classification_metrics(labels["y_val"], v, classes), "test": classification_metrics(labels["y_test"], t, classes)}
+        for m, v, t in zip(ids, val, test, strict=True)
+    }
+    ens_val, ens_test = ensemble.predict(val), ensemble.predict(test)
+    results["ensemble"] = {
+        "val": classification_metrics(labels["y_val"], ens_val, classes),
+        "test": classification_metrics(labels["y_test"], ens_test, classes),
+        "test_ci95": bootstrap_ci(labels["y_test"], ens_test, classes, bootstrap, seed),
+    }
+    # The best single member is chosen on validation, like everything else.
+    best_member = max(ids, key=lambda m: results[m]["val"]["balanced_accuracy"])
+    results[best_member]["test_ci95"] = bootstrap_ci(labels["y_test"], test[ids.index(best_member)], classes, bootstrap, seed)
+    summary = {
+        "method": method,
+        "members": ids,
+        "weights": dict(zip(ids, ensemble.weights, strict=True)),
+        "greedy_picks": [ids[i] for i in ensemble.picks],
+        "greedy_scores": ensemble.scores,
+        "best_member": best_member,
+        "classes": list(classes),
+        "task": info.get("task"),
+        "split": info.get("split"),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    with staged_dir(run_dir / ENSEMBLE_DIR) as stage:
+        write_json(stage / "ensemble.json", summary)
+        write_json(stage / "metrics.json", results)
+        _plot_confusion(results["ensemble"]["test"]["confusion_matrix"], classes, stage / "confusion_matrix.png")
+        if len(classes) == 2:
+            _plot_roc(labels["y_test"], {"ensemble": ens_test, best_member: test[ids.index(best_member)]}, stage / "roc.png")
+        atomic_write(stage / "report.md", report_markdown(run_dir.name, info, summary, results))
+    ens, best = results["ensemble"]["test"], results[best_member]["test"]
+    console.info(
+        f"{method} ensemble of {sum(w > 0 for w in ensemble.weights)} members: test balanced accuracy "
+        f"{ens['balanced_accuracy']:.3f} (best member {best_member}: {best['balanced_accuracy']:.3f}), macro-F1 "
+        f"{ens['macro_f1']:.3f}, accuracy {ens['accuracy']:.3f}, AUC {ens['auc']:.3f}; report: {run_dir / ENSEMBLE_DIR / 'report.md'}"
+    )
+    return results
+
+
+def bootstrap_ci(y: np.ndarray, probs: np.ndarray, classes: tuple[str, ...], rounds: int, seed: int) -> dict:
+    """95% percentile intervals of the headline metrics over image-level bootstrap resamples."""
+    rng = np.random.default_rng(seed)
+    draws = {name: [] for name in HEADLINE}
+    for _ in range(rounds):
+        rows = rng.integers(0, len(y), len(y))
+        m = classification_metrics(y[rows], probs[rows], classes)
+        for name in HEADLINE:
+            draws[name].append(m[name])
+    return {name: [float(np.nanpercentile(v, 2.5)), float(np.nanpercentile(v, 97.5))] for name, v in draws.items()}
+
+
+def report_markdown(name: str, info: dict, summary: dict, results: dict) -> str:
+    best = summary["best_member"]
+    lines = [
+        f"# {name}: ensemble report", "",
+        f"Task {info.get('task')}, {info.get('image_size')} pixels, split: {summary['split']}. "
+        f"Ensemble method: {summary['method']} (chosen on validation only); the test split was used for nothing but this report.",
+        "", "## Test split", "",
+        "| model | weight | balanced accuracy | macro-F1 | accuracy | AUC |", "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for model in ["ensemble", *summary["members"]]:
+        m = results[model]["test"]
+        ci = results[model].get("test_ci95", {})
+        cell = lambda k: f"{m[k]:.3f}" + (f" [{ci[k][0]:.3f}, {ci[k][1]:.3f}]" if k in ci else "")  # noqa: E731
+        weight = "" if model == "ensemble" else f"{summary['weights'][model]:.2f}"
+        label = f"{model} (best member on val)" if model == best else model
+        lines.append(f"| {label} | {weight} | {cell('balanced_accuracy')} | {cell('macro_f1')} | {cell('accuracy')} | {cell('auc')} |")
+    ens_val, best_val = results["ensemble"]["val"], results[best]["val"]
+    lines += ["", f"Validation balanced accuracy: ensemble {ens_val['balanced_accuracy']:.3f}, best member "
+              f"{best_val['balanced_accuracy']:.3f}. Brackets: 95% bootstrap intervals over test images.", "",
+              "## Per class (ensemble, test)", "", "| class | precision | recall | F1 | support |", "| --- | ---: | ---: | ---: | ---: |"]
+    for cls, row in results["ensemble"]["test"]["per_class"].items():
+        lines.append(f"| {cls} | {row['precision']:.2f} | {row['recall']:.2f} | {row['f1']:.2f} | {row['support']} |")
+    lines += ["", "## Published numbers, for scale", "",
+              "None of these used a lesion-grouped split; image-level splits put images of one lesion on both sides.", "",
+              "| source | resolution | split | accuracy | macro-F1 | AUC |", "| --- | --- | --- | ---: | ---: | ---: |"]
+    for row in (p for p in PUBLISHED if p["task"] == info.get("task")):
+        fmt = lambda k: f"{row[k]:.3f}" if k in row else "-"  # noqa: E731
+        lines.append(f"| {row['source']} | {row['resolution']} | {row['split']} | {fmt('accuracy')} | {fmt('macro_f1')} | {fmt('auc')} |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot_confusion(matrix: list[list[int]], classes: tuple[str, ...], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = np.asarray(matrix)
+    recall = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(classes), 0.8 + 0.8 * len(classes)))
+    ax.imshow(recall, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, f"{counts[i, j]}\n{recall[i, j]:.0%}", ha="center", va="center", fontsize=8,
+                    color="white" if recall[i, j] > 0.6 else "black")
+    ax.set_xticks(range(len(classes)), classes)
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("ensemble, test split (counts, row %)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_roc(y: np.ndarray, models: dict[str, np.ndarray], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for name, probs in models.items():
+        fpr, tpr, _ = roc_curve(y, probs[:, 1])
+        ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(y, probs[:, 1]):.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    ax.set_xlabel("1 - specificity")
+    ax.set_ylabel("sensitivity")
+    ax.set_title("malignant vs benign, test split")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

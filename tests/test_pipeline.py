@@ -1,0 +1,43 @@
+"""The whole pipeline on tiny data: automl run, then predict with the exported model."""
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from automl.cli import main
+from automl.data import DX_CLASSES
+from automl.retrain import read_members
+from tests.test_search import TINY_SEARCH
+
+
+def test_run_then_predict(tiny_ham, tmp_path, capsys):
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY_SEARCH + "training: {epochs: 4, early_stopping_patience: 2}\n")
+    results = tmp_path / "results"
+    code = main(["run", str(spec), "--data", str(tiny_ham), "--name", "e2e", "--results", str(results),
+                 "--top-k", "2", "--seeds", "2"])
+    assert code == 0, capsys.readouterr().err
+    run_dir = results / "e2e"
+
+    members = read_members(run_dir)
+    assert len(members) == 4 and (members["epochs"] <= 4).all()
+    assert {"val_balanced_accuracy", "test_balanced_accuracy", "trial_id", "seed"} <= set(members.columns)
+    summary = json.loads((run_dir / "ensemble" / "ensemble.json").read_text())
+    assert abs(sum(summary["weights"].values()) - 1) < 1e-9 and summary["method"] == "greedy"
+    metrics = json.loads((run_dir / "ensemble" / "metrics.json").read_text())
+    assert metrics["ensemble"]["val"]["balanced_accuracy"] >= metrics[summary["best_member"]]["val"]["balanced_accuracy"]
+    assert len(metrics["ensemble"]["test_ci95"]["balanced_accuracy"]) == 2
+    report = (run_dir / "ensemble" / "report.md").read_text()
+    assert "MedMNIST v2" in report and "(best member on val)" in report
+    assert (run_dir / "ensemble" / "confusion_matrix.png").stat().st_size > 1000
+
+    model_dir = run_dir / "model"
+    card = json.loads((model_dir / "model_card.json").read_text())
+    assert card["classes"] == list(DX_CLASSES) and "not for diagnosis" in card["intended_use"]
+    images = tiny_ham / "HAM10000_images"
+    assert main(["predict", str(model_dir), str(images), "--out", str(tmp_path / "preds.csv")]) == 0
+    preds = pd.read_csv(tmp_path / "preds.csv", keep_default_na=False)
+    assert len(preds) == len(list(images.glob("*.jpg"))) and (preds["error"] == "").all()
+    probs = preds[[f"p_{c}" for c in DX_CLASSES]].to_numpy()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
