@@ -96,3 +96,14 @@ def test_entry_point_exits_2_without_traceback(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"automl train: error: {tmp_path / 'missing'}: data folder not found"]
+
+
+def test_train_binary_task(tiny_ham, tmp_path, capsys):
+    spec = tmp_path / "binary.yaml"
+    spec.write_text(TINY_SPEC.replace("data: {image_size: 16}", "data: {image_size: 16, task: binary}"))
+    code, _, stderr = run_cli(["train", spec, "--data", tiny_ham, "--out", tmp_path / "out"], capsys)
+    assert code == 0, stderr
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["class_names"] == ["benign", "malignant"]
+    assert 0 <= metrics["test_sensitivity"] <= 1 and 0 <= metrics["test_specificity"] <= 1
+    assert set(metrics["per_class"]["test"]) == {"benign", "malignant"}
