@@ -71,8 +71,9 @@ def assemble(members: Sequence[keras.Model], weights: Sequence[float], image_siz
     images = keras.Input(shape=(None, None, 3), dtype="uint8", name="image")
     resized = ResizeImages(*image_size, name="resize")(images)
     outputs = [
-        # Each member gets its own name: trained members share layer and model names.
-        keras.Model(m.inputs, m.output, name=f"member_{i + 1}")(resized)
+        # Each member gets its own name (trained members share layer and model names), and runs in
+        # inference mode even when the model is called directly: no augmentation, frozen batch norm.
+        keras.Model(m.inputs, m.output, name=f"member_{i + 1}")(resized, training=False)
         for i, (m, _) in enumerate(kept)
     ]
     probs = WeightedAverage([w for _, w in kept], name="ensemble")(outputs) if len(kept) > 1 else outputs[0]

@@ -36,10 +36,11 @@ def test_ensemble_graph_resizes_like_training_and_averages_members():
     model = assemble(ms, [2.0, 1.0], (16, 16))
     raw = np.random.default_rng(0).integers(0, 256, (2, 45, 60, 3), dtype=np.uint8)
     resized = np.stack([resize_image(image, (16, 16)) for image in raw]).astype("float32")
-    expected = (2 * ms[0](resized).numpy() + ms[1](resized).numpy()) / 3
+    expected = (2 * ms[0](resized, training=False).numpy() + ms[1](resized, training=False).numpy()) / 3
     np.testing.assert_allclose(model(raw).numpy(), expected, atol=1e-6)
     single = assemble(ms, [1.0, 0.0], (16, 16))  # a zero-weight member is left out
-    np.testing.assert_allclose(single(raw).numpy(), ms[0](resized).numpy(), atol=1e-6)
+    np.testing.assert_allclose(single(raw).numpy(), ms[0](resized, training=False).numpy(), atol=1e-6)
+    np.testing.assert_array_equal(model(raw).numpy(), model(raw).numpy())  # no augmentation at inference
 
 
 def test_saved_model_reloads_in_plain_tensorflow(exported, tmp_path):
