@@ -38,7 +38,10 @@ class Report:
             console.out.print("no trial finished an epoch")
             return
         ranked = trials.sort_values(column, ascending=(mode == "min"), na_position="last").head(top)
-        hps = [c for c in hyperparameter_columns(trials) if trials[c].nunique(dropna=True) > 1]
+        varying = [c for c in hyperparameter_columns(trials) if trials[c].nunique(dropna=True) > 1]
+        # Key hyperparameters first and at most 10 in all, so the table stays readable;
+        # trials.parquet has every one.
+        hps = sorted(varying, key=lambda c: (c[3:] not in KEY_HYPERPARAMETERS, c))[:10]
         table = Table(title=f"leaderboard by {column} (top {len(ranked)} of {len(trials)} trials)")
         for name in ("trial", "status", "epochs", self.metric.removeprefix("val_"), "macro_f1", *[h[3:] for h in hps]):
             table.add_column(name, justify="left" if name in ("trial", "status") else "right")
