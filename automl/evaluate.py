@@ -117,12 +117,14 @@ def report_markdown(name: str, info: dict, summary: dict, results: dict) -> str:
         "| model | weight | balanced accuracy | macro-F1 | accuracy | AUC |", "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for model in ["ensemble", *summary["members"]]:
-        m = results[model]["test"]
-        ci = results[model].get("test_ci95", {})
-        cell = lambda k: f"{m[k]:.3f}" + (f" [{ci[k][0]:.3f}, {ci[k][1]:.3f}]" if k in ci else "")  # noqa: E731
+        m, ci = results[model]["test"], results[model].get("test_ci95", {})
+        cells = " | ".join(
+            f"{m[k]:.3f}" + (f" [{ci[k][0]:.3f}, {ci[k][1]:.3f}]" if k in ci else "")
+            for k in ("balanced_accuracy", "macro_f1", "accuracy", "auc")
+        )
         weight = "" if model == "ensemble" else f"{summary['weights'][model]:.2f}"
         label = f"{model} (best member on val)" if model == best else model
-        lines.append(f"| {label} | {weight} | {cell('balanced_accuracy')} | {cell('macro_f1')} | {cell('accuracy')} | {cell('auc')} |")
+        lines.append(f"| {label} | {weight} | {cells} |")
     ens_val, best_val = results["ensemble"]["val"], results[best]["val"]
     lines += ["", f"Validation balanced accuracy: ensemble {ens_val['balanced_accuracy']:.3f}, best member "
               f"{best_val['balanced_accuracy']:.3f}. Brackets: 95% bootstrap intervals over test images.", "",
@@ -133,8 +135,8 @@ def report_markdown(name: str, info: dict, summary: dict, results: dict) -> str:
               "None of these used a lesion-grouped split; image-level splits put images of one lesion on both sides.", "",
               "| source | resolution | split | accuracy | macro-F1 | AUC |", "| --- | --- | --- | ---: | ---: | ---: |"]
     for row in (p for p in PUBLISHED if p["task"] == info.get("task")):
-        fmt = lambda k: f"{row[k]:.3f}" if k in row else "-"  # noqa: E731
-        lines.append(f"| {row['source']} | {row['resolution']} | {row['split']} | {fmt('accuracy')} | {fmt('macro_f1')} | {fmt('auc')} |")
+        cells = " | ".join(f"{row[k]:.3f}" if k in row else "-" for k in ("accuracy", "macro_f1", "auc"))
+        lines.append(f"| {row['source']} | {row['resolution']} | {row['split']} | {cells} |")
     return "\n".join(lines) + "\n"
 
 
