@@ -16,8 +16,7 @@ import numpy as np
 import pandas as pd
 
 from automl import console
-from automl.data import decode_image
-from automl.data._images import IMAGE_SUFFIXES
+from automl.data import IMAGE_SUFFIXES, decode_image
 from automl.errors import UserError
 from automl.export import MODEL_FILE, read_card
 from automl.files import atomic_write

@@ -6,13 +6,14 @@
 """
 
 from automl.data._dataset import BINARY_CLASSES, Dataset, class_names, load_dataset
-from automl.data._images import RESIZE_METHOD, decode_image, index_images, resize_image, resize_tensor
+from automl.data._images import IMAGE_SUFFIXES, RESIZE_METHOD, decode_image, index_images, resize_image, resize_tensor
 from automl.data._metadata import DX_CLASSES, MALIGNANT, METADATA_FILE, read_metadata
 from automl.data._split import grouped_split, lesion_leaks
 
 __all__ = [
     "BINARY_CLASSES",
     "DX_CLASSES",
+    "IMAGE_SUFFIXES",
     "MALIGNANT",
     "METADATA_FILE",
     "RESIZE_METHOD",

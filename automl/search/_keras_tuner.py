@@ -86,8 +86,7 @@ def run_keras_tuner(
             failed = trial.status in ("FAILED", "INVALID")
             store.trial_finished(trial.trial_id, "errored" if failed else "completed",
                                  (trial.message or "failed").strip().splitlines()[-1] if failed else None)
-            report.trial_line(store, trial.trial_id, sum(
-                1 for r in store.trials.values() if r.get("status") in ("completed", "pruned", "errored")))
+            report.trial_line(store, trial.trial_id)
             if settings.time_budget_s and time.monotonic() - started > settings.time_budget_s:
                 # Out of time: the oracle hands out no further trial once max_trials is reached.
                 self.oracle.max_trials = len(self.oracle.trials)

@@ -12,12 +12,12 @@ from ray import tune
 
 from automl import console
 from automl.data import Dataset
-from automl.errors import UserError
+from automl.errors import SpecError, UserError
 from automl.hparams import ModelConfig
 from automl.space import SearchSpace
 from automl.spec import SearchSettings
 from automl.store import RunStore
-from automl.trial import configure_tensorflow
+from automl.trial import EpochRunner, configure_tensorflow
 
 EXPERIMENT_DIR = "ray"
 OPTUNA_DB = "optuna.db"
@@ -39,9 +39,6 @@ class CandidateTrainable(tune.Trainable):
         self._start(config)
 
     def _start(self, config: dict) -> None:
-        from automl.errors import SpecError
-        from automl.trial import EpochRunner
-
         self.params = self.space.active(config)
         self.started = time.monotonic()
         self.infeasible, self.restored_from_epoch = None, None
@@ -180,15 +177,11 @@ class StoreCallback(tune.Callback):
     def _finish(self, trial, status: str, error: str | None = None) -> None:
         store = self._open()
         store.trial_finished(trial.trial_id, status, error)
-        self.report.trial_line(store, trial.trial_id, len(trials_done(store)))
+        self.report.trial_line(store, trial.trial_id)
 
     def on_experiment_end(self, trials, **info):
         if self.store is not None:
             self.store.flush(force=True)
-
-
-def trials_done(store: RunStore) -> list[str]:
-    return [t for t, row in store.trials.items() if row.get("status") in ("completed", "pruned", "errored")]
 
 
 def _trainable(dataset: Dataset, space: SearchSpace, settings: SearchSettings):

@@ -19,7 +19,8 @@ class Report:
         self.metric, self.num_samples = metric, num_samples
         self.shown = [n for n in KEY_HYPERPARAMETERS if n in searched][:5] or searched[:5]
 
-    def trial_line(self, store: RunStore, trial_id: str, done: int) -> None:
+    def trial_line(self, store: RunStore, trial_id: str) -> None:
+        done = sum(1 for r in store.trials.values() if r.get("status") in ("completed", "pruned", "errored"))
         row = store.trials[trial_id]
         value = row.get(f"best_{self.metric}")
         params = ", ".join(f"{n}={_short(row.get(f'hp_{n}'))}" for n in self.shown if row.get(f"hp_{n}") is not None)
