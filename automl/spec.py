@@ -120,12 +120,8 @@ class SearchSettings:
     seed: int = 0
 
 
-#: Command-line overrides of search settings: flag name -> (field, type).
-SEARCH_OVERRIDES = {
-    "engine": str, "searcher": str, "scheduler": str, "keras_tuner": str, "num_samples": int,
-    "max_epochs": int, "grace_period": int, "reduction_factor": int, "metric": str, "mode": str,
-    "max_concurrent": int, "cpu": float, "gpu": float, "time_budget_s": float, "max_failures": int, "seed": int,
-}
+#: Search settings the command line can override (each is validated like the spec file's).
+SEARCH_OVERRIDES = tuple(f.name for f in dataclasses.fields(SearchSettings))
 
 
 @dataclass(frozen=True)
