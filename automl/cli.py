@@ -6,6 +6,7 @@ Bad input (:class:`automl.errors.UserError`) is one line on stderr and exit code
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -18,6 +19,26 @@ def _data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split-file", help="CSV of image_id,split (e.g. dermamnist_split.csv) instead of the grouped split")
     parser.add_argument("--skip-bad-images", action="store_true", help="leave out missing or unreadable images")
     parser.add_argument("--cache-dir", type=Path, help="decoded-image cache (default: $AUTOML_CACHE_DIR or ~/.cache/skin-automl)")
+
+
+def _search_settings_args(parser: argparse.ArgumentParser) -> None:
+    settings = parser.add_argument_group("search settings (override the spec's search section)")
+    settings.add_argument("--engine", choices=("ray", "keras-tuner"))
+    settings.add_argument("--searcher", choices=("random", "optuna"))
+    settings.add_argument("--scheduler", choices=("asha", "none"))
+    settings.add_argument("--keras-tuner", dest="keras_tuner", choices=("hyperband", "bayesian", "random"))
+    settings.add_argument("--num-samples", type=int)
+    settings.add_argument("--max-epochs", type=int)
+    settings.add_argument("--grace-period", type=int)
+    settings.add_argument("--reduction-factor", type=int)
+    settings.add_argument("--metric")
+    settings.add_argument("--mode", choices=("min", "max"))
+    settings.add_argument("--max-concurrent", type=int)
+    settings.add_argument("--cpus-per-trial", dest="cpu", type=float)
+    settings.add_argument("--gpus-per-trial", dest="gpu", type=float)
+    settings.add_argument("--time-budget", dest="time_budget_s", type=float, help="seconds")
+    settings.add_argument("--max-failures", type=int)
+    settings.add_argument("--seed", type=int, help="searcher seed")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,23 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: results)")
     search.add_argument("--address", help="Ray cluster address (default: embedded local Ray)")
     search.add_argument("--resume", action="store_true", help="continue an interrupted search of this name")
-    settings = search.add_argument_group("search settings (override the spec's search section)")
-    settings.add_argument("--engine", choices=("ray", "keras-tuner"))
-    settings.add_argument("--searcher", choices=("random", "optuna"))
-    settings.add_argument("--scheduler", choices=("asha", "none"))
-    settings.add_argument("--keras-tuner", dest="keras_tuner", choices=("hyperband", "bayesian", "random"))
-    settings.add_argument("--num-samples", type=int)
-    settings.add_argument("--max-epochs", type=int)
-    settings.add_argument("--grace-period", type=int)
-    settings.add_argument("--reduction-factor", type=int)
-    settings.add_argument("--metric")
-    settings.add_argument("--mode", choices=("min", "max"))
-    settings.add_argument("--max-concurrent", type=int)
-    settings.add_argument("--cpus-per-trial", dest="cpu", type=float)
-    settings.add_argument("--gpus-per-trial", dest="gpu", type=float)
-    settings.add_argument("--time-budget", dest="time_budget_s", type=float, help="seconds")
-    settings.add_argument("--max-failures", type=int)
-    settings.add_argument("--seed", type=int, help="searcher seed")
+    _search_settings_args(search)
     search.set_defaults(run=_search)
 
     retrain = commands.add_parser("retrain", help="retrain a search's top configurations from scratch (Ray Tune)")
@@ -95,9 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--name", required=True, help="run name: results go to RESULTS/NAME")
     run.add_argument("--results", type=Path, default=Path("results"))
     run.add_argument("--address", help="Ray cluster address (default: embedded local Ray)")
+    run.add_argument("--resume", action="store_true",
+                     help="continue this run: resume an interrupted search, or skip a finished one and go on")
     run.add_argument("--top-k", type=int, default=5)
     run.add_argument("--seeds", type=int, default=1)
     run.add_argument("--method", choices=("greedy", "mean", "weighted"), default="greedy")
+    _search_settings_args(run)
     run.set_defaults(run=_run)
     return parser
 
@@ -122,12 +130,18 @@ def _train(args: argparse.Namespace) -> None:
     )
 
 
-def _search(args: argparse.Namespace) -> None:
-    from automl.console import import_tensorflow_quietly
+def _search_spec(args: argparse.Namespace):
+    """The spec file with the command line's data and search-settings overrides applied."""
     from automl.spec import SEARCH_OVERRIDES, load_spec
 
     overrides = {key: getattr(args, key) for key in SEARCH_OVERRIDES}
-    spec = load_spec(args.spec).with_overrides(image_size=args.image_size, split_file=args.split_file, search=overrides)
+    return load_spec(args.spec).with_overrides(image_size=args.image_size, split_file=args.split_file, search=overrides)
+
+
+def _search(args: argparse.Namespace) -> None:
+    from automl.console import import_tensorflow_quietly
+
+    spec = _search_spec(args)
     spec.space  # noqa: B018 - validates the space before the slow imports
     import_tensorflow_quietly()
     from automl.search import run_search
@@ -185,22 +199,25 @@ def _predict(args: argparse.Namespace) -> None:
 
 def _run(args: argparse.Namespace) -> None:
     from automl.console import import_tensorflow_quietly
-    from automl.spec import load_spec
 
-    spec = load_spec(args.spec).with_overrides(image_size=args.image_size, split_file=args.split_file)
+    spec = _search_spec(args)
     spec.space  # noqa: B018 - validates the space before the slow imports
     import_tensorflow_quietly()
     from automl.evaluate import evaluate_run
     from automl.export import export_run
     from automl.retrain import retrain
     from automl.search import run_search
+    from automl.store import read_run_info, write_run_info
 
-    from automl.store import read_run_info
-
-    run_dir = run_search(spec, args.data, args.name, args.results, address=args.address,
-                         skip_bad_images=args.skip_bad_images, cache_dir=args.cache_dir)
-    if read_run_info(run_dir).get("status") != "finished":
-        return  # interrupted: run_search said how to resume; retrain afterwards with automl retrain
+    run_dir = args.results / args.name
+    if args.resume and read_run_info(run_dir).get("status") == "finished":
+        print(f"search {args.name} already finished; going on to retrain")
+    else:
+        run_search(spec, args.data, args.name, args.results, address=args.address, resume=args.resume,
+                   skip_bad_images=args.skip_bad_images, cache_dir=args.cache_dir)
+        if read_run_info(run_dir).get("status") != "finished":
+            return  # interrupted: run_search said how to resume
+    write_run_info(run_dir, command=args.command_line)
     retrain(run_dir, args.data, top_k=args.top_k, seeds=args.seeds, address=args.address,
             skip_bad_images=args.skip_bad_images, cache_dir=args.cache_dir)
     evaluate_run(run_dir, method=args.method)
@@ -209,7 +226,9 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.command_line = shlex.join(["automl", *argv])
     try:
         args.run(args)
     except UserError as exc:

@@ -18,27 +18,11 @@ from automl.ensemble import METHODS, build_ensemble
 from automl.errors import UserError
 from automl.files import atomic_write, staged_dir, write_json
 from automl.metrics import HEADLINE, classification_metrics
+from automl.published import PUBLISHED
 from automl.retrain import LABELS_FILE, RETRAIN_DIR, read_members
 from automl.store import read_run_info
 
 ENSEMBLE_DIR = "ensemble"
-
-#: Published results the report sets ours beside; none used a lesion-grouped split.
-PUBLISHED = [
-    {"source": "seed 000, proposed CNN + class weighting", "task": "multiclass", "resolution": "100x75",
-     "split": "image-level random 80/10/10", "accuracy": 0.65, "macro_f1": 0.51},
-    {"source": "seed 000, proposed CNN + augmented oversampling", "task": "multiclass", "resolution": "100x75",
-     "split": "image-level random 80/10/10", "accuracy": 0.72, "macro_f1": 0.56},
-    {"source": "seed 003, CNN (best strategy)", "task": "multiclass", "resolution": "224x224",
-     "split": "'non-duplicated' train, duplicates in val/test (leaks)", "accuracy": 0.844, "macro_f1": 0.374},
-    {"source": "MedMNIST v2, ResNet-18 (28)", "task": "multiclass", "resolution": "28x28",
-     "split": "official DermaMNIST (image-level, leaks)", "accuracy": 0.735, "auc": 0.917},
-    {"source": "MedMNIST v2, Google AutoML Vision", "task": "multiclass", "resolution": "28x28",
-     "split": "official DermaMNIST (image-level, leaks)", "accuracy": 0.768},
-    {"source": "seed 001, weighted ensemble", "task": "binary", "resolution": "224x224",
-     "split": "unstated", "accuracy": 0.880, "sensitivity": 0.735, "specificity": 0.934},
-]
-
 
 def evaluate_run(run_dir: Path, method: str = "greedy", bootstrap: int = 1000, seed: int = 0) -> dict:
     """Build the ensemble from the retrained members' validation probabilities and evaluate on test."""
@@ -77,7 +61,7 @@ def evaluate_run(run_dir: Path, method: str = "greedy", bootstrap: int = 1000, s
         "classes": list(classes),
         "task": info.get("task"),
         "split": info.get("split"),
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     with staged_dir(run_dir / ENSEMBLE_DIR) as stage:
         write_json(stage / "ensemble.json", summary)
@@ -137,7 +121,29 @@ def report_markdown(name: str, info: dict, summary: dict, results: dict) -> str:
     for row in (p for p in PUBLISHED if p["task"] == info.get("task")):
         cells = " | ".join(f"{row[k]:.3f}" if k in row else "-" for k in ("accuracy", "macro_f1", "auc"))
         lines.append(f"| {row['source']} | {row['resolution']} | {row['split']} | {cells} |")
+    lines += ["", "## How this was made", "", *_provenance(info)]
     return "\n".join(lines) + "\n"
+
+
+def _provenance(info: dict) -> list[str]:
+    """The command, the machine and the wall time of each stage, from ``run.json``."""
+    machine = info.get("machine") or {}
+    retrain = info.get("retrain") or {}
+    lines = []
+    if info.get("command"):
+        lines.append(f"- command: `{info['command']}`")
+    if machine:
+        lines.append(f"- machine: {machine.get('cpus')} CPUs, {machine.get('memory_gib')} GiB, {machine.get('platform')}, "
+                     f"Python {machine.get('python')}, automl {machine.get('automl')}")
+    if info.get("wall_s") is not None:
+        lines.append(f"- search: {info.get('num_samples')} trials ({info.get('searcher')} + {info.get('scheduler')}), "
+                     f"{info['wall_s'] / 60:.1f} min wall, {info.get('started')} to {info.get('ended')}")
+    if info.get("search_copied_from"):
+        lines.append(f"- search stage reused from run {info['search_copied_from']}")
+    if retrain:
+        lines.append(f"- retrain: top {retrain.get('top_k')} x {retrain.get('seeds')} seed(s) = {retrain.get('members')} members, "
+                     f"up to {retrain.get('epochs')} epochs, {retrain['wall_s'] / 60:.1f} min wall, {retrain.get('started')} to {retrain.get('ended')}")
+    return lines or ["- not recorded (run made before automl recorded provenance)"]
 
 
 def _plot_confusion(matrix: list[list[int]], classes: tuple[str, ...], path: Path) -> None:

@@ -54,7 +54,7 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: t
         "macro_f1": float(f1_score(y_true, y_pred, labels=labels[present], average="macro", zero_division=0)),
         "auc": _macro_auc(y_true, probs, labels),
         "loss": float(log_loss(y_true, clipped / clipped.sum(axis=1, keepdims=True), labels=labels)),
-        "n": int(len(y_true)),
+        "n": len(y_true),
         "per_class": {
             name: {
                 "precision": float(precision[i]),

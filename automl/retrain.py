@@ -19,6 +19,7 @@ import json
 import math
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ from automl.files import atomic_write, staged_dir
 from automl.hparams import parse_name
 from automl.metrics import classification_metrics, prefixed
 from automl.spec import load_spec
-from automl.store import SPEC_FILE, hyperparameter_columns, read_run_info, read_trials
+from automl.store import SPEC_FILE, hyperparameter_columns, read_run_info, read_trials, utc_now, write_run_info
 
 RETRAIN_DIR = "retrain"
 MEMBERS_FILE = "members.parquet"
@@ -96,6 +97,7 @@ def retrain(
         f"{epochs} epochs (early stopping patience {training.early_stopping_patience} on {training.metric})"
     )
     start_ray(address)
+    started, wall = utc_now(), time.monotonic()
     settings = spec.search
     with tempfile.TemporaryDirectory(prefix="automl-retrain-") as scratch:
         trainable = tune.with_resources(
@@ -141,6 +143,8 @@ def retrain(
                      val_ids=dataset.table["image_id"][split == "val"].to_numpy(dtype=str),
                      test_ids=dataset.table["image_id"][split == "test"].to_numpy(dtype=str),
                      class_names=np.array(dataset.class_names))
+    write_run_info(run_dir, retrain={"started": started, "ended": utc_now(), "wall_s": round(time.monotonic() - wall, 1),
+                                     "top_k": top_k, "seeds": seeds, "epochs": epochs, "members": len(rows)})
     console.info(f"retrained {len(rows)} members into {run_dir / RETRAIN_DIR}")
     return run_dir / RETRAIN_DIR
 

@@ -6,17 +6,19 @@ One folder per run, ``RESULTS/NAME/``:
     the resolved spec the run used (settings after command-line overrides).
 ``run.json``
     engine, searcher, scheduler, metric and mode, status (``running``, ``finished``,
-    ``interrupted``), start and end times, the data fingerprint and split.
+    ``interrupted``), start and end times, the data fingerprint and split, the machine; later
+    stages add theirs (``retrain``: start, end, members; ``command``: the ``automl run`` line).
 ``trials.parquet``
     one row per trial: ``trial_id``, ``status`` (``running|completed|pruned|errored``; pruned =
     stopped before ``max_epochs`` by ASHA, Hyperband or the time budget),
     ``epochs``, every hyperparameter as ``hp_NAME`` (missing when its condition did not hold),
     ``best_epoch``, ``best_val_*`` (at the epoch best by the run's metric), ``last_val_*``,
-    ``wall_time_s``, ``hostname``, ``node_ip``, ``error``; ``retries`` and ``restored_from_epoch``
+    ``wall_time_s``, ``started_at`` (Unix time), ``hostname``, ``node_ip``, ``error``; ``retries`` and ``restored_from_epoch``
     when a failed trial was resumed from its checkpoint.
 ``epochs.parquet``
     one row per trial and epoch: ``trial_id``, ``epoch``, ``loss``, ``accuracy``, every
-    ``val_*`` metric, ``learning_rate``, ``elapsed_s`` since the trial started.
+    ``val_*`` metric, ``learning_rate``, ``elapsed_s`` since the trial started, ``timestamp``
+    (Unix time the epoch was recorded: best-so-far versus wall time is read from it).
 
 Files are rewritten whole, atomically (temporary file + rename), while the search runs; a reader
 never sees a torn file. Readers use :func:`read_trials` / :func:`read_epochs` and never import Ray.
@@ -24,6 +26,7 @@ never sees a torn file. Readers use :func:`read_trials` / :func:`read_epochs` an
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import time
@@ -64,13 +67,13 @@ class RunStore:
                 self.epochs[row["trial_id"], int(row["epoch"])] = row
 
     def trial_started(self, trial_id: str, params: dict[str, Any]) -> None:
-        row = self.trials.setdefault(trial_id, {"trial_id": trial_id, "epochs": 0, "wall_time_s": 0.0})
+        row = self.trials.setdefault(trial_id, {"trial_id": trial_id, "epochs": 0, "wall_time_s": 0.0, "started_at": time.time()})
         row["status"] = "running"
         row.update({f"hp_{k}": v for k, v in params.items()})
 
     def epoch(self, trial_id: str, epoch: int, metrics: dict[str, Any], elapsed_s: float, info: dict[str, Any]) -> None:
         """Record one epoch's metrics (a retried trial overwrites the epochs it repeats)."""
-        record = {"trial_id": trial_id, "epoch": int(epoch), "elapsed_s": float(elapsed_s)}
+        record = {"trial_id": trial_id, "epoch": int(epoch), "elapsed_s": float(elapsed_s), "timestamp": time.time()}
         record.update({k: _number(metrics.get(k)) for k in EPOCH_COLUMNS})
         self.epochs[trial_id, int(epoch)] = record
         row = self.trials.setdefault(trial_id, {"trial_id": trial_id, "status": "running"})
@@ -119,6 +122,24 @@ class RunStore:
             row["best_epoch"] = rows[best]["epoch"]
             row.update({f"best_{m}": rows[best].get(m) for m in VAL_METRICS})
         row.update({f"last_{m}": rows[-1].get(m) for m in VAL_METRICS})
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def machine_info() -> dict[str, Any]:
+    """What a measurement was made on: recorded next to every timing."""
+    import os
+    import platform
+
+    from automl import __version__
+
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
+    return {
+        "hostname": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
+        "cpus": os.cpu_count(), "memory_gib": round(memory / 2**30, 1), "automl": __version__,
+    }
 
 
 def write_run_info(run_dir: Path, **info: Any) -> dict:

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-import platform
 import time
 from pathlib import Path
 
 import pandas as pd
 
-from automl import __version__, console
+from automl import console
 from automl.data import RESIZE_METHOD, load_dataset
 from automl.files import atomic_write, staged_dir, write_json
 from automl.metrics import HEADLINE, prefixed
 from automl.spec import Spec
+from automl.store import machine_info
 from automl.trial import EpochLine, evaluate, fit_candidate
 
 
@@ -57,7 +57,7 @@ def train_command(
             "counts": counts.to_dict(),
             "notes": dataset.notes,
         },
-        "machine": {"python": platform.python_version(), "platform": platform.platform(), "automl": __version__},
+        "machine": machine_info(),
     }
     with staged_dir(out) as stage:
         write_json(stage / "metrics.json", metrics)

@@ -7,7 +7,6 @@ KerasTuner in this process. Either way the run folder holds the contract of :mod
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import time
 from pathlib import Path
@@ -18,7 +17,16 @@ from automl.errors import UserError
 from automl.files import atomic_write
 from automl.search._report import Report
 from automl.spec import Spec, load_spec
-from automl.store import RUN_FILE, SPEC_FILE, RunStore, read_run_info, read_trials, write_run_info
+from automl.store import (
+    RUN_FILE,
+    SPEC_FILE,
+    RunStore,
+    machine_info,
+    read_run_info,
+    read_trials,
+    utc_now,
+    write_run_info,
+)
 
 __all__ = ["run_search", "start_ray"]
 
@@ -55,14 +63,14 @@ def run_search(
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         atomic_write(run_dir / SPEC_FILE, spec.to_yaml())
-    started = read_run_info(run_dir).get("started") or _now()
+    started = read_run_info(run_dir).get("started") or utc_now()
     write_run_info(
         run_dir, name=name, status="running", engine=settings.engine, searcher=settings.searcher,
         scheduler=settings.scheduler if settings.engine == "ray" else settings.keras_tuner,
         metric=settings.metric, mode=settings.mode, num_samples=settings.num_samples,
         max_epochs=settings.max_epochs, started=started, ended=None, data_dir=str(data_dir),
         data_fingerprint=dataset.fingerprint, split=dataset.split_protocol, task=dataset.task,
-        image_size=list(dataset.image_size), hyperparameters=[d.name for d in space.searched],
+        image_size=list(dataset.image_size), hyperparameters=[d.name for d in space.searched], machine=machine_info(),
     )
     engine = settings.engine if settings.engine == "keras-tuner" else f"ray ({settings.searcher} + {settings.scheduler})"
     console.info(
@@ -86,7 +94,9 @@ def run_search(
     except KeyboardInterrupt:
         interrupted = True
     status = "interrupted" if interrupted else "finished"
-    write_run_info(run_dir, status=status, ended=_now())
+    # wall_s adds up every sitting of a resumed search; started..ended would count the pause too.
+    wall_s = read_run_info(run_dir).get("wall_s", 0) + round(time.monotonic() - wall, 1)
+    write_run_info(run_dir, status=status, ended=utc_now(), wall_s=wall_s)
     trials = read_trials(run_dir) if (run_dir / "trials.parquet").is_file() else None
     if trials is not None:
         report.leaderboard(trials, settings.mode)
@@ -160,7 +170,3 @@ def _run_ray(spec, dataset, space, run_dir, name, store_args, report, resume) ->
     still_running = trials is not None and (trials["status"] == "running").any()
     out_of_time = settings.time_budget_s is not None
     return bool(still_running or (finished < settings.num_samples and not out_of_time))
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
