@@ -6,6 +6,7 @@ Bad input (:class:`automl.errors.UserError`) is one line on stderr and exit code
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: results)")
     search.add_argument("--address", help="Ray cluster address (default: embedded local Ray)")
     search.add_argument("--resume", action="store_true", help="continue an interrupted search of this name")
+    search.add_argument("--storage", help="shared folder or s3:// / gs:// URI for Tune's checkpoints (multi-node clusters)")
     _search_settings_args(search)
     search.set_defaults(run=_search)
 
@@ -102,12 +104,44 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--address", help="Ray cluster address (default: embedded local Ray)")
     run.add_argument("--resume", action="store_true",
                      help="continue this run: resume an interrupted search, or skip a finished one and go on")
+    run.add_argument("--storage", help="shared folder or s3:// / gs:// URI for Tune's checkpoints (multi-node clusters)")
     run.add_argument("--top-k", type=int, default=5)
     run.add_argument("--seeds", type=int, default=1)
     run.add_argument("--method", choices=("greedy", "mean", "weighted"), default="greedy")
     _search_settings_args(run)
     run.set_defaults(run=_run)
+
+    submit = commands.add_parser("submit", help="run a search (or the whole pipeline) as a job on a Ray cluster")
+    submit.add_argument("spec", type=Path, help="search spec (YAML), sent with the job")
+    submit.add_argument("--data", required=True, help="HAM10000 folder on the cluster (the data is never uploaded)")
+    submit.add_argument("--name", required=True, help="run name")
+    submit.add_argument("--results", required=True, help="results folder on the cluster's head node (absolute; shared if you want it elsewhere)")
+    submit.add_argument("--storage", help="shared folder or s3:// / gs:// URI for Tune's checkpoints (needed with several nodes)")
+    submit.add_argument("--split-file", help="split CSV: a local file is sent with the job, otherwise a path on the cluster")
+    submit.add_argument("--search-only", action="store_true", help="run automl search, not the whole automl run")
+    submit.add_argument("--wait", action="store_true", help="follow the job's log until it ends; exit 2 if it fails")
+    _cluster_args(submit)
+    _search_settings_args(submit)
+    submit.set_defaults(run=_submit)
+
+    jobs = commands.add_parser("jobs", help="list, follow and stop jobs on a Ray cluster")
+    jobs_commands = jobs.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
+    for action, text in (("list", "jobs on the cluster, newest first"), ("status", "one job's status"),
+                         ("logs", "one job's log"), ("stop", "stop a job")):
+        sub = jobs_commands.add_parser(action, help=text)
+        if action != "list":
+            sub.add_argument("job_id")
+        if action == "logs":
+            sub.add_argument("--follow", action="store_true", help="keep printing until the job ends")
+        _cluster_args(sub)
+        sub.set_defaults(run=_jobs)
     return parser
+
+
+def _cluster_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", default=os.environ.get("RAY_API_SERVER_ADDRESS"),
+                        help="the cluster's Jobs API, e.g. http://127.0.0.1:8265 (default: $RAY_API_SERVER_ADDRESS)")
+    parser.add_argument("--token", help="the cluster's auth token (default: $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token)")
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -147,7 +181,7 @@ def _search(args: argparse.Namespace) -> None:
     from automl.search import run_search
 
     run_search(spec, args.data, args.name, args.results, address=args.address, resume=args.resume,
-               skip_bad_images=args.skip_bad_images, cache_dir=args.cache_dir)
+               skip_bad_images=args.skip_bad_images, cache_dir=args.cache_dir, storage=args.storage)
 
 
 def _run_data_dir(args: argparse.Namespace) -> Path:
@@ -214,7 +248,7 @@ def _run(args: argparse.Namespace) -> None:
         print(f"search {args.name} already finished; going on to retrain")
     else:
         run_search(spec, args.data, args.name, args.results, address=args.address, resume=args.resume,
-                   skip_bad_images=args.skip_bad_images, cache_dir=args.cache_dir)
+                   skip_bad_images=args.skip_bad_images, cache_dir=args.cache_dir, storage=args.storage)
         if read_run_info(run_dir).get("status") != "finished":
             return  # interrupted: run_search said how to resume
     write_run_info(run_dir, command=args.command_line)
@@ -223,6 +257,75 @@ def _run(args: argparse.Namespace) -> None:
     evaluate_run(run_dir, method=args.method)
     out = export_run(run_dir, run_dir / "model")
     print(f"done: report {run_dir / 'ensemble' / 'report.md'}, model {out}")
+
+
+def _submit(args: argparse.Namespace) -> None:
+    from automl.spec import SEARCH_OVERRIDES
+
+    args.image_size = None
+    spec = _search_spec(args)  # a bad spec fails here, on the laptop, not on the cluster
+    spec.space  # noqa: B018
+    if not Path(args.results).is_absolute() and "://" not in args.results:
+        raise UserError(f"--results {args.results}: give an absolute path on the cluster (the job's own folder is temporary)")
+    jobs = _connect(args)
+    command = ["python", "-m", "automl", "search" if args.search_only else "run", "spec.yaml", "--data", args.data,
+               "--name", args.name, "--results", args.results, "--address", "auto"]
+    for flag, value in (("--storage", args.storage), ("--split-file", args.split_file)):
+        if value:
+            command += [flag, value]
+    files = {"spec.yaml": args.spec}
+    if args.split_file and Path(args.split_file).is_file():
+        files["split.csv"], command[command.index("--split-file") + 1] = Path(args.split_file), "split.csv"
+    for key in SEARCH_OVERRIDES:
+        value = getattr(args, key)
+        if value is not None:
+            command += [f"--{key.replace('_', '-')}", str(value)]
+    job_id = jobs.submit(command, files, args.name)
+    print(f"submitted {job_id} to {jobs.url}: {' '.join(command)}")
+    print(f"follow it with: automl jobs logs {job_id} --follow --address {jobs.url}")
+    if args.wait:
+        _follow(jobs, job_id)
+
+
+def _jobs(args: argparse.Namespace) -> None:
+    from automl.jobs import status_line
+
+    jobs = _connect(args)
+    if args.jobs_command == "list":
+        found = jobs.list()
+        for job in found:
+            print(status_line(job))
+        if not found:
+            print(f"no jobs on {jobs.url}")
+    elif args.jobs_command == "status":
+        print(status_line(jobs.info(args.job_id)))
+    elif args.jobs_command == "logs":
+        if args.follow:
+            _follow(jobs, args.job_id)
+        else:
+            print(jobs.logs(args.job_id), end="")
+    elif args.jobs_command == "stop":
+        stopped = jobs.stop(args.job_id)
+        print(f"{args.job_id}: {'stop requested' if stopped else 'already ended'}")
+
+
+def _connect(args: argparse.Namespace):
+    from automl.jobs import Jobs
+
+    if not args.address:
+        raise UserError("--address: give the cluster's Jobs API (e.g. http://127.0.0.1:8265) or set RAY_API_SERVER_ADDRESS")
+    return Jobs(args.address, args.token)
+
+
+def _follow(jobs, job_id: str) -> None:
+    from automl.jobs import status_line
+
+    for text in jobs.follow(job_id):
+        print(text, end="", flush=True)
+    job = jobs.info(job_id)
+    print(status_line(job))
+    if getattr(job.status, "value", job.status) != "SUCCEEDED":
+        raise UserError(f"job {job_id} {getattr(job.status, 'value', job.status).lower()}: {job.message or 'see its log above'}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -111,7 +111,8 @@ def retrain(
             param_space={"member": tune.grid_search(list(range(len(members))))},
             tune_config=tune.TuneConfig(max_concurrent_trials=settings.max_concurrent),
             run_config=tune.RunConfig(
-                name="retrain", storage_path=scratch, verbose=0,
+                # On a multi-node cluster members must checkpoint to the search's shared storage.
+                name="retrain", storage_path=f"{info['storage']}/{run_dir.name}" if info.get("storage") else scratch, verbose=0,
                 failure_config=tune.FailureConfig(max_failures=settings.max_failures),
                 callbacks=[_MemberLines(members)],
             ),

@@ -18,7 +18,8 @@ One folder per run, ``RESULTS/NAME/``:
 ``epochs.parquet``
     one row per trial and epoch: ``trial_id``, ``epoch``, ``loss``, ``accuracy``, every
     ``val_*`` metric, ``learning_rate``, ``elapsed_s`` since the trial started, ``timestamp``
-    (Unix time the epoch was recorded: best-so-far versus wall time is read from it).
+    (Unix time the epoch was recorded: best-so-far versus wall time is read from it), ``node_id``
+    (the Ray node that ran it; ``trials.parquet`` keeps the last one).
 
 Files are rewritten whole, atomically (temporary file + rename), while the search runs; a reader
 never sees a torn file. Readers use :func:`read_trials` / :func:`read_epochs` and never import Ray.
@@ -75,6 +76,8 @@ class RunStore:
         """Record one epoch's metrics (a retried trial overwrites the epochs it repeats)."""
         record = {"trial_id": trial_id, "epoch": int(epoch), "elapsed_s": float(elapsed_s), "timestamp": time.time()}
         record.update({k: _number(metrics.get(k)) for k in EPOCH_COLUMNS})
+        if info.get("node_id"):
+            record["node_id"] = info["node_id"]  # a trial retried after a lost node continues elsewhere
         self.epochs[trial_id, int(epoch)] = record
         row = self.trials.setdefault(trial_id, {"trial_id": trial_id, "status": "running"})
         row.update(info)

@@ -28,7 +28,7 @@ from automl.store import (
     write_run_info,
 )
 
-__all__ = ["run_search", "start_ray"]
+__all__ = ["check_storage", "run_search", "start_ray"]
 
 
 def run_search(
@@ -40,13 +40,19 @@ def run_search(
     resume: bool = False,
     skip_bad_images: bool = False,
     cache_dir: Path | None = None,
+    storage: str | None = None,
 ) -> Path:
-    """Run (or resume) the search a spec describes; returns the run folder."""
+    """Run (or resume) the search a spec describes; returns the run folder.
+
+    ``storage`` (a shared path or a ``s3://``/``gs://`` URI) is where Ray Tune keeps trial
+    checkpoints, which a multi-node cluster needs; the results store stays in ``results_dir``.
+    """
     run_dir = Path(results_dir) / name
     if resume:
         if not (run_dir / SPEC_FILE).is_file():
             raise UserError(f"{run_dir}: no search to resume here (no {SPEC_FILE}); start it without --resume")
         spec = load_spec(run_dir / SPEC_FILE)  # the space and settings the run started with
+        storage = read_run_info(run_dir).get("storage")
     elif (run_dir / RUN_FILE).is_file():
         raise UserError(
             f"{run_dir}: a search named {name!r} already exists; pass --resume to continue it, or another --name"
@@ -58,6 +64,7 @@ def run_search(
     dataset = load_dataset(data_dir, skip_bad_images=skip_bad_images, cache_dir=cache_dir, **spec.data.dataset_args())
     for note in dataset.notes:
         console.info(f"note: {note}")
+    storage = check_storage(storage)
     if settings.engine == "ray":
         start_ray(address)  # before anything is written: an unreachable cluster leaves no half-made run
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -71,6 +78,7 @@ def run_search(
         max_epochs=settings.max_epochs, started=started, ended=None, data_dir=str(data_dir),
         data_fingerprint=dataset.fingerprint, split=dataset.split_protocol, task=dataset.task,
         image_size=list(dataset.image_size), hyperparameters=[d.name for d in space.searched], machine=machine_info(),
+        storage=storage,
     )
     engine = settings.engine if settings.engine == "keras-tuner" else f"ray ({settings.searcher} + {settings.scheduler})"
     console.info(
@@ -90,7 +98,7 @@ def run_search(
             run_keras_tuner(dataset, space, settings, run_dir, store, report, resume)
             store.flush(force=True)
         else:
-            interrupted = _run_ray(spec, dataset, space, run_dir, name, store_args, report, resume)
+            interrupted = _run_ray(spec, dataset, space, run_dir, name, store_args, report, resume, storage)
     except KeyboardInterrupt:
         interrupted = True
     status = "interrupted" if interrupted else "finished"
@@ -131,6 +139,21 @@ def start_ray(address: str | None) -> None:
     logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
 
 
+def check_storage(storage: str | None) -> str | None:
+    """A shared folder (made absolute) or a URI pyarrow can open (``s3://``, ``gs://``, ...), checked up front."""
+    if not storage:
+        return None
+    if "://" not in storage:
+        return str(Path(storage).expanduser().resolve())
+    from pyarrow import fs
+
+    try:
+        fs.FileSystem.from_uri(storage)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types (no credentials, unknown scheme)
+        raise UserError(f"--storage {storage}: cannot open it ({str(exc).splitlines()[0]}); check the URI and credentials") from None
+    return storage
+
+
 def _check_reachable(address: str) -> None:
     """Fail in seconds, not minutes, when nothing listens at HOST:PORT (Ray itself retries for long)."""
     import socket
@@ -149,7 +172,7 @@ def _check_reachable(address: str) -> None:
         ) from None
 
 
-def _run_ray(spec, dataset, space, run_dir, name, store_args, report, resume) -> bool:
+def _run_ray(spec, dataset, space, run_dir, name, store_args, report, resume, storage) -> bool:
     """Run the Ray Tune engine on the Ray started by :func:`start_ray`; True if it stopped early."""
     import ray
 
@@ -158,10 +181,10 @@ def _run_ray(spec, dataset, space, run_dir, name, store_args, report, resume) ->
     settings = spec.search
     try:
         if resume:
-            tuner = restore_tuner(dataset, space, settings, run_dir)
+            tuner = restore_tuner(dataset, space, settings, run_dir, storage)
         else:
             callback = StoreCallback(store_args, space, report)
-            tuner = build_tuner(dataset, space, settings, run_dir, name, [callback])
+            tuner = build_tuner(dataset, space, settings, run_dir, name, [callback], storage)
         tuner.fit()
     finally:
         ray.shutdown()

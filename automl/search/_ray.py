@@ -34,7 +34,11 @@ class CandidateTrainable(tune.Trainable):
     """
 
     def setup(self, config: dict, dataset: Dataset = None, space: SearchSpace = None, seed: int = 0, cpus: float = 1):
+        import ray
+
         configure_tensorflow(cpus)
+        # Hostname and IP do not tell apart two nodes on one machine; the node id does.
+        self.node_id = ray.get_runtime_context().get_node_id()
         self.dataset, self.space, self.base_seed = dataset, space, seed
         self._start(config)
 
@@ -58,7 +62,7 @@ class CandidateTrainable(tune.Trainable):
                     "val_accuracy": 0.0, "val_auc": 0.5, "val_loss": 1e9, "done": True}
         _maybe_inject_fault(self.trial_id, self.runner.epochs_done + 1)
         metrics = self.runner.run_epoch()
-        extra = {"epoch": self.runner.epochs_done, "elapsed_s": time.monotonic() - self.started}
+        extra = {"epoch": self.runner.epochs_done, "elapsed_s": time.monotonic() - self.started, "node_id": self.node_id}
         if self.restored_from_epoch is not None:
             extra["restored_from_epoch"] = self.restored_from_epoch
         return metrics | extra
@@ -87,10 +91,16 @@ class CandidateTrainable(tune.Trainable):
         return True
 
 
+def experiment_root(run_dir: Path, storage: str | None) -> str:
+    """Where Tune keeps the experiment (``<root>/ray``): the run folder, or ``STORAGE/NAME`` on shared storage."""
+    return f"{storage.rstrip('/')}/{run_dir.name}" if storage else str(run_dir.resolve())
+
+
 def build_tuner(
-    dataset: Dataset, space: SearchSpace, settings: SearchSettings, run_dir: Path, name: str, callbacks: list
+    dataset: Dataset, space: SearchSpace, settings: SearchSettings, run_dir: Path, name: str, callbacks: list,
+    storage: str | None = None,
 ) -> tune.Tuner:
-    """A fresh Tuner for the spec's searcher, scheduler and resources, writing Ray's folder into ``run_dir``."""
+    """A fresh Tuner for the spec's searcher, scheduler and resources; Ray's folder goes to :func:`experiment_root`."""
     return tune.Tuner(
         _trainable(dataset, space, settings),
         param_space=space.ray_param_space() if settings.searcher == "random" else None,
@@ -105,7 +115,7 @@ def build_tuner(
         ),
         run_config=tune.RunConfig(
             name=EXPERIMENT_DIR,
-            storage_path=str(run_dir.resolve()),
+            storage_path=experiment_root(run_dir, storage),
             stop={"training_iteration": settings.max_epochs},
             checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1, num_to_keep=1, checkpoint_at_end=False),
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
@@ -115,9 +125,11 @@ def build_tuner(
     )
 
 
-def restore_tuner(dataset: Dataset, space: SearchSpace, settings: SearchSettings, run_dir: Path) -> tune.Tuner:
-    """The interrupted experiment in ``run_dir``, with finished trials kept and the searcher's state."""
-    path = str((run_dir / EXPERIMENT_DIR).resolve())
+def restore_tuner(
+    dataset: Dataset, space: SearchSpace, settings: SearchSettings, run_dir: Path, storage: str | None = None
+) -> tune.Tuner:
+    """The interrupted experiment of ``run_dir``, with finished trials kept and the searcher's state."""
+    path = f"{experiment_root(run_dir, storage)}/{EXPERIMENT_DIR}"
     if not tune.Tuner.can_restore(path):
         raise UserError(f"{run_dir}: no interrupted Ray experiment to resume here; start it without --resume")
     return tune.Tuner.restore(
@@ -151,7 +163,7 @@ class StoreCallback(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if "epoch" not in result:
             return  # an infeasible candidate's single worst-score report
-        info = {"hostname": str(result.get("hostname", "")), "node_ip": str(result.get("node_ip", ""))}
+        info = {key: str(result.get(key, "")) for key in ("hostname", "node_ip", "node_id")}
         if result.get("restored_from_epoch") is not None:
             info["restored_from_epoch"] = int(result["restored_from_epoch"])
         self._open().epoch(trial.trial_id, result["epoch"], result, result.get("elapsed_s", 0.0), info)
