@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--storage", help="shared folder or s3:// / gs:// URI for Tune's checkpoints (needed with several nodes)")
     submit.add_argument("--split-file", help="split CSV: a local file is sent with the job, otherwise a path on the cluster")
     submit.add_argument("--search-only", action="store_true", help="run automl search, not the whole automl run")
+    submit.add_argument("--resume", action="store_true", help="continue the run of this name (e.g. after automl jobs stop)")
     submit.add_argument("--wait", action="store_true", help="follow the job's log until it ends; exit 2 if it fails")
     _cluster_args(submit)
     _search_settings_args(submit)
@@ -273,6 +274,8 @@ def _submit(args: argparse.Namespace) -> None:
     for flag, value in (("--storage", args.storage), ("--split-file", args.split_file)):
         if value:
             command += [flag, value]
+    if args.resume:
+        command.append("--resume")
     files = {"spec.yaml": args.spec}
     if args.split_file and Path(args.split_file).is_file():
         files["split.csv"], command[command.index("--split-file") + 1] = Path(args.split_file), "split.csv"

@@ -86,7 +86,8 @@ class Jobs:
             runtime_env = {
                 "working_dir": staging,
                 "py_modules": [str(Path(automl.__file__).parent)],
-                "env_vars": {"PYTHONUNBUFFERED": "1", **(env or {})},
+                # A stopped job gets 30 s (Ray's default is 3) to checkpoint and mark its run interrupted.
+                "env_vars": {"PYTHONUNBUFFERED": "1", "RAY_JOB_STOP_WAIT_TIME_S": "30", **(env or {})},
             }
             deadline = time.monotonic() + 60
             while True:

@@ -8,6 +8,8 @@ KerasTuner in this process. Either way the run folder holds the contract of :mod
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -137,6 +139,10 @@ def start_ray(address: str | None) -> None:
         ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING, configure_logging=True)
     # A failed trial is one line of ours (with the path of its traceback), not Tune's full traceback.
     logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
+    if threading.current_thread() is threading.main_thread():
+        # `automl jobs stop` (and any supervisor) sends SIGTERM, on which Ray's handler dumps a stack and
+        # dies; as Ctrl-C instead, Tune stops gracefully and the run is marked interrupted, resumable.
+        signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
 
 
 def check_storage(storage: str | None) -> str | None:

@@ -1,0 +1,30 @@
+"""``automl dashboard``: a read-only web view of the results store that refreshes while searches run.
+
+Pages: every experiment under the results folder; one experiment (best so far against wall time
+and trials, learning curves with ASHA's stops marked, parallel coordinates, hyperparameter
+importance, a sortable and filterable leaderboard); its retrained models and ensemble next to the
+published numbers, with downloads of the exported model and its card; and several experiments
+overlaid. It reads only the files of :mod:`automl.store` and the retrain/ensemble/export stages,
+never Ray or TensorFlow, and serves every script and style itself (no CDN).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from automl.dashboard._app import create_app
+
+__all__ = ["create_app", "serve"]
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def serve(results_dir: Path | str, host: str = "127.0.0.1", port: int = 8050) -> None:
+    """Serve the dashboard of ``results_dir`` at ``http://HOST:PORT/`` until interrupted."""
+    from automl import console
+
+    app = create_app(results_dir)
+    if host not in LOOPBACK:
+        console.info(f"warning: serving on {host}: anyone who can reach it can read these results (there is no login)")
+    console.info(f"dashboard of {Path(results_dir).resolve()} at http://{host}:{port}/ (Ctrl-C stops it)")
+    app.run(host=host, port=port, debug=False)

@@ -1,0 +1,83 @@
+"""Hyperparameter importance: the run's trials replayed into an in-memory Optuna study."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import optuna.importance  # pulls in scipy and scikit-learn (seconds): paid at start-up, not on the first page
+import pandas as pd
+
+from automl.store import hyperparameter_columns
+
+# Numeric hyperparameters with at most this many values seen are treated as choices (e.g. conv_blocks).
+MAX_CHOICES = 5
+
+
+def param_importances(trials: pd.DataFrame, metric: str, mode: str) -> tuple[dict[str, float], list[str]]:
+    """Optuna's importances (PED-ANOVA) of every searched hyperparameter for ``best_<metric>``.
+
+    Uses completed and pruned trials (a pruned trial's value is its best epoch before it was
+    stopped). Returns the importances, largest first, and notes on what was done; empty
+    importances and the reason when there is too little to go on.
+    """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one "study created" line per page view otherwise
+    column = f"best_{metric}"
+    if trials.empty or column not in trials or "status" not in trials:
+        return {}, ["no trial has a value of the metric yet"]
+    usable = trials[trials["status"].isin(["completed", "pruned"]) & trials[column].notna()]
+    if len(usable) < 2:
+        return {}, [f"needs at least 2 completed or pruned trials with a value; this run has {len(usable)}"]
+    distributions, fixed = {}, []
+    for name in hyperparameter_columns(usable):
+        values = usable[name].dropna()
+        if values.nunique() < 2:
+            fixed.append(name[3:])
+        else:
+            distributions[name[3:]] = _distribution(values, optuna.distributions)
+    if not distributions:
+        return {}, ["every hyperparameter has one value in these trials"]
+    conditional = [n for n in distributions if usable[f"hp_{n}"].isna().any()]
+    study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
+    for row in usable.to_dict("records"):
+        params = {n: _value(distributions[n], row[f"hp_{n}"]) for n in distributions if not _missing(row[f"hp_{n}"])}
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions={n: distributions[n] for n in params}, value=float(row[column])))
+    try:
+        importances = optuna.importance.get_param_importances(study)
+    except Exception as exc:  # noqa: BLE001 - optuna's own limits (e.g. degenerate values): shown, not raised
+        return {}, [f"optuna could not compute importances: {type(exc).__name__}: {exc}"]
+    notes = [f"{len(usable)} completed and pruned trials, value = {column}; optuna PED-ANOVA"]
+    if conditional:
+        notes.append("conditional, so assessed over the trials where they exist: " + ", ".join(conditional))
+    if fixed:
+        notes.append("left out (one value in every trial): " + ", ".join(fixed))
+    if len(usable) < 20:
+        notes.append("fewer than 20 trials: treat these as a rough guide")
+    return {n: float(v) for n, v in importances.items()}, notes
+
+
+def _distribution(values: pd.Series, distributions):
+    """Categorical for strings, booleans and numbers with few values seen; int or float (log when wide) otherwise."""
+    numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+    if not numeric or values.nunique() <= MAX_CHOICES:
+        return distributions.CategoricalDistribution(sorted({_plain(v) for v in values}, key=str))
+    low, high = float(values.min()), float(values.max())
+    log = low > 0 and high / low >= 100
+    if (values == values.round()).all():
+        return distributions.IntDistribution(int(low), int(high), log=log)
+    return distributions.FloatDistribution(low, high, log=log)
+
+
+def _plain(value):
+    """A Python scalar: Optuna rejects numpy types."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def _value(distribution, value):
+    # An int column with missing values is read back as floats.
+    return int(value) if type(distribution).__name__ == "IntDistribution" else _plain(value)
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))

@@ -1,0 +1,370 @@
+"""Page layouts: functions of the results folder (and a run name) that return Dash components."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from pathlib import Path
+from urllib.parse import quote, urlencode
+
+import pandas as pd
+from dash import dash_table, dcc, html
+from dash.dash_table.Format import Format, Scheme, Trim
+
+from automl.dashboard import _figures as figures
+from automl.dashboard._importance import param_importances
+from automl.dashboard._runs import Models, Run, cached, load_models, load_run, model_card, run_names
+from automl.published import PUBLISHED
+from automl.store import STATUSES, hyperparameter_columns
+
+TEST_METRICS = ("balanced_accuracy", "macro_f1", "accuracy", "auc")
+BINARY_METRICS = ("sensitivity", "specificity")
+NO_WALL_TIME = "wall-time data not recorded<br>(epochs.parquet without timestamps, written before they were added)"
+NUMBER = Format(precision=4, scheme=Scheme.decimal_or_exponent).trim(Trim.yes)
+
+
+def note(text: str, kind: str = "info") -> html.Div:
+    """A message box: ``info``, ``warn`` or ``error``."""
+    return html.Div(text, className=f"note {kind}")
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _size(info: dict) -> str:
+    return "x".join(map(str, info.get("image_size") or [])) or "-"
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if _missing(value):
+        return "-"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None or seconds < 0:
+        return "-"
+    minutes, s = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {s:02d} s" if minutes else f"{s} s"
+
+
+def _when(value: dt.datetime | None) -> str:
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%d\u00a0%H:%M\u00a0UTC") if value else "-"
+
+
+def _table(header: list[str], rows: list[list], table_id: str, row_classes: list[str] | None = None) -> html.Div:
+    classes = row_classes or [""] * len(rows)
+    body = [html.Tr([html.Td(cell) for cell in row], className=cls) for row, cls in zip(rows, classes, strict=True)]
+    table = html.Table([html.Thead(html.Tr([html.Th(h) for h in header])), html.Tbody(body)], id=table_id)
+    return html.Div(table, className="table-wrap")
+
+
+def _facts(facts: list[tuple[str, str]]) -> html.Dl:
+    return html.Dl([part for key, value in facts for part in (html.Dt(key), html.Dd(value))], className="facts")
+
+
+def _status(status: str) -> html.Span:
+    return html.Span(status, className=f"badge {status}")
+
+
+def _graph(figure, graph_id: str) -> dcc.Graph:
+    return dcc.Graph(id=graph_id, figure=figure, config={"displaylogo": False}, className="card")
+
+
+def _run_href(name: str, models: bool = False) -> str:
+    return f"/runs/{quote(name)}" + ("/models" if models else "")
+
+
+def experiments_page(results_dir: Path) -> list:
+    """Every run under the results folder: status, search settings, trial counts, best metric, start and duration."""
+    names = run_names(results_dir)
+    if not Path(results_dir).is_dir():
+        return [html.H2("Experiments"), note(f"The results folder {results_dir} does not exist.", "error")]
+    if not names:
+        return [html.H2("Experiments"), note(f"No runs in {results_dir} yet. Start one with: automl search SPEC.yaml "
+                                             f"--data DIR --name NAME --results {results_dir}. This page refreshes "
+                                             "on its own.")]
+    header = ["run", "status", "search", "completed", "pruned", "errored", "running", "planned", "metric", "best",
+              "started", "duration", "models", "notes"]
+    rows = []
+    for name in names:
+        run = load_run(results_dir, name)
+        counts, info = run.counts(), run.info
+        rows.append([
+            dcc.Link(name, href=_run_href(name)), _status(run.status),
+            f"{info.get('engine', '-')}: {info.get('searcher', '-')}, {info.get('scheduler', '-')}",
+            *[counts.get(s, 0) for s in ("completed", "pruned", "errored", "running")], info.get("num_samples", "-"),
+            run.metric, _fmt(run.best()), _when(run.started()), _duration(run.duration_s()),
+            dcc.Link("models", href=_run_href(name, models=True)) if run.has_models() else "-",
+            "; ".join(run.messages),
+        ])
+    return [html.H2("Experiments"), html.P(f"{len(names)} runs in {results_dir}", className="muted"),
+            _table(header, rows, "experiments")]
+
+
+def experiment_page(results_dir: Path, name: str) -> list:
+    """One run: best so far vs wall time and trials, learning curves, parallel coordinates, importance, leaderboard."""
+    run = load_run(results_dir, name)
+    if run is None:
+        return [note(f"No run named {name!r} in {results_dir}.", "error"), dcc.Link("all experiments", href="/")]
+    content = [_run_header(run), *[note(m, "warn") for m in run.messages]]
+    if run.trials.empty:
+        return [*content, note("No trial has reported yet. This page refreshes on its own while the search runs.")]
+    metric, mode = run.metric, run.mode
+    by_time = figures.best_by_time(run.epochs, metric, mode)
+    time_figure = (figures.best_so_far({name: by_time}, "seconds", "wall time", "seconds since the first epoch", metric)
+                   if by_time is not None else figures.note_figure("best so far vs wall time", NO_WALL_TIME))
+    order_note = "" if "started_at" in run.trials else "no start times recorded: trials in the order of trials.parquet"
+    trial_figure = figures.best_so_far({name: figures.best_by_trial(run.trials, metric, mode)}, "trial", "trials",
+                                       "trials in start order", metric, note=order_note)
+    importances, importance_notes = cached(f"importance:{run.path}", (run.version, metric, mode),
+                                           lambda: param_importances(run.trials, metric, mode))
+    importance = (_graph(figures.importance_bars(importances), "importance") if importances
+                  else note("Hyperparameter importance: " + importance_notes[0]))
+    return [
+        *content,
+        html.Div([_graph(time_figure, "best-vs-time"), _graph(trial_figure, "best-vs-trials")], className="grid2"),
+        _graph(figures.learning_curves(run.trials, run.epochs, metric, run.info.get("scheduler")), "learning-curves"),
+        _graph(figures.parallel_coordinates(run.trials, metric, list(importances)), "parallel-coordinates"),
+        html.Div([html.Div([importance, html.Ul([html.Li(n) for n in importance_notes[not importances:]],
+                                                className="muted")], className="card"), _best_trial(run)],
+                 className="grid2"),
+        html.H3(f"Leaderboard ({len(run.trials)} trials)"),
+        html.P("Click a header to sort; type in the row under the headers to filter (e.g. > 0.5, or adam).",
+               className="muted"),
+        _leaderboard(run),
+    ]
+
+
+def _run_header(run: Run) -> html.Div:
+    info, counts = run.info, run.counts()
+    search = f"{info.get('engine', '-')}: {info.get('searcher', '-')} searcher, {info.get('scheduler', '-')} scheduler"
+    facts = [
+        ("search", search),
+        ("metric", f"{run.metric} ({run.mode})"),
+        ("trials", ", ".join(f"{counts.get(s, 0)} {s}" for s in ("completed", "pruned", "errored", "running"))
+         + f" of {info.get('num_samples', '?')} planned, up to {info.get('max_epochs', '?')} epochs each"),
+        ("best", _fmt(run.best(), 4)),
+        ("started", f"{_when(run.started())}, {_duration(run.duration_s())}"),
+        ("data", f"{info.get('task', '-')}, {_size(info)} px, split: {info.get('split', '-')}, "
+                 + f"fingerprint {info.get('data_fingerprint', '-')}"),
+    ]
+    if info.get("command"):
+        facts.append(("command", info["command"]))
+    links = [dcc.Link("models and ensemble", href=_run_href(run.name, models=True))] if run.has_models() else []
+    links.append(dcc.Link("compare with other runs", href="/compare?" + urlencode({"run": run.name})))
+    return html.Div([html.H2([run.name, " ", _status(run.status)]), _facts(facts), html.Div(links, className="links")])
+
+
+def _best_trial(run: Run) -> html.Div:
+    best = _best_row(run)
+    if not best:
+        return note("No trial has a value of the metric yet.")
+    scores = [(c.removeprefix("best_"), _fmt(best[c], 4)) for c in best if c.startswith("best_val_")]
+    params = [(c[3:], f"{best[c]:.4g}" if isinstance(best[c], float) else str(best[c]))
+              for c in hyperparameter_columns(run.trials) if not _missing(best[c])]
+    status = f"{best.get('status')}, {best.get('epochs')} epochs, best at epoch {_fmt(best.get('best_epoch'), 0)}"
+    return html.Div([html.H3(f"Best trial: {best['trial_id']}"), _facts([("status", status), *scores, *params])],
+                    className="card")
+
+
+def _leaderboard(run: Run) -> dash_table.DataTable:
+    """Every trial and every hyperparameter, best first; sorting and filtering happen in the browser."""
+    trials, score = run.trials, run.score_column
+    if score in trials:
+        trials = trials.sort_values(score, ascending=run.mode == "min", na_position="last", kind="stable")
+    ranked = trials.assign(rank=range(1, len(trials) + 1))
+    groups = [("trial", ["rank", "trial_id", "status", "epochs", "best_epoch"]),
+              ("best on validation", [score] + sorted(c for c in trials if c.startswith("best_val_") and c != score)),
+              ("hyperparameters", hyperparameter_columns(trials)),
+              ("where", ["wall_time_s", "started_at", "hostname", "error"])]
+    columns, shown = [], []
+    for group, names in groups:
+        for column in (c for c in names if c in ranked):
+            numeric = pd.api.types.is_numeric_dtype(ranked[column]) and not pd.api.types.is_bool_dtype(ranked[column])
+            label = column.removeprefix("hp_").removeprefix("best_val_")
+            columns.append({"id": column, "name": [group, label], "type": "numeric" if numeric else "text",
+                            **({"format": NUMBER} if numeric and column != "started_at" else {})})
+            shown.append(column)
+    table = ranked[shown].copy()
+    if "started_at" in table:
+        table["started_at"] = pd.to_datetime(table["started_at"], unit="s", utc=True).dt.strftime("%H:%M:%S")
+        columns[shown.index("started_at")]["type"] = "text"
+    for column in shown:  # booleans and missing values as the table shows them
+        if pd.api.types.is_bool_dtype(table[column]) or table[column].dtype == object:
+            table[column] = table[column].map(lambda v: "-" if _missing(v) else str(v) if isinstance(v, bool) else v)
+    records = json.loads(table.to_json(orient="records"))  # NaN as null; much faster than DataFrame.where
+    return dash_table.DataTable(
+        id="leaderboard", data=records, columns=columns, sort_action="native", filter_action="native",
+        page_action="native", page_size=50, merge_duplicate_headers=True, filter_options={"placeholder_text": "filter"},
+        persistence=run.name, persistence_type="session", persisted_props=["sort_by", "filter_query", "page_current"],
+        style_table={"overflowX": "auto"},
+        style_cell={"fontSize": 12, "padding": "3px 6px", "maxWidth": 260, "overflow": "hidden",
+                    "textOverflow": "ellipsis"},
+        style_header={"fontWeight": "600", "backgroundColor": "#f3f5f7", "textAlign": "center"},
+        style_data_conditional=[{"if": {"filter_query": f'{{status}} = "{s}"'}, "color": c}
+                                for s, c in (("pruned", "#5b6470"), ("errored", "#c45500"), ("running", "#1a7f37"))],
+    )
+
+
+def models_page(results_dir: Path, name: str) -> list:
+    """Members and ensemble beside the published numbers, per-class scores, confusion matrix, ROC, downloads."""
+    run = load_run(results_dir, name)
+    if run is None:
+        return [note(f"No run named {name!r} in {results_dir}.", "error"), dcc.Link("all experiments", href="/")]
+    title = [html.H2([dcc.Link(name, href=_run_href(name)), ": models"])]
+    if not run.has_models():
+        return [*title, note(f"No retrained members yet: automl retrain {name} and automl ensemble {name} (or "
+                             "automl run) write them. This page refreshes on its own.")]
+    models = load_models(run)
+    content = [*title, *[note(m, "warn") for m in models.messages]]
+    rows = _model_rows(models)
+    if not rows:
+        return [*content, note("No member has test metrics yet.")]
+    task = run.info.get("task") or (models.ensemble or {}).get("task") or "multiclass"
+    metrics = TEST_METRICS + (BINARY_METRICS if task == "binary" else ())
+    if ensemble := models.ensemble or {}:
+        content.append(html.P(
+            f"{ensemble.get('method', '?')} ensemble, chosen on validation only; greedy picks: "
+            f"{', '.join(ensemble.get('greedy_picks') or []) or '-'}; best member on validation: "
+            f"{ensemble.get('best_member', '-')}. Test numbers with 95% bootstrap intervals where computed.",
+            className="muted"))
+    return [*content, _comparison_table(run, rows, metrics, task),
+            _graph(figures.metric_bars(rows, metrics, "test split: ensemble and members"), "model-bars"),
+            _per_class(models, rows), _roc(run, task), _downloads(run, models)]
+
+
+def _model_rows(models: Models) -> list[dict]:
+    """One row per model, ensemble first: test metrics, validation balanced accuracy, source trial, weight."""
+    weights = (models.ensemble or {}).get("weights") or {}
+    members = {}
+    if models.members is not None and "member_id" in models.members:
+        members = models.members.set_index("member_id").to_dict("index")
+    # Before automl ensemble has run, members.parquet alone has each member's val_* and test_* numbers.
+    results = models.metrics or {
+        m: {split: {k.removeprefix(f"{split}_"): v for k, v in row.items() if k.startswith(f"{split}_")}
+            for split in ("val", "test")}
+        for m, row in members.items()}
+    rows = []
+    for model, result in sorted(results.items(), key=lambda item: item[0] != "ensemble"):
+        member, test = members.get(model, {}), result.get("test") or {}
+        rows.append({"model": model, "trial": member.get("trial_id", "-"), "seed": member.get("seed", "-"),
+                     "epochs": member.get("epochs", "-"), "weight": weights.get(model),
+                     "val": (result.get("val") or {}).get("balanced_accuracy"), "ci": result.get("test_ci95") or {},
+                     "per_class": test.get("per_class"), "confusion_matrix": test.get("confusion_matrix"),
+                     **{m: test.get(m) for m in TEST_METRICS + BINARY_METRICS}})
+    return rows
+
+
+def _comparison_table(run: Run, rows: list[dict], metrics: tuple[str, ...], task: str) -> html.Div:
+    """Ours and the published numbers for the same task in one table, each with its split protocol."""
+    def value(row, metric):
+        text, low_high = _fmt(row.get(metric)), row["ci"].get(metric)
+        if not low_high or None in low_high:
+            return text
+        return [text, html.Br(), html.Small(f"[{low_high[0]:.3f},\u00a0{low_high[1]:.3f}]")]
+
+    split, size = run.info.get("split", "-"), _size(run.info)
+    header = ["model", "source trial", "seed", "epochs", "weight", "val balanced acc.",
+              *[f"test {m.replace('_', ' ')}" for m in metrics], "resolution", "split"]
+    table = [[r["model"], r["trial"], r["seed"], r["epochs"], _fmt(r["weight"], 2), _fmt(r["val"]),
+              *[value(r, m) for m in metrics], size, split] for r in rows]
+    published = [p for p in PUBLISHED if p["task"] == task]
+    table += [[p["source"], "-", "-", "-", "-", "-", *[_fmt(p.get(m)) for m in metrics], p["resolution"], p["split"]]
+              for p in published]
+    classes = ["ensemble" if r["model"] == "ensemble" else "" for r in rows] + ["published"] * len(published)
+    return html.Div([html.H3("Ensemble, members and published numbers (published: grey; none used a lesion-grouped "
+                             "split)"), _table(header, table, "models", classes)])
+
+
+def _per_class(models: Models, rows: list[dict]) -> html.Div:
+    """Per-class precision/recall/F1 of the ensemble and the best member, and the ensemble's confusion matrix."""
+    best = (models.ensemble or {}).get("best_member")
+    scored = [r for r in rows if r["per_class"]]
+    shown = [r for r in scored if r["model"] in ("ensemble", best)] or scored[:1]
+    if not shown:
+        return note("No per-class scores in the metrics.")
+    first, classes = shown[0], list(shown[0]["per_class"])
+    header = ["class", "support", *[f"{r['model']} {m}" for r in shown for m in ("precision", "recall", "F1")]]
+    table = [[c, first["per_class"][c].get("support", "-"),
+              *[_fmt(r["per_class"].get(c, {}).get(m)) for r in shown for m in ("precision", "recall", "f1")]]
+             for c in classes]
+    parts = [html.Div([html.H3("Per class, test split"), _table(header, table, "per-class")])]
+    if first["confusion_matrix"]:
+        title = f"confusion matrix, {first['model']} on test"
+        parts.append(_graph(figures.confusion_matrix(first["confusion_matrix"], classes, title), "confusion-matrix"))
+    return html.Div(parts, className="grid2")
+
+
+def _roc(run: Run, task: str) -> html.Div:
+    if task != "binary":
+        return note(f"ROC curves are drawn for the binary task; this run is {task} (its macro one-vs-rest AUC is in "
+                    "the table).")
+    if not (run.path / "ensemble" / "roc.png").is_file():
+        return note("No ROC plot: automl ensemble writes ensemble/roc.png for binary runs.", "warn")
+    return html.Div([html.H3("ROC, test split"), html.Img(src=f"/files/{quote(run.name)}/roc.png", className="plot")],
+                    className="card")
+
+
+def _downloads(run: Run, models: Models) -> html.Div:
+    files = f"/files/{quote(run.name)}"
+    items = [html.A("exported model (zip of model/: model.keras, saved_model/, model card)", href=f"{files}/model.zip",
+                    id="download-model") if models.model_dir
+             else f"No exported model: automl export {run.name} --out {run.path / 'model'} writes one."]
+    if model_card(run.path):
+        items.append(html.A("model card (markdown)", href=f"{files}/model_card.md", id="download-card"))
+    if (run.path / "ensemble" / "report.md").is_file():
+        items.append(html.A("ensemble report (markdown)", href=f"{files}/report.md"))
+    return html.Div([html.H3("Downloads"), html.Ul([html.Li(item) for item in items])], className="card")
+
+
+def compare_page(results_dir: Path, selected: list[str]) -> list:
+    """Runs overlaid: best so far vs trials and vs wall time, and their best numbers side by side."""
+    names = run_names(results_dir)
+    if not names:
+        return [html.H2("Compare"), note(f"No runs in {results_dir} to compare.")]
+    chosen = [n for n in selected if n in names] or names
+    picker = dcc.Dropdown(id="compare-runs", options=names, value=chosen, multi=True, clearable=False)
+    runs = [load_run(results_dir, n) for n in chosen]
+    content = [html.H2("Compare"), html.Div(picker, className="picker"),
+               *[note(f"{r.name}: {m}", "warn") for r in runs for m in r.messages]]
+    metrics = sorted({r.metric for r in runs})
+    if len(metrics) > 1:
+        content.append(note(f"These runs optimise different metrics ({', '.join(metrics)}): each curve is its own "
+                            "run's metric.", "warn"))
+    by_trial = {r.name: figures.best_by_trial(r.trials, r.metric, r.mode).drop(columns="status") for r in runs}
+    by_time = {r.name: figures.best_by_time(r.epochs, r.metric, r.mode) for r in runs}
+    untimed = [n for n, curve in by_time.items() if curve is None]
+    timed = {n: curve for n, curve in by_time.items() if curve is not None}
+    time_note = f"wall time not recorded for: {', '.join(untimed)}" if untimed else ""
+    time_figure = figures.note_figure("best so far vs wall time", NO_WALL_TIME)
+    if timed:
+        time_figure = figures.best_so_far(timed, "seconds", "wall time", "seconds since the first epoch", metrics[0],
+                                          note=time_note)
+    header = ["run", "status", "searcher", "scheduler", "trials (completed/pruned/errored)", "epochs trained", "metric",
+              "best", "best trial's macro-F1", "duration"]
+    rows, bars = [], []
+    for run in runs:
+        counts, best_row = run.counts(), _best_row(run)
+        rows.append([dcc.Link(run.name, href=_run_href(run.name)), _status(run.status), run.info.get("searcher", "-"),
+                     run.info.get("scheduler", "-"), "/".join(str(counts.get(s, 0)) for s in STATUSES[1:]),
+                     len(run.epochs), run.metric, _fmt(run.best()), _fmt(best_row.get("best_val_macro_f1")),
+                     _duration(run.duration_s())])
+        bars.append({"model": run.name, **{m: best_row.get(f"best_val_{m}") for m in TEST_METRICS}})
+    by_trials = figures.best_so_far(by_trial, "trial", "trials", "trials in start order", metrics[0])
+    by_epochs = figures.best_so_far(by_trial, "epochs_so_far", "epochs trained",
+                                    "epochs trained by all trials so far (in start order)", metrics[0])
+    bests = figures.metric_bars(bars, TEST_METRICS, "best trial of each run, validation split")
+    return [*content, _table(header, rows, "compare"),
+            html.Div([_graph(by_trials, "compare-trials"), _graph(by_epochs, "compare-epochs"),
+                      _graph(time_figure, "compare-time"), _graph(bests, "compare-bars")], className="grid2")]
+
+
+def _best_row(run: Run) -> dict:
+    if run.score_column not in run.trials or run.trials[run.score_column].isna().all():
+        return {}
+    values = run.trials[run.score_column]
+    return run.trials.loc[values.idxmax() if run.mode == "max" else values.idxmin()].to_dict()
