@@ -111,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     _search_settings_args(run)
     run.set_defaults(run=_run)
 
+    dashboard = commands.add_parser("dashboard", help="read-only web view of the results store; refreshes while searches run")
+    dashboard.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: results)")
+    dashboard.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    dashboard.add_argument("--port", type=int, default=8050)
+    dashboard.set_defaults(run=_dashboard)
+
     submit = commands.add_parser("submit", help="run a search (or the whole pipeline) as a job on a Ray cluster")
     submit.add_argument("spec", type=Path, help="search spec (YAML), sent with the job")
     submit.add_argument("--data", required=True, help="HAM10000 folder on the cluster (the data is never uploaded)")
@@ -258,6 +264,12 @@ def _run(args: argparse.Namespace) -> None:
     evaluate_run(run_dir, method=args.method)
     out = export_run(run_dir, run_dir / "model")
     print(f"done: report {run_dir / 'ensemble' / 'report.md'}, model {out}")
+
+
+def _dashboard(args: argparse.Namespace) -> None:
+    from automl.dashboard import serve
+
+    serve(args.results, host=args.host, port=args.port)
 
 
 def _submit(args: argparse.Namespace) -> None:

@@ -95,8 +95,8 @@ def report_markdown(name: str, info: dict, summary: dict, results: dict) -> str:
     best = summary["best_member"]
     lines = [
         f"# {name}: ensemble report", "",
-        f"Task {info.get('task')}, {info.get('image_size')} pixels, split: {summary['split']}. "
-        f"Ensemble method: {summary['method']} (chosen on validation only); the test split was used for nothing but this report.",
+        (f"Task {info.get('task')}, {info.get('image_size')} pixels, split: {summary['split']}. "
+         f"Ensemble method: {summary['method']} (chosen on validation only); the test split was used for nothing but this report."),
         "", "## Test split", "",
         "| model | weight | balanced accuracy | macro-F1 | accuracy | AUC |", "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
@@ -110,8 +110,8 @@ def report_markdown(name: str, info: dict, summary: dict, results: dict) -> str:
         label = f"{model} (best member on val)" if model == best else model
         lines.append(f"| {label} | {weight} | {cells} |")
     ens_val, best_val = results["ensemble"]["val"], results[best]["val"]
-    lines += ["", f"Validation balanced accuracy: ensemble {ens_val['balanced_accuracy']:.3f}, best member "
-              f"{best_val['balanced_accuracy']:.3f}. Brackets: 95% bootstrap intervals over test images.", "",
+    lines += ["", (f"Validation balanced accuracy: ensemble {ens_val['balanced_accuracy']:.3f}, best member "
+                   f"{best_val['balanced_accuracy']:.3f}. Brackets: 95% bootstrap intervals over test images."), "",
               "## Per class (ensemble, test)", "", "| class | precision | recall | F1 | support |", "| --- | ---: | ---: | ---: | ---: |"]
     for cls, row in results["ensemble"]["test"]["per_class"].items():
         lines.append(f"| {cls} | {row['precision']:.2f} | {row['recall']:.2f} | {row['f1']:.2f} | {row['support']} |")

@@ -88,6 +88,8 @@ case "${1:-}" in
         rm -f "$STATE/$node.pid"
       fi
     done
+    # `ray start --head` records its address for later `ray.init()` calls; do not leave ours behind.
+    if [[ "$(cat /tmp/ray/ray_current_cluster 2>/dev/null)" == *":$HEAD_PORT" ]]; then rm -f /tmp/ray/ray_current_cluster; fi
     echo "cluster stopped"
     ;;
   *)

@@ -30,7 +30,7 @@ def test_train_writes_metrics_and_model(tiny_ham, tmp_path, capsys):
     spec = tmp_path / "tiny.yaml"
     spec.write_text(TINY_SPEC)
     out = tmp_path / "out"
-    code, stdout, stderr = run_cli(["train", spec, "--data", tiny_ham, "--out", out], capsys)
+    code, _, stderr = run_cli(["train", spec, "--data", tiny_ham, "--out", out], capsys)
     assert code == 0, stderr
     assert "epoch   2/2" in stderr and "best val_balanced_accuracy" in stderr
     metrics = json.loads((out / "metrics.json").read_text())
@@ -81,7 +81,7 @@ def test_bad_input_is_one_clear_line(case, tiny_ham, tmp_path, capsys):
     break_it, spec, message = cases[case]
     break_it()
     out = tmp_path / "out"
-    code, stdout, stderr = run_cli(["train", spec, "--data", tiny_ham, "--out", out], capsys)
+    code, _, stderr = run_cli(["train", spec, "--data", tiny_ham, "--out", out], capsys)
     lines = [line for line in stderr.splitlines() if line.startswith("automl train: error")]
     assert code == 2
     assert len(lines) == 1 and message in lines[0], stderr
@@ -92,7 +92,7 @@ def test_bad_input_is_one_clear_line(case, tiny_ham, tmp_path, capsys):
 def test_entry_point_exits_2_without_traceback(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "automl", "train", str(SPEC), "--data", str(tmp_path / "missing")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, check=False,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"automl train: error: {tmp_path / 'missing'}: data folder not found"]

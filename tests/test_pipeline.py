@@ -30,6 +30,9 @@ def test_run_then_predict(tiny_ham, tmp_path, capsys):
     assert len(metrics["ensemble"]["test_ci95"]["balanced_accuracy"]) == 2
     report = (run_dir / "ensemble" / "report.md").read_text()
     assert "MedMNIST v2" in report and "(best member on val)" in report
+    # Provenance: the exact command, the machine and each stage's wall time.
+    assert f"command: `automl run {spec}" in report and "- machine: " in report
+    assert "- search: " in report and "- retrain: top 2 x 2 seed(s) = 4 members" in report
     assert (run_dir / "ensemble" / "confusion_matrix.png").stat().st_size > 1000
 
     model_dir = run_dir / "model"
@@ -41,3 +44,9 @@ def test_run_then_predict(tiny_ham, tmp_path, capsys):
     assert len(preds) == len(list(images.glob("*.jpg"))) and (preds["error"] == "").all()
     probs = preds[[f"p_{c}" for c in DX_CLASSES]].to_numpy()
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+    # --resume on a finished search skips it and redoes the later stages.
+    trials_before = (run_dir / "trials.parquet").stat().st_mtime_ns
+    code = main(["run", str(spec), "--data", str(tiny_ham), "--name", "e2e", "--results", str(results), "--resume", "--top-k", "1"])
+    assert code == 0 and "already finished" in capsys.readouterr().out
+    assert (run_dir / "trials.parquet").stat().st_mtime_ns == trials_before and len(read_members(run_dir)) == 1

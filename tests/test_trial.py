@@ -26,7 +26,7 @@ def test_batches_carry_weights_only_when_asked():
     assert len(plain) == 4 and len(plain[0]) == 2
     both = TrainingBatches(images, labels, ModelConfig.from_params({"batch_size": 8, "imbalance": "both"}), 2, seed=0)
     assert len(both) == 7  # 25 + 25 after oversampling
-    x, y, w = both[0]
+    _, _, w = both[0]
     assert np.allclose(w, 1.0)  # oversampling already balanced the classes
 
 

@@ -23,6 +23,7 @@ ASSETS = Path(__file__).with_name("assets")
 ENSEMBLE_FILES = ("report.md", "roc.png")
 log = logging.getLogger(__name__)
 
+
 def create_app(results_dir: Path | str) -> dash.Dash:
     """The dashboard of ``results_dir`` as a Dash app (``app.server`` is its Flask app); read-only."""
     results_dir = Path(results_dir)

@@ -29,9 +29,9 @@ def _layout(fig: go.Figure, title: str, x_title: str = "", y_title: str = "", he
     return fig
 
 
-def note_figure(title: str, text: str, height: int = 360) -> go.Figure:
+def note_figure(title: str, text: str) -> go.Figure:
     """An empty figure that says why it is empty."""
-    fig = _layout(_figure(), title, height=height)
+    fig = _layout(_figure(), title)
     fig.add_annotation(text=text, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5, font={"size": 14})
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
@@ -72,7 +72,7 @@ def best_so_far(curves: dict[str, pd.DataFrame], x: str, title: str, x_title: st
     for name, curve in curves.items():
         fig.add_scatter(x=curve[x], y=curve["best"], mode="lines", line_shape="hv", name=f"{name} best so far")
         if len(curves) == 1 and "status" in curve:
-            for status, group in curve.groupby("status"):
+            for status, group in curve.dropna(subset=["value"]).groupby("status"):
                 fig.add_scatter(x=group[x], y=group["value"], mode="markers", name=f"trial ({status})",
                                 text=group["trial_id"], marker={"color": STATUS_COLOURS.get(status), "size": 6},
                                 hovertemplate="trial %{text}<br>%{y:.4f}<extra></extra>")
@@ -108,8 +108,8 @@ def learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame, metric: str, sch
     return fig
 
 
-def parallel_coordinates(trials: pd.DataFrame, metric: str, order: list[str]) -> go.Figure:
-    """Hyperparameters (in ``order`` first, at most ``MAX_AXES``) against the trial's best ``metric``."""
+def parallel_coordinates(trials: pd.DataFrame, metric: str, order: list[str], log_scaled: frozenset[str]) -> go.Figure:
+    """Hyperparameters (``order`` first, at most ``MAX_AXES``; ``log_scaled`` in log10) against the best ``metric``."""
     column = f"best_{metric}"
     scored = trials[trials[column].notna()] if column in trials else trials.iloc[:0]
     varying = [c[3:] for c in hyperparameter_columns(scored) if scored[c].nunique(dropna=False) > 1]
@@ -119,7 +119,7 @@ def parallel_coordinates(trials: pd.DataFrame, metric: str, order: list[str]) ->
         title += f" (the {len(names)} most important of {len(varying)})"
     if len(scored) < 2 or not names:
         return note_figure(title, "needs 2 trials with a value and a hyperparameter that varies")
-    dimensions = [_axis(name, scored[f"hp_{name}"]) for name in names]
+    dimensions = [_axis(name, scored[f"hp_{name}"], name in log_scaled) for name in names]
     dimensions.append({"label": metric, "values": scored[column]})
     fig = _figure(go.Parcoords(line={"color": scored[column], "colorscale": "Viridis", "showscale": True},
                                  dimensions=dimensions, labelangle=-15, labelside="top"))
@@ -128,14 +128,14 @@ def parallel_coordinates(trials: pd.DataFrame, metric: str, order: list[str]) ->
     return fig
 
 
-def _axis(name: str, values: pd.Series) -> dict:
-    """One parallel-coordinates axis: categories as ticks, wide positive ranges in log10, missing values as 'absent'."""
+def _axis(name: str, values: pd.Series, log: bool) -> dict:
+    """One parallel-coordinates axis: categories as ticks, ``log`` ranges in log10, missing values as 'absent'."""
     if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
         codes, labels = pd.factorize(values.astype(object).where(values.notna(), "absent").astype(str), sort=True)
         return {"label": name, "values": codes, "tickvals": list(range(len(labels))), "ticktext": list(labels)}
     numbers = values.astype(float)
     low, high = numbers.min(), numbers.max()
-    if low > 0 and high / low >= 100:
+    if log and low > 0:
         name, numbers, low, high = f"log10 {name}", np.log10(numbers), np.log10(low), np.log10(high)
     if not numbers.isna().any():
         return {"label": name, "values": numbers}

@@ -14,12 +14,14 @@ from automl.store import hyperparameter_columns
 MAX_CHOICES = 5
 
 
-def param_importances(trials: pd.DataFrame, metric: str, mode: str) -> tuple[dict[str, float], list[str]]:
+def param_importances(trials: pd.DataFrame, metric: str, mode: str,
+                      log_scaled: frozenset[str] = frozenset()) -> tuple[dict[str, float], list[str]]:
     """Optuna's importances (PED-ANOVA) of every searched hyperparameter for ``best_<metric>``.
 
     Uses completed and pruned trials (a pruned trial's value is its best epoch before it was
-    stopped). Returns the importances, largest first, and notes on what was done; empty
-    importances and the reason when there is too little to go on.
+    stopped); ``log_scaled`` names the ranges the spec samples on a log scale. Returns the
+    importances, largest first, and notes on what was done; empty importances and the reason
+    when there is too little to go on.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one "study created" line per page view otherwise
     column = f"best_{metric}"
@@ -34,7 +36,7 @@ def param_importances(trials: pd.DataFrame, metric: str, mode: str) -> tuple[dic
         if values.nunique() < 2:
             fixed.append(name[3:])
         else:
-            distributions[name[3:]] = _distribution(values, optuna.distributions)
+            distributions[name[3:]] = _distribution(values, name[3:] in log_scaled)
     if not distributions:
         return {}, ["every hyperparameter has one value in these trials"]
     conditional = [n for n in distributions if usable[f"hp_{n}"].isna().any()]
@@ -57,16 +59,16 @@ def param_importances(trials: pd.DataFrame, metric: str, mode: str) -> tuple[dic
     return {n: float(v) for n, v in importances.items()}, notes
 
 
-def _distribution(values: pd.Series, distributions):
-    """Categorical for strings, booleans and numbers with few values seen; int or float (log when wide) otherwise."""
+def _distribution(values: pd.Series, log: bool) -> optuna.distributions.BaseDistribution:
+    """Categorical for strings, booleans and numbers with few values seen; int or float range otherwise."""
     numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
     if not numeric or values.nunique() <= MAX_CHOICES:
-        return distributions.CategoricalDistribution(sorted({_plain(v) for v in values}, key=str))
+        return optuna.distributions.CategoricalDistribution(sorted({_plain(v) for v in values}, key=str))
     low, high = float(values.min()), float(values.max())
-    log = low > 0 and high / low >= 100
+    log = log and low > 0
     if (values == values.round()).all():
-        return distributions.IntDistribution(int(low), int(high), log=log)
-    return distributions.FloatDistribution(low, high, log=log)
+        return optuna.distributions.IntDistribution(int(low), int(high), log=log)
+    return optuna.distributions.FloatDistribution(low, high, log=log)
 
 
 def _plain(value):
@@ -76,7 +78,7 @@ def _plain(value):
 
 def _value(distribution, value):
     # An int column with missing values is read back as floats.
-    return int(value) if type(distribution).__name__ == "IntDistribution" else _plain(value)
+    return int(value) if isinstance(distribution, optuna.distributions.IntDistribution) else _plain(value)
 
 
 def _missing(value) -> bool:

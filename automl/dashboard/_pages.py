@@ -51,8 +51,8 @@ def _duration(seconds: float | None) -> str:
     return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {s:02d} s" if minutes else f"{s} s"
 
 
-def _when(value: dt.datetime | None) -> str:
-    return value.astimezone(dt.UTC).strftime("%Y-%m-%d\u00a0%H:%M\u00a0UTC") if value else "-"
+def _when(value: dt.datetime | None, zone: bool = True) -> str:
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M" + " UTC" * zone) if value else "-"
 
 
 def _table(header: list[str], rows: list[list], table_id: str, row_classes: list[str] | None = None) -> html.Div:
@@ -87,8 +87,8 @@ def experiments_page(results_dir: Path) -> list:
         return [html.H2("Experiments"), note(f"No runs in {results_dir} yet. Start one with: automl search SPEC.yaml "
                                              f"--data DIR --name NAME --results {results_dir}. This page refreshes "
                                              "on its own.")]
-    header = ["run", "status", "search", "completed", "pruned", "errored", "running", "planned", "metric", "best",
-              "started", "duration", "models", "notes"]
+    header = ["run", "status", "search", "completed", "pruned", "errored", "running", "planned", "val metric", "best",
+              "started (UTC)", "duration", "models", "notes"]
     rows = []
     for name in names:
         run = load_run(results_dir, name)
@@ -97,7 +97,8 @@ def experiments_page(results_dir: Path) -> list:
             dcc.Link(name, href=_run_href(name)), _status(run.status),
             f"{info.get('engine', '-')}: {info.get('searcher', '-')}, {info.get('scheduler', '-')}",
             *[counts.get(s, 0) for s in ("completed", "pruned", "errored", "running")], info.get("num_samples", "-"),
-            run.metric, _fmt(run.best()), _when(run.started()), _duration(run.duration_s()),
+            run.metric.removeprefix("val_"), _fmt(run.best()), _when(run.started(), zone=False),
+            _duration(run.duration_s()),
             dcc.Link("models", href=_run_href(name, models=True)) if run.has_models() else "-",
             "; ".join(run.messages),
         ])
@@ -121,14 +122,15 @@ def experiment_page(results_dir: Path, name: str) -> list:
     trial_figure = figures.best_so_far({name: figures.best_by_trial(run.trials, metric, mode)}, "trial", "trials",
                                        "trials in start order", metric, note=order_note)
     importances, importance_notes = cached(f"importance:{run.path}", (run.version, metric, mode),
-                                           lambda: param_importances(run.trials, metric, mode))
+                                           lambda: param_importances(run.trials, metric, mode, run.log_scaled))
     importance = (_graph(figures.importance_bars(importances), "importance") if importances
                   else note("Hyperparameter importance: " + importance_notes[0]))
     return [
         *content,
         html.Div([_graph(time_figure, "best-vs-time"), _graph(trial_figure, "best-vs-trials")], className="grid2"),
         _graph(figures.learning_curves(run.trials, run.epochs, metric, run.info.get("scheduler")), "learning-curves"),
-        _graph(figures.parallel_coordinates(run.trials, metric, list(importances)), "parallel-coordinates"),
+        _graph(figures.parallel_coordinates(run.trials, metric, list(importances), run.log_scaled),
+               "parallel-coordinates"),
         html.Div([html.Div([importance, html.Ul([html.Li(n) for n in importance_notes[not importances:]],
                                                 className="muted")], className="card"), _best_trial(run)],
                  className="grid2"),

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
-from automl.store import EPOCHS_FILE, RUN_FILE, TRIALS_FILE, read_epochs, read_trials
+from automl.store import EPOCHS_FILE, RUN_FILE, SPEC_FILE, TRIALS_FILE, read_epochs, read_trials
 
 MEMBERS_FILE = Path("retrain") / "members.parquet"
 ENSEMBLE_FILE = Path("ensemble") / "ensemble.json"
@@ -78,6 +79,7 @@ class Run:
     trials: pd.DataFrame
     epochs: pd.DataFrame
     messages: list[str] = field(default_factory=list)
+    log_scaled: frozenset[str] = frozenset()  # hyperparameters the spec samples on a log scale
 
     def __post_init__(self):
         self.metric = self.info.get("metric") or "val_balanced_accuracy"
@@ -167,8 +169,14 @@ def load_run(results_dir: Path, name: str) -> Run | None:
     info = _read(path / RUN_FILE, _json_object, messages)
     trials = _read(path / TRIALS_FILE, lambda p: _checked(read_trials(p.parent), "trial_id", "status"), messages)
     epochs = _read(path / EPOCHS_FILE, lambda p: _checked(read_epochs(p.parent), "trial_id", "epoch"), messages)
+    log_scaled = _read(path / SPEC_FILE, _log_scaled, messages)
     return Run(name, path, info or {}, pd.DataFrame() if trials is None else trials,
-               pd.DataFrame() if epochs is None else epochs, messages)
+               pd.DataFrame() if epochs is None else epochs, messages, log_scaled or frozenset())
+
+
+def _log_scaled(path: Path) -> frozenset[str]:
+    hyperparameters = (yaml.safe_load(path.read_text()) or {}).get("hyperparameters") or {}
+    return frozenset(name for name, value in hyperparameters.items() if isinstance(value, dict) and value.get("log"))
 
 
 def load_models(run: Run) -> Models:

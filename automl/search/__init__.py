@@ -136,7 +136,8 @@ def start_ray(address: str | None) -> None:
             raise UserError(f"--address {address}: cannot connect to the Ray cluster: {str(exc).splitlines()[0]}") from None
     else:
         # Embedded local Ray; its dashboard stays off (nothing listens beyond Ray's own token-protected ports).
-        ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING, configure_logging=True)
+        # address="local": a new instance even when `ray start` left a cluster (or its address file) behind.
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING, configure_logging=True)
     # A failed trial is one line of ours (with the path of its traceback), not Tune's full traceback.
     logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
     if threading.current_thread() is threading.main_thread():

@@ -1,0 +1,299 @@
+"""The dashboard on generated results folders: pages, figures, robustness, downloads, and a real headless browser."""
+
+import io
+import json
+import math
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from automl.dashboard import _figures as figures
+from automl.dashboard import create_app, serve
+from automl.dashboard._importance import param_importances
+from automl.files import write_json
+from automl.metrics import classification_metrics
+from automl.store import RunStore, read_epochs, read_trials, utc_now, write_run_info
+
+METRIC = "val_balanced_accuracy"
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+def metrics(value):
+    return {"loss": 1.0, "accuracy": 0.5, METRIC: value, "val_macro_f1": value / 2, "val_accuracy": 0.6,
+            "val_auc": 0.7, "val_loss": 1.2, "learning_rate": 1e-3}
+
+
+def make_run(results: Path, name: str, trials: int = 6, epochs: int = 4, running: int = 1) -> Path:
+    """A run as a search writes it: odd trials pruned after 2 epochs, the last ``running`` still going."""
+    run_dir = results / name
+    write_run_info(run_dir, name=name, status="running" if running else "finished", engine="ray", searcher="optuna",
+                   scheduler="asha", metric=METRIC, mode="max", num_samples=trials + 2, max_epochs=epochs,
+                   started=utc_now(), task="binary", image_size=[28, 28], split="lesion-grouped, seed 0")
+    (run_dir / "spec.yaml").write_text("hyperparameters:\n  learning_rate: {float: [1.0e-4, 1.0e-2], log: true}\n")
+    store = RunStore(run_dir, METRIC, "max", max_epochs=epochs, flush_every_s=math.inf)
+    for i in range(trials):
+        blocks = 2 + i % 3
+        params = {"conv_blocks": blocks, "learning_rate": 10 ** -(2 + i / 3), "optimizer": ("adam", "sgd")[i % 2],
+                  "batch_norm": i % 3 == 0, **({"block_dropout_3": 0.05 * i} if blocks >= 3 else {})}
+        store.trial_started(f"trial{i:02d}", params)
+        for epoch in range(1, (epochs if i % 2 == 0 else 2) + 1):
+            store.epoch(f"trial{i:02d}", epoch, metrics(0.05 * i + 0.05 * epoch), 1.5 * epoch, {"hostname": "h"})
+        if i < trials - running:
+            store.trial_finished(f"trial{i:02d}", "completed")
+    store.flush(force=True)
+    return run_dir
+
+
+def add_models(run_dir: Path) -> None:
+    """Retrain, ensemble and export output of a binary run, small but in the real formats."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    results = {}
+    for model, skill in (("m01", 1.0), ("m02", 1.5), ("ensemble", 2.0)):
+        logits = rng.normal(0, 1, (200, 2))
+        logits[np.arange(200), y] += skill
+        probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        results[model] = {"val": classification_metrics(y, probs, ("benign", "malignant")),
+                          "test": classification_metrics(y, probs, ("benign", "malignant"))}
+    results["ensemble"]["test_ci95"] = {"balanced_accuracy": [0.7, 0.8]}
+    members = pd.DataFrame([{"member_id": m, "trial_id": t, "seed": 0, "epochs": 4, "best_epoch": 3,
+                             "test_balanced_accuracy": results[m]["test"]["balanced_accuracy"]}
+                            for m, t in (("m01", "trial04"), ("m02", "trial02"))])
+    (run_dir / "retrain").mkdir()
+    members.to_parquet(run_dir / "retrain" / "members.parquet", index=False)
+    write_json(run_dir / "ensemble" / "metrics.json", results)
+    write_json(run_dir / "ensemble" / "ensemble.json", {
+        "method": "greedy", "members": ["m01", "m02"], "weights": {"m01": 0.5, "m02": 0.5},
+        "greedy_picks": ["m02", "m01"], "best_member": "m02", "classes": ["benign", "malignant"], "task": "binary"})
+    (run_dir / "ensemble" / "roc.png").write_bytes(b"\x89PNG fake")
+    (run_dir / "model" / "saved_model").mkdir(parents=True)
+    (run_dir / "model" / "model.keras").write_bytes(b"weights")
+    (run_dir / "model" / "saved_model" / "saved_model.pb").write_bytes(b"graph")
+    (run_dir / "model" / "model_card.md").write_text("# model card\n")
+
+
+@pytest.fixture
+def results(tmp_path) -> Path:
+    """A finished run with retrained members, an ensemble and an exported model, and a run in progress."""
+    results = tmp_path / "results"
+    add_models(make_run(results, "finished_run", running=0))
+    make_run(results, "live_run", running=1)
+    return results
+
+
+def page(client, path: str, search: str = "", shown=None):
+    """What the browser asks for to draw ``path``: Dash's callback for the page content."""
+    payload = {"output": "..page.children...shown.data..",
+               "outputs": [{"id": "page", "property": "children"}, {"id": "shown", "property": "data"}],
+               "inputs": [{"id": "url", "property": "pathname", "value": path},
+                          {"id": "url", "property": "search", "value": search},
+                          {"id": "refresh", "property": "n_intervals", "value": 1}],
+               "changedPropIds": ["refresh.n_intervals"],
+               "state": [{"id": "shown", "property": "data", "value": shown}]}
+    return client.post("/_dash-update-component", json=payload)
+
+
+def text_of(response) -> str:
+    """The page as compact JSON text (Dash escapes "/" in what it sends)."""
+    assert response.status_code == 200, response.status_code
+    return json.dumps(response.get_json(), separators=(",", ":"))
+
+
+def test_every_page_renders_its_content(results):
+    client = create_app(results).server.test_client()
+    experiments = text_of(page(client, "/"))
+    assert "finished_run" in experiments and "live_run" in experiments and '"running"' in experiments
+    experiment = text_of(page(client, "/runs/live_run"))
+    for graph in ("best-vs-time", "best-vs-trials", "learning-curves", "parallel-coordinates", "importance",
+                  "leaderboard"):
+        assert f'"id":"{graph}"' in experiment, graph
+    for part in ("trial05", "hp_block_dropout_3", "stopped by ASHA at its rung", "log10 learning_rate"):
+        assert part in experiment, part
+    models = text_of(page(client, "/runs/finished_run/models"))
+    for part in ('"id":"models"', '"id":"per-class"', '"id":"confusion-matrix"', "/files/finished_run/roc.png",
+                 "/files/finished_run/model.zip", "/files/finished_run/model_card.md", "seed 001, weighted ensemble"):
+        assert part in models, part
+    compare = text_of(page(client, "/compare", "?run=finished_run&run=live_run"))
+    assert '"id":"compare-trials"' in compare and '"id":"compare-time"' in compare
+    assert "could not be drawn" not in compare
+
+
+def test_broken_results_show_a_message_instead_of_an_error(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "No runs in" in text_of(page(create_app(empty).server.test_client(), "/"))
+    assert "does not exist" in text_of(page(create_app(tmp_path / "missing").server.test_client(), "/"))
+
+    results = tmp_path / "results"
+    write_run_info(results / "just_started", name="just_started", status="running", metric=METRIC, mode="max")
+    write_run_info(results / "no_epoch_yet", name="no_epoch_yet", status="running", metric=METRIC, mode="max")
+    store = RunStore(results / "no_epoch_yet", METRIC, "max", max_epochs=4)
+    store.trial_started("first", {"conv_blocks": 2})
+    store.trial_started("second", {"conv_blocks": 3})
+    store.flush(force=True)  # two trials running, none has finished an epoch
+    make_run(results, "torn_trials")
+    (results / "torn_trials" / "trials.parquet").write_bytes(b"PAR1 half of a file")
+    make_run(results, "torn_run_json")
+    (results / "torn_run_json" / "run.json").write_text('{"name": "torn_run_json", "sta')
+    add_models(make_run(results, "torn_metrics", running=0))
+    (results / "torn_metrics" / "ensemble" / "metrics.json").write_text("[1, 2")
+    client = create_app(results).server.test_client()
+
+    assert "No trial has reported yet" in text_of(page(client, "/runs/just_started"))
+    no_epoch = text_of(page(client, "/runs/no_epoch_yet"))
+    assert "no epoch recorded yet" in no_epoch and "second" in no_epoch and "could not be" not in no_epoch
+    assert "trials.parquet could not be read" in text_of(page(client, "/runs/torn_trials"))
+    torn_json = text_of(page(client, "/runs/torn_run_json"))
+    assert "run.json could not be read" in torn_json and '"id":"leaderboard"' in torn_json
+    assert "metrics.json could not be read" in text_of(page(client, "/runs/torn_metrics/models"))
+    assert "No run named" in text_of(page(client, "/runs/nope"))
+    assert "No page at" in text_of(page(client, "/what/ever"))
+    assert "could not be read" in text_of(page(client, "/"))  # the list names the broken runs too
+    assert "could not be drawn" not in text_of(page(client, "/compare"))
+
+
+def test_refresh_redraws_only_when_the_run_changed(results):
+    client = create_app(results).server.test_client()
+    first = page(client, "/runs/live_run").get_json()["response"]["shown"]["data"]
+    assert page(client, "/runs/live_run", shown=first).status_code == 204  # unchanged: nothing sent
+    store = RunStore(results / "live_run", METRIC, "max", max_epochs=4)
+    store.trial_started("fresh", {"conv_blocks": 2})
+    store.epoch("fresh", 1, metrics(0.9), 1.0, {})
+    store.flush(force=True)
+    assert "fresh" in text_of(page(client, "/runs/live_run", shown=first))
+
+
+def test_downloads_serve_only_files_of_existing_runs(results):
+    client = create_app(results).server.test_client()
+    archive = client.get("/files/finished_run/model.zip")
+    assert archive.status_code == 200
+    names = set(zipfile.ZipFile(io.BytesIO(archive.data)).namelist())
+    assert {"finished_run_model/model.keras", "finished_run_model/saved_model/saved_model.pb"} <= names
+    assert client.get("/files/finished_run/model_card.md").data == b"# model card\n"
+    assert client.get("/files/finished_run/roc.png").status_code == 200
+    (results.parent / "secret.txt").write_text("TOP SECRET")
+    for path in ("/files/../model_card.md", "/files/%2E%2E/roc.png", "/files/finished_run/run.json",
+                 "/files/finished_run/..", "/files/live_run/model.zip", "/files/nope/model.zip"):
+        assert client.get(path).status_code == 404, path
+    for path in ("/files/..%2F..%2Fsecret.txt/model_card.md", "/files/finished_run/..%2F..%2F..%2Fsecret.txt"):
+        assert "TOP SECRET" not in client.get(path).get_data(as_text=True), path  # slashes never reach the route
+
+
+def test_read_only_loopback_and_no_external_assets(results):
+    app = create_app(results)
+    client = app.server.test_client()
+    html = client.get("/").get_data(as_text=True)
+    assert "<script" in html and "http://" not in html and "https://" not in html and 'src="//' not in html
+    assert app.config.serve_locally
+    # Nothing a page can do changes files: its only callbacks draw pages and set the compare selection.
+    outputs = {c["output"] for c in client.get("/_dash-dependencies").get_json()}
+    assert outputs == {"..page.children...shown.data..", "url.search"}
+    assert {r.rule for r in app.server.url_map.iter_rules() if "POST" in r.methods} == {"/_dash-update-component"}
+    assert serve.__defaults__ == ("127.0.0.1", 8050)
+
+
+def test_dashboard_imports_neither_ray_nor_tensorflow(results):
+    code = ("import sys; from automl.dashboard import create_app; c = create_app(sys.argv[1]).server.test_client();"
+            "[c.get(p) for p in ('/', '/files/finished_run/model.zip')];"
+            "print(sorted(m for m in ('ray', 'tensorflow', 'keras') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(results)], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_figures_mark_pruned_trials_and_say_when_wall_time_is_missing(results):
+    trials, epochs = read_trials(results / "live_run"), read_epochs(results / "live_run")
+    fig = figures.learning_curves(trials, epochs, METRIC, "asha")
+    stopped = next(t for t in fig.data if t.name == "stopped by ASHA at its rung")
+    assert stopped.marker.symbol == "x" and set(stopped.x) == {2} and set(stopped.text) == {"trial01", "trial03"}
+    assert {t.name for t in fig.data} >= {"completed (3)", "pruned (2)", "running (1)"}
+
+    by_time = figures.best_by_time(epochs, METRIC, "max")
+    assert by_time["seconds"].iloc[0] == 0 and by_time["best"].is_monotonic_increasing
+    assert figures.best_by_time(epochs.drop(columns="timestamp"), METRIC, "max") is None
+    shuffled = trials.sample(frac=1, random_state=1)
+    in_start_order = figures.best_by_trial(shuffled, METRIC, "max")["trial_id"]
+    assert list(in_start_order) == list(trials.sort_values("started_at")["trial_id"])
+    in_file_order = figures.best_by_trial(shuffled.drop(columns="started_at"), METRIC, "max")["trial_id"]
+    assert list(in_file_order) == list(shuffled["trial_id"])
+
+
+def test_importance_handles_conditional_and_too_few_trials(results):
+    trials = read_trials(results / "finished_run")
+    importances, notes = param_importances(trials, METRIC, "max")
+    assert set(importances) == {"conv_blocks", "learning_rate", "optimizer", "batch_norm", "block_dropout_3"}
+    assert any("block_dropout_3" in n and "conditional" in n for n in notes)
+    assert param_importances(trials.head(1), METRIC, "max") == ({}, [
+        "needs at least 2 completed or pruned trials with a value; this run has 1"])
+
+
+@pytest.mark.skipif(not CHROMIUM.exists() or not CHROMEDRIVER.exists(),
+                    reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+def test_pages_in_a_real_browser_with_live_refresh(results, tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, create_app(results).server, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    options = Options()
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1400,1000"):
+        options.add_argument(flag)
+    options.binary_location = str(CHROMIUM)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+
+    def wait_for(condition, what, timeout_s=30.0):
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            assert time.monotonic() < deadline, f"timed out waiting for {what} on {driver.current_url}"
+            time.sleep(0.2)
+
+    def graphs_drawn(count):
+        return lambda: len(driver.find_elements(By.CSS_SELECTOR, ".dash-graph .main-svg")) >= count
+
+    def leaderboard_ids():  # in one script: a refresh may replace the cells between two WebDriver calls
+        return set(driver.execute_script("return [...document.querySelectorAll("
+                                         "'#leaderboard td[data-dash-column=trial_id]')].map(td => td.innerText)"))
+
+    try:
+        driver.get(base + "/")
+        wait_for(lambda: len(driver.find_elements(By.CSS_SELECTOR, "#experiments tbody tr")) == 2, "the runs table")
+
+        driver.get(base + "/runs/live_run")
+        wait_for(lambda: len(leaderboard_ids()) == 6, "6 leaderboard rows")
+        wait_for(graphs_drawn(5), "the experiment's plots")
+        driver.execute_script("window.stillThisPage = true")
+        store = RunStore(results / "live_run", METRIC, "max", max_epochs=4)  # a search going on
+        store.trial_started("newtrial", {"conv_blocks": 4, "learning_rate": 1e-3, "optimizer": "adam"})
+        store.epoch("newtrial", 1, metrics(0.95), 1.0, {"hostname": "h"})
+        store.flush(force=True)
+        wait_for(lambda: "newtrial" in leaderboard_ids(), "the new trial without a reload", timeout_s=20)
+        assert driver.execute_script("return window.stillThisPage") is True
+
+        driver.get(base + "/runs/finished_run/models")
+        wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#per-class tbody tr"), "the per-class table")
+        wait_for(graphs_drawn(2), "the model plots")
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#models tbody tr")) == 3 + 1  # 2 members, ensemble, published
+        download = driver.find_element(By.ID, "download-model").get_attribute("href")
+        assert download == base + "/files/finished_run/model.zip"
+
+        driver.get(base + "/compare?run=finished_run&run=live_run")
+        wait_for(graphs_drawn(4), "the comparison plots")
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#compare tbody tr")) == 2
+
+        loaded = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+        assert loaded and all(url.startswith(base) for url in loaded), [u for u in loaded if not u.startswith(base)]
+    finally:
+        driver.quit()
+        server.shutdown()
