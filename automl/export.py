@@ -97,16 +97,24 @@ def read_card(model_dir: Path) -> dict:
 
 def card_markdown(card: dict) -> str:
     """A human-readable model card from its JSON form."""
-    lines = [f"# {card.get('name', 'skin-automl model')}", ""]
-    lines.append(f"Intended use: {card.get('intended_use', 'research only, not diagnosis')}.")
-    lines.append("")
-    for key in ("task", "classes", "input", "resize", "data_fingerprint", "split", "members"):
+    lines = [f"# {card.get('name', 'skin-automl model')}", "",
+             f"Intended use: {card.get('intended_use', 'research only, not diagnosis')}.", ""]
+    for key in ("task", "classes", "input", "image_size", "resize", "data_fingerprint", "split", "ensemble_method"):
         if key in card:
             value = card[key]
             lines.append(f"- **{key.replace('_', ' ')}**: {', '.join(map(str, value)) if isinstance(value, list) else value}")
+    if card.get("members"):
+        lines += ["", "| member | weight | search trial | seed |", "| --- | ---: | --- | ---: |"]
+        lines += [f"| {m['member_id']} | {m['weight']:.2f} | {m['search_trial']} | {m['seed']} |" for m in card["members"]]
     if "metrics" in card:
-        lines += ["", "| metric | value |", "| --- | --- |"]
-        lines += [f"| {k} | {v:.3f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in card["metrics"].items()]
+        ci = card.get("metrics_ci95", {})
+        lines += ["", "| test metric | value | 95% bootstrap interval |", "| --- | ---: | --- |"]
+        lines += [f"| {k.removeprefix('test_').replace('_', ' ')} | {v:.3f} | "
+                  + (f"{ci[k][0]:.3f} to {ci[k][1]:.3f}" if k in ci else "-") + " |" for k, v in card["metrics"].items()]
+    if card.get("versions"):
+        lines += ["", "Made with " + ", ".join(f"{k} {v}" for k, v in card["versions"].items()) + "."]
+    if card.get("search_spec"):
+        lines += ["", "Search spec: `spec.yaml` of the run, also in `model_card.json` (`search_spec`)."]
     return "\n".join(lines) + "\n"
 
 

@@ -119,7 +119,11 @@ class SearchSpace:
             if dim.condition is not None and not dim.condition.holds(out):
                 continue
             if dim.name in config and config[dim.name] is not None:
-                out[dim.name] = _plain(config[dim.name])
+                value = _plain(config[dim.name])
+                if dim.kind in ("choice", "fixed") and value in dim.values:
+                    # The dimension's own value: KerasTuner hands back a choice of True/False as 1/0.
+                    value = dim.values[list(dim.values).index(value)]
+                out[dim.name] = value
         return out
 
     # --- engines ---------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ hyperparameters:
   learning_rate: {float: [1.0e-3, 1.0e-2], log: true}
   batch_size: 32
   imbalance: {choice: [none, class_weight]}
+  batch_norm: {choice: [true, false]}
 search:
   num_samples: 4
   max_epochs: 3
@@ -115,6 +116,15 @@ def test_keras_tuner_engine_writes_the_same_store(tiny_ham, tiny_spec, tmp_path)
     assert len(trials) >= 2 and set(trials["status"]) <= FINISHED
     assert len(epochs) >= len(trials)
     assert (run_dir / "keras_tuner").is_dir()
+
+
+def test_time_budget_ends_a_search_as_finished(tiny_ham, tiny_spec, tmp_path):
+    spec = load_spec(tiny_spec).with_overrides(search={"num_samples": 1000, "max_epochs": 50, "scheduler": "none",
+                                                       "time_budget_s": 45})
+    run_dir = run_search(spec, tiny_ham, "budget", tmp_path / "results")
+    trials = read_trials(run_dir)
+    assert read_run_info(run_dir)["status"] == "finished"
+    assert 1 <= len(trials) < 1000 and set(trials["status"]) <= FINISHED  # cut-short trials count as pruned
 
 
 def test_existing_name_needs_resume_and_resume_needs_a_run(tiny_ham, tiny_spec, tmp_path, capsys):

@@ -69,3 +69,10 @@ def test_keras_tuner_hyperparameters_carry_conditions():
 def test_bad_dimensions_are_spec_errors(space, message):
     with pytest.raises(SpecError, match=message):
         SearchSpace.parse(space)
+
+
+def test_active_maps_engine_values_back_to_the_dimension_values():
+    space = SearchSpace.parse({"batch_norm": {"choice": [True, False]}, "rotation": {"choice": [0.0, 45.0]}})
+    # KerasTuner returns a bool choice as 1/0 and may return 45 for 45.0.
+    active = space.active({"batch_norm": 1, "rotation": 45})
+    assert active["batch_norm"] is True and isinstance(active["rotation"], float)

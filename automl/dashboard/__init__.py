@@ -21,8 +21,17 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 def serve(results_dir: Path | str, host: str = "127.0.0.1", port: int = 8050) -> None:
     """Serve the dashboard of ``results_dir`` at ``http://HOST:PORT/`` until interrupted."""
-    from automl import console
+    import os
+    import socket
 
+    from automl import console
+    from automl.errors import UserError
+
+    try:  # werkzeug would print three lines and exit 1; this is the house's one line and exit 2
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        raise UserError(f"--host {host} --port {port}: cannot listen there ({os.strerror(exc.errno) if exc.errno else exc}); choose another --port") from None
     app = create_app(results_dir)
     if host not in LOOPBACK:
         console.info(f"warning: serving on {host}: anyone who can reach it can read these results (there is no login)")

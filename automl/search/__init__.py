@@ -186,6 +186,7 @@ def _run_ray(spec, dataset, space, run_dir, name, store_args, report, resume, st
     from automl.search._ray import StoreCallback, build_tuner, restore_tuner
 
     settings = spec.search
+    started = time.monotonic()
     try:
         if resume:
             tuner = restore_tuner(dataset, space, settings, run_dir, storage)
@@ -195,8 +196,14 @@ def _run_ray(spec, dataset, space, run_dir, name, store_args, report, resume, st
         tuner.fit()
     finally:
         ray.shutdown()
+    if settings.time_budget_s is not None and time.monotonic() - started >= settings.time_budget_s:
+        # The budget ended the search: trials cut short count as pruned, and the run is finished.
+        store = RunStore(**store_args)
+        for trial_id, row in store.trials.items():
+            if row.get("status") == "running":
+                store.trial_finished(trial_id, "pruned")
+        return False
     trials = read_trials(run_dir) if (run_dir / "trials.parquet").is_file() else None
     finished = 0 if trials is None else int(trials["status"].isin(["completed", "pruned", "errored"]).sum())
     still_running = trials is not None and (trials["status"] == "running").any()
-    out_of_time = settings.time_budget_s is not None
-    return bool(still_running or (finished < settings.num_samples and not out_of_time))
+    return bool(still_running or finished < settings.num_samples)
