@@ -1,0 +1,235 @@
+"""What the benchmark scripts share: paths, result files, tables, figures, and searches run as `automl search`.
+
+A script imports it after putting its own folder on ``sys.path`` (they run as plain scripts, not a package)::
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _common import REPO, print_table, write_result
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from automl import console
+from automl.files import atomic_write, write_json
+from automl.spec import Spec
+from automl.store import EPOCHS_FILE, SPEC_FILE, TRIALS_FILE, machine_info, read_run_info, utc_now, write_run_info
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO / "results" / "benchmarks"
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "ham10000_28"
+RUNS = "runs"  # scratch search folders below the output folder (not curated, ignored by git)
+LOG_FILE = "search.log"
+# Checkpoints are only needed to resume a search; the benchmarks read the store, and 18 searches'
+# checkpoints would take gigabytes.
+CHECKPOINT_DIRS = ("ray", "keras_tuner")
+# automl's embedded Ray is ray.init() without an address, which joins the cluster named in
+# /tmp/ray/ray_current_cluster when there is one (left by any `ray start` on the machine, even a
+# dead one: the search then waits for it forever). Benchmarks measure this machine alone.
+LOCAL_RAY = {"RAY_ADDRESS": "local"}
+
+
+def write_result(path: Path, payload: dict[str, Any]) -> None:
+    """Write a benchmark's JSON atomically, with the command, the time, the machine and its load at the end."""
+    command = shlex.join([Path(sys.executable).name, *sys.argv])
+    write_json(path, {"command": command, "written": utc_now(), "machine": machine_info(),
+                      "load_average_at_end": list(os.getloadavg())} | payload)
+
+
+def check_idle() -> list[float]:
+    """The 1, 5 and 15-minute load averages, with a warning when other work competes for the CPUs."""
+    load = list(os.getloadavg())
+    cpus = os.cpu_count() or 1
+    if load[0] > 0.5 * cpus:
+        console.info(f"warning: the machine is busy (load average {load[0]:.1f} on {cpus} CPUs): timings will be slower "
+                     "and noisier than on an idle machine")
+    return load
+
+
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], caption: str | None = None) -> None:
+    """A rich table on stdout; the first column is left-aligned, the others right-aligned."""
+    from rich.table import Table
+
+    table = Table(title=title, caption=caption, caption_justify="left")
+    for i, name in enumerate(columns):
+        table.add_column(name, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*(str(cell) for cell in row))
+    console.out.print(table)
+
+
+def save_figure(fig, path: Path) -> None:
+    """Save a matplotlib figure as PNG atomically and close it (laid out tightly unless it has a layout engine)."""
+    import matplotlib.pyplot as plt
+
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=130))
+    plt.close(fig)
+
+
+def fmt(value: float | None, digits: int = 3, missing: str = "-") -> str:
+    """A number for a table cell; None and NaN show as ``missing``."""
+    if value is None or math.isnan(value):
+        return missing
+    return f"{value:.{digits}f}"
+
+
+# --- searches ------------------------------------------------------------------------------------
+
+
+@dataclass
+class SearchOutcome:
+    """How one ``automl search`` child process ended."""
+
+    run_dir: Path
+    command: str
+    returncode: int
+    seconds: float
+    stopped_after_budget: bool
+
+
+def run_search_process(
+    spec: Spec, data_dir: Path, run_dir: Path, stop_after_s: float | None = None, start_timeout_s: float = 300.0
+) -> SearchOutcome:
+    """Run ``automl search`` on ``spec`` in a child process, into a fresh ``run_dir``; console output goes to its log.
+
+    A child process per search, as a user runs it: each search gets its own Ray instance and
+    TensorFlow, and nothing one leaves behind (threads, graphs, memory) slows the next. The
+    resolved spec is written as the run's ``spec.yaml`` and the search reads it from there, so the
+    folder records exactly what ran. With ``stop_after_s`` the child gets Ctrl-C (SIGINT) that many
+    seconds after the search started (``run.json``'s ``started``): KerasTuner checks its time
+    budget only between trials and would otherwise finish a long trial past it. A child that has
+    not started its search after ``start_timeout_s`` is stopped as failed.
+    """
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    atomic_write(run_dir / SPEC_FILE, spec.to_yaml())
+    command = [sys.executable, "-m", "automl", "search", str(run_dir / SPEC_FILE), "--data", str(data_dir),
+               "--name", run_dir.name, "--results", str(run_dir.parent)]
+    launched = time.monotonic()
+    stopped_after_budget = False
+    with open(run_dir / LOG_FILE, "w") as log:
+        log.write(f"$ {shlex.join(command)}\n")
+        log.flush()
+        # Its own session: Ctrl-C at the terminal reaches only us, and we pass on exactly one SIGINT
+        # (a second one would make Ray Tune abort instead of stopping gracefully).
+        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
+                                 env=os.environ | LOCAL_RAY)
+        try:
+            while child.poll() is None:
+                time.sleep(2.0)
+                since_start = _seconds_since_start(run_dir)
+                if since_start is None and time.monotonic() - launched > start_timeout_s:
+                    log.write(f"\n[benchmark] no search started after {start_timeout_s:.0f} s; stopping it\n")
+                    log.flush()
+                    _stop(child)
+                elif stop_after_s is not None and since_start is not None and since_start > stop_after_s:
+                    stopped_after_budget = True
+                    _stop(child)  # the search records what it has and exits
+        except KeyboardInterrupt:
+            _stop(child)  # it marks its run interrupted; a rerun of the benchmark redoes it
+            raise
+    return SearchOutcome(run_dir, shlex.join(command), child.returncode, time.monotonic() - launched, stopped_after_budget)
+
+
+def use_local_ray() -> None:
+    """Make this process's embedded Ray a new local instance (see :data:`LOCAL_RAY`)."""
+    os.environ.update(LOCAL_RAY)
+
+
+def _seconds_since_start(run_dir: Path) -> float | None:
+    started = read_run_info(run_dir).get("started")
+    return time.time() - iso_to_unix(started) if started else None
+
+
+def _stop(child: subprocess.Popen, grace_s: float = 120.0) -> None:
+    """SIGINT (the search stops gracefully and records its state), then SIGKILL if it does not end in time."""
+    if child.poll() is not None:
+        return
+    child.send_signal(signal.SIGINT)
+    try:
+        child.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+
+
+def mark_complete(outcome: SearchOutcome, budget_s: float | None = None, **details: Any) -> bool:
+    """Record in ``run.json`` (key ``benchmark``) whether the search ran to its end or its budget; False if it did not.
+
+    A Ray search ended by its time budget says ``interrupted`` (Tune stops the trials in flight
+    without completing them), so a search also counts as complete when it exited by itself after
+    at least ``budget_s`` seconds, or when we stopped it past its budget. A later benchmark run
+    reuses a complete search instead of running it again; its checkpoints, no longer needed, are deleted.
+    """
+    info = read_run_info(outcome.run_dir)
+    ran_out = budget_s is not None and (info.get("wall_s") or 0) >= budget_s
+    complete = outcome.returncode == 0 and (info.get("status") == "finished" or ran_out or outcome.stopped_after_budget)
+    write_run_info(outcome.run_dir, benchmark={
+        "complete": complete, "command": outcome.command, "returncode": outcome.returncode,
+        "seconds": round(outcome.seconds, 1), "stopped_after_budget": outcome.stopped_after_budget,
+        "budget_s": budget_s, **details,
+    })
+    if complete:
+        for name in CHECKPOINT_DIRS:
+            shutil.rmtree(outcome.run_dir / name, ignore_errors=True)
+    return complete
+
+
+def reusable(run_dir: Path, spec: Spec, data_dir: Path) -> bool:
+    """True when ``run_dir`` holds a complete benchmark search of exactly this spec on this data folder."""
+    spec_file, info = run_dir / SPEC_FILE, read_run_info(run_dir)
+    return (
+        info.get("benchmark", {}).get("complete") is True
+        and info.get("data_dir") == str(data_dir)
+        and spec_file.is_file()
+        and spec_file.read_text() == spec.to_yaml()
+        and (run_dir / EPOCHS_FILE).is_file()
+    )
+
+
+@dataclass
+class SearchRecord:
+    """A finished search as the benchmarks read it: epochs in the order they were recorded, and the trials."""
+
+    info: dict[str, Any]
+    epochs: pd.DataFrame  # one row per epoch, by time; ``t`` is seconds since the search started
+    trials: pd.DataFrame
+
+    @property
+    def started(self) -> float:
+        return iso_to_unix(self.info["started"])
+
+
+def read_search(run_dir: Path) -> SearchRecord:
+    """The store of one search, with every epoch's time since the search began (``run.json``'s ``started``).
+
+    ``started`` is written after the data is loaded and the engine (Ray) started, right before the
+    search begins, for both engines; it has whole seconds, so times may be overstated by up to 1 s.
+    """
+    info = read_run_info(run_dir)
+    epochs = pd.read_parquet(run_dir / EPOCHS_FILE) if (run_dir / EPOCHS_FILE).is_file() else pd.DataFrame()
+    trials = pd.read_parquet(run_dir / TRIALS_FILE) if (run_dir / TRIALS_FILE).is_file() else pd.DataFrame()
+    if not epochs.empty:
+        epochs = epochs.sort_values("timestamp", kind="stable").reset_index(drop=True)
+        epochs["t"] = epochs["timestamp"] - iso_to_unix(info["started"])
+    return SearchRecord(info, epochs, trials)
+
+
+def iso_to_unix(stamp: str) -> float:
+    return dt.datetime.fromisoformat(stamp).timestamp()
