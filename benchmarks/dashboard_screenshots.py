@@ -1,7 +1,7 @@
 """Screenshots of every dashboard page in headless Chromium, for the README and for review.
 
-Serves a temporary results folder holding links to finished runs under ``results/`` and a
-generated search still in progress, opens each page at 1400 px width and saves it at full
+Serves a temporary results folder holding links to the curated runs under ``results/`` (a real
+search may still be running there) and a generated search in progress, opens each page at 1400 px width and saves it at full
 height under ``results/screenshots/``. Needs Debian's ``chromium`` and ``chromium-driver``.
 
     python benchmarks/dashboard_screenshots.py
@@ -24,12 +24,14 @@ from werkzeug.serving import make_server
 from automl.dashboard import create_app
 
 ROOT = Path(__file__).resolve().parents[1]
-FINISHED = ("ham10000_cnn_40", "quick_optuna_asha", "quick_optuna_nopruning")
+# Real runs under results/ (those present are linked in); reference-dermamnist may still be running.
+REAL_RUNS = ("reference", "reference-dermamnist", "quick_cluster", "quick_optuna_asha", "quick_optuna_nopruning")
 PAGES = {
     "experiments": "/",
     "experiment": "/runs/search_in_progress",
-    "experiment_ham10000_cnn_40": "/runs/ham10000_cnn_40",
-    "models": "/runs/ham10000_cnn_40/models",
+    "experiment_reference": "/runs/reference",
+    "experiment_reference-dermamnist": "/runs/reference-dermamnist",
+    "models": "/runs/reference/models",
     "compare": "/compare?run=quick_optuna_asha&run=quick_optuna_nopruning",
 }
 WIDTH = 1400
@@ -69,14 +71,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         results = Path(tmp) / "results"
         results.mkdir()
-        for name in FINISHED:
-            (results / name).symlink_to(ROOT / "results" / name)
+        for name in REAL_RUNS:
+            if (ROOT / "results" / name / "run.json").is_file():
+                (results / name).symlink_to(ROOT / "results" / name)
         make_run(results / "search_in_progress", trials=30, epochs=20, prune=True, running=2, seed=3)
         server = make_server("127.0.0.1", 0, create_app(results).server, threaded=True)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         driver = browser(Path(tmp) / "profile")
         try:
             for name, path in PAGES.items():
+                if path.startswith("/runs/") and not (results / path.split("/")[2]).exists():
+                    continue
                 driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
                                        {"width": WIDTH, "height": 1000, "deviceScaleFactor": 1, "mobile": False})
                 driver.get(f"http://127.0.0.1:{server.server_port}{path}")
