@@ -22,24 +22,32 @@ def _data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", type=Path, help="decoded-image cache (default: $AUTOML_CACHE_DIR or ~/.cache/skin-automl)")
 
 
+#: Search-setting overrides by destination, as their command-line flag: submit passes them on to the cluster.
+SEARCH_FLAGS: dict[str, str] = {}
+
+
 def _search_settings_args(parser: argparse.ArgumentParser) -> None:
-    settings = parser.add_argument_group("search settings (override the spec's search section)")
-    settings.add_argument("--engine", choices=("ray", "keras-tuner"))
-    settings.add_argument("--searcher", choices=("random", "optuna"))
-    settings.add_argument("--scheduler", choices=("asha", "none"))
-    settings.add_argument("--keras-tuner", dest="keras_tuner", choices=("hyperband", "bayesian", "random"))
-    settings.add_argument("--num-samples", type=int)
-    settings.add_argument("--max-epochs", type=int)
-    settings.add_argument("--grace-period", type=int)
-    settings.add_argument("--reduction-factor", type=int)
-    settings.add_argument("--metric")
-    settings.add_argument("--mode", choices=("min", "max"))
-    settings.add_argument("--max-concurrent", type=int)
-    settings.add_argument("--cpus-per-trial", dest="cpu", type=float)
-    settings.add_argument("--gpus-per-trial", dest="gpu", type=float)
-    settings.add_argument("--time-budget", dest="time_budget_s", type=float, help="seconds")
-    settings.add_argument("--max-failures", type=int)
-    settings.add_argument("--seed", type=int, help="searcher seed")
+    group = parser.add_argument_group("search settings (override the spec's search section)")
+
+    def add(*flags, **kwargs) -> None:
+        SEARCH_FLAGS[group.add_argument(*flags, **kwargs).dest] = flags[0]
+
+    add("--engine", choices=("ray", "keras-tuner"))
+    add("--searcher", choices=("random", "optuna"))
+    add("--scheduler", choices=("asha", "none"))
+    add("--keras-tuner", dest="keras_tuner", choices=("hyperband", "bayesian", "random"))
+    add("--num-samples", type=int)
+    add("--max-epochs", type=int)
+    add("--grace-period", type=int)
+    add("--reduction-factor", type=int)
+    add("--metric")
+    add("--mode", choices=("min", "max"))
+    add("--max-concurrent", type=int)
+    add("--cpus-per-trial", dest="cpu", type=float)
+    add("--gpus-per-trial", dest="gpu", type=float)
+    add("--time-budget", dest="time_budget_s", type=float, help="seconds")
+    add("--max-failures", type=int)
+    add("--seed", type=int, help="searcher seed")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,7 +184,8 @@ def _search_spec(args: argparse.Namespace):
     from automl.spec import SEARCH_OVERRIDES, load_spec
 
     overrides = {key: getattr(args, key) for key in SEARCH_OVERRIDES}
-    return load_spec(args.spec).with_overrides(image_size=args.image_size, split_file=args.split_file, search=overrides)
+    return load_spec(args.spec).with_overrides(image_size=getattr(args, "image_size", None), split_file=args.split_file,
+                                               search=overrides)
 
 
 def _search(args: argparse.Namespace) -> None:
@@ -275,10 +284,9 @@ def _dashboard(args: argparse.Namespace) -> None:
 def _submit(args: argparse.Namespace) -> None:
     from automl.spec import SEARCH_OVERRIDES
 
-    args.image_size = None
     spec = _search_spec(args)  # a bad spec fails here, on the laptop, not on the cluster
     spec.space  # noqa: B018
-    if not Path(args.results).is_absolute() and "://" not in args.results:
+    if not Path(args.results).is_absolute():
         raise UserError(f"--results {args.results}: give an absolute path on the cluster (the job's own folder is temporary)")
     jobs = _connect(args)
     command = ["python", "-m", "automl", "search" if args.search_only else "run", "spec.yaml", "--data", args.data,
@@ -294,7 +302,7 @@ def _submit(args: argparse.Namespace) -> None:
     for key in SEARCH_OVERRIDES:
         value = getattr(args, key)
         if value is not None:
-            command += [f"--{key.replace('_', '-')}", str(value)]
+            command += [SEARCH_FLAGS[key], str(value)]
     job_id = jobs.submit(command, files, args.name)
     print(f"submitted {job_id} to {jobs.url}: {' '.join(command)}")
     print(f"follow it with: automl jobs logs {job_id} --follow --address {jobs.url}")

@@ -145,3 +145,16 @@ def test_bad_spec_fails_before_contacting_the_cluster(tmp_path, capsys):
     code, _, err = run_cli(["submit", str(spec), "--address", "http://127.0.0.1:9", "--data", "/d", "--name", "x",
                             "--results", "/r"], capsys)
     assert code == 2 and "num_samples" in err and "Traceback" not in err
+
+
+def test_submit_forwards_every_search_setting_under_a_flag_the_cluster_understands():
+    from automl.cli import SEARCH_FLAGS, build_parser
+    from automl.spec import SEARCH_OVERRIDES
+
+    parser = build_parser()
+    samples = {"engine": "ray", "searcher": "random", "scheduler": "none", "keras_tuner": "bayesian", "metric": "val_auc",
+               "mode": "max"}
+    for key in SEARCH_OVERRIDES:
+        value = samples.get(key, "2")
+        args = parser.parse_args(["run", "s.yaml", "--data", "d", "--name", "n", SEARCH_FLAGS[key], value])
+        assert str(getattr(args, key)) in (value, f"{value}.0"), key
