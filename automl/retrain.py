@@ -121,6 +121,11 @@ def retrain(
             results = tuner.fit()
         finally:
             ray.shutdown()
+        unfinished = [members[r.config["member"]]["member_id"] for r in results if r.error is None and r.checkpoint is None]
+        if unfinished:
+            # Interrupted (Ctrl-C, a stopped job): a partial ensemble would pass for the real one.
+            raise UserError(f"{run_dir}: retraining interrupted before {', '.join(unfinished)} finished; nothing written. "
+                            f"Run it again: automl retrain {run_dir.name} (or automl run ... --resume)")
         with staged_dir(run_dir / RETRAIN_DIR) as stage:
             rows = []
             for result in results:
