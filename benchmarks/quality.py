@@ -78,7 +78,7 @@ def plot(rows: list[dict], path: Path) -> None:
             ci = row.get(f"{metric}_ci95")
             err = [[row[metric] - ci[0]], [ci[1] - row[metric]]] if ci else None
             ax.barh(i, row[metric], xerr=err, color="tab:blue" if ours else "tab:gray", capsize=3)
-            ax.text(row[metric] + 0.005, i, f"{row[metric]:.3f}", va="center", fontsize=7)
+            ax.text((ci[1] if ci else row[metric]) + 0.005, i, f"{row[metric]:.3f}", va="center", fontsize=7)
         ax.set_xlim(0.5, 1.0)
         ax.set_title(f"test {metric} (blue: ours, with 95% bootstrap CI)")
         ax.grid(axis="x", alpha=0.3)
