@@ -51,9 +51,10 @@ def jobs_url(address: str) -> str:
     if "://" not in address:
         address = f"http://{address}"
     scheme, _, rest = address.partition("://")
-    if ":" not in rest.split("/")[0]:
-        rest = rest.replace(rest.split("/")[0], f"{rest.split('/')[0]}:{JOBS_PORT}", 1)
-    return f"{scheme}://{rest}".rstrip("/")
+    host, slash, path = rest.partition("/")
+    if ":" not in host:
+        host = f"{host}:{JOBS_PORT}"
+    return f"{scheme}://{host}{slash}{path}".rstrip("/")
 
 
 class Jobs:
@@ -151,7 +152,7 @@ class Jobs:
 
 def status_line(job) -> str:
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.start_time / 1000)) if job.start_time else "-"
-    ended = job.end_time and job.start_time and f"{(job.end_time - job.start_time) / 1000:.0f}s" or "running"
+    ended = f"{(job.end_time - job.start_time) / 1000:.0f}s" if job.end_time and job.start_time else "running"
     status = getattr(job.status, "value", job.status)
     message = f"  {job.message}" if job.message and status in ("FAILED", "STOPPED") else ""
     return f"{job.submission_id or job.job_id}  {status:<9}  started {started}  {ended}  {job.entrypoint}{message}"
