@@ -5,7 +5,8 @@
 Reads ``RESULTS/reference*/`` (written by ``automl run``) and ``RESULTS/seed000_proposed`` (``automl
 train``); nothing is trained. Every row names its split protocol and resolution: published rows used
 image-level splits that put images of one lesion on both sides, so they are easier than our
-lesion-grouped split, and only the ``reference-dermamnist`` rows are on their protocol. Our rows carry
+lesion-grouped split, and only the ``reference-official-split`` rows (the run named
+``reference-dermamnist``, on MedMNIST's official split file) are on their protocol. Our rows carry
 95% bootstrap intervals over test images. Writes ``quality.json`` and ``quality.png``.
 """
 
