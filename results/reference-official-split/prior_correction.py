@@ -78,8 +78,8 @@ def main() -> None:
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
         *rows,
         "",
-        "Brackets: 95% bootstrap intervals over test images. Made by `python results/reference-official-split/"
-        "prior_correction.py`; the exported model and `report.md` use the probabilities as trained.",
+        ("Brackets: 95% bootstrap intervals over test images. Made by `python results/reference-official-split/"
+         "prior_correction.py`; the exported model and `report.md` use the probabilities as trained."),
     ])
     (HERE / "prior_correction.md").write_text(text + "\n")
     print(text)
