@@ -174,12 +174,15 @@ def mark_complete(outcome: SearchOutcome, budget_s: float | None = None, **detai
 
     A Ray search ended by its time budget says ``interrupted`` (Tune stops the trials in flight
     without completing them), so a search also counts as complete when it exited by itself after
-    at least ``budget_s`` seconds, or when we stopped it past its budget. A later benchmark run
-    reuses a complete search instead of running it again; its checkpoints, no longer needed, are deleted.
+    at least ``budget_s`` seconds, or when we stopped it past its budget, even if it had to be
+    killed (a KerasTuner trial that ignored Ctrl-C): the benchmark measures only the epochs within
+    the budget, and the store writes each of them atomically. A later benchmark run reuses a
+    complete search instead of running it again; its checkpoints, no longer needed, are deleted.
     """
     info = read_run_info(outcome.run_dir)
     ran_out = budget_s is not None and (info.get("wall_s") or 0) >= budget_s
-    complete = outcome.returncode == 0 and (info.get("status") == "finished" or ran_out or outcome.stopped_after_budget)
+    exited = outcome.returncode == 0 and (info.get("status") == "finished" or ran_out)
+    complete = (exited or outcome.stopped_after_budget) and (outcome.run_dir / EPOCHS_FILE).is_file()
     write_run_info(outcome.run_dir, benchmark={
         "complete": complete, "command": outcome.command, "returncode": outcome.returncode,
         "seconds": round(outcome.seconds, 1), "stopped_after_budget": outcome.stopped_after_budget,
