@@ -24,13 +24,13 @@ from werkzeug.serving import make_server
 from automl.dashboard import create_app
 
 ROOT = Path(__file__).resolve().parents[1]
-# Real runs under results/ (those present are linked in); reference-dermamnist may still be running.
-REAL_RUNS = ("reference", "reference-dermamnist", "quick_cluster", "quick_optuna_asha", "quick_optuna_nopruning")
+# Real runs under results/ (those present are linked in).
+REAL_RUNS = ("reference", "reference-official-split", "quick_cluster", "quick_optuna_asha", "quick_optuna_nopruning")
 PAGES = {
     "experiments": "/",
     "experiment": "/runs/search_in_progress",
     "experiment_reference": "/runs/reference",
-    "experiment_reference-dermamnist": "/runs/reference-dermamnist",
+    "experiment_reference-official-split": "/runs/reference-official-split",
     "models": "/runs/reference/models",
     "compare": "/compare?run=quick_optuna_asha&run=quick_optuna_nopruning",
 }
