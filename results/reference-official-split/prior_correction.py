@@ -20,10 +20,9 @@ import numpy as np
 import pandas as pd
 
 from automl.evaluate import bootstrap_ci
-from automl.metrics import classification_metrics
+from automl.metrics import HEADLINE, classification_metrics
 
 HERE = Path(__file__).resolve().parent
-HEADLINE = ("balanced_accuracy", "macro_f1", "accuracy", "auc")
 
 
 def effective_mix(counts: np.ndarray, imbalance: str, oversample_to: int) -> np.ndarray:
