@@ -6,6 +6,7 @@ Bad input (:class:`automl.errors.UserError`) is one line on stderr and exit code
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import sys
@@ -16,63 +17,75 @@ from automl.errors import UserError
 
 def _data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, type=Path, help="HAM10000 folder: HAM10000_metadata.csv + images")
-    parser.add_argument("--image-size", help="S or HEIGHTxWIDTH (default: the spec's data.image_size)")
-    parser.add_argument("--split-file", help="CSV of image_id,split (e.g. dermamnist_split.csv) instead of the grouped split")
     parser.add_argument("--skip-bad-images", action="store_true", help="leave out missing or unreadable images")
-    parser.add_argument("--cache-dir", type=Path, help="decoded-image cache (default: $AUTOML_CACHE_DIR or ~/.cache/skin-automl)")
+    parser.add_argument("--cache-dir", type=Path,
+                        help="decoded-image cache (default: $AUTOML_CACHE_DIR or ~/.cache/skin-automl)")
 
 
-#: Search-setting overrides by destination, as their command-line flag: submit passes them on to the cluster.
-SEARCH_FLAGS: dict[str, str] = {}
+def _setting_args(parser: argparse.ArgumentParser, *groups: str) -> None:
+    """The spec settings these commands can override, as declared in :data:`automl.spec.SETTINGS`."""
+    from automl.spec import settings_with_flags
+
+    titled = parser.add_argument_group("spec settings (override the spec file)")
+    for setting in settings_with_flags(*groups):
+        kind = setting.type if setting.type in (int, float) else str
+        titled.add_argument(setting.flag, dest=setting.dest, type=kind, choices=setting.choices,
+                            help=f"{setting.help} [{setting.key}]")
 
 
-def _search_settings_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("search settings (override the spec's search section)")
+def _overrides(args: argparse.Namespace, *groups: str) -> dict:
+    from automl.spec import settings_with_flags
 
-    def add(*flags, **kwargs) -> None:
-        SEARCH_FLAGS[group.add_argument(*flags, **kwargs).dest] = flags[0]
+    return {s.key: getattr(args, s.dest) for s in settings_with_flags(*groups) if hasattr(args, s.dest)}
 
-    add("--engine", choices=("ray", "keras-tuner"))
-    add("--searcher", choices=("random", "optuna"))
-    add("--scheduler", choices=("asha", "none"))
-    add("--keras-tuner", dest="keras_tuner", choices=("hyperband", "bayesian", "random"))
-    add("--num-samples", type=int)
-    add("--max-epochs", type=int)
-    add("--grace-period", type=int)
-    add("--reduction-factor", type=int)
-    add("--metric")
-    add("--mode", choices=("min", "max"))
-    add("--max-concurrent", type=int)
-    add("--cpus-per-trial", dest="cpu", type=float)
-    add("--gpus-per-trial", dest="gpu", type=float)
-    add("--time-budget", dest="time_budget_s", type=float, help="seconds")
-    add("--max-failures", type=int)
-    add("--seed", type=int, help="searcher seed")
+
+#: The setting groups each command offers as flags (submit handles the split file itself: it may upload it).
+TRAIN_GROUPS, SEARCH_GROUPS = ("data", "objective", "train"), ("data", "objective", "search")
+SUBMIT_GROUPS = ("objective", "search")
+METHODS = ("greedy", "mean", "weighted")  # automl.ensemble.METHODS, without importing its numpy here
+SPLIT_FILE_DEST = "data__split__file"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="automl", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_train_parser, _search_parser, _retrain_parser, _ensemble_parser, _export_parser, _predict_parser,
+                _run_parser, _dashboard_parser, _submit_parser, _jobs_parser):
+        add(commands)
+    return parser
 
+
+def _train_parser(commands) -> None:
     train = commands.add_parser("train", help="train one fixed configuration from a spec file")
     train.add_argument("spec", type=Path, help="spec file (YAML) with fixed hyperparameters")
     _data_args(train)
-    train.add_argument("--epochs", type=int, help="maximum epochs (default: the spec's training.epochs)")
-    train.add_argument("--seed", type=int, help="training seed (default: the spec's training.seed)")
+    _setting_args(train, *TRAIN_GROUPS)
     train.add_argument("--out", type=Path, help="output folder (default: results/train/SPEC_NAME)")
+    train.add_argument("--overwrite", action="store_true", help="replace --out even if automl did not write it")
     train.set_defaults(run=_train)
 
+
+def _run_folder_args(parser: argparse.ArgumentParser, search: bool) -> None:
+    """Where a run lives, and for the commands that search, where its cluster and checkpoints are."""
+    parser.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: results)")
+    if search:
+        parser.add_argument("--address", help="Ray cluster address (default: embedded local Ray)")
+        parser.add_argument("--storage",
+                            help="shared folder or s3:// / gs:// URI for Tune's checkpoints (multi-node clusters)")
+
+
+def _search_parser(commands) -> None:
     search = commands.add_parser("search", help="search a spec's space with Ray Tune (or KerasTuner)")
     search.add_argument("spec", type=Path, help="spec file (YAML) with search ranges and settings")
     _data_args(search)
     search.add_argument("--name", required=True, help="run name: results go to RESULTS/NAME")
-    search.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: results)")
-    search.add_argument("--address", help="Ray cluster address (default: embedded local Ray)")
+    _run_folder_args(search, search=True)
     search.add_argument("--resume", action="store_true", help="continue an interrupted search of this name")
-    search.add_argument("--storage", help="shared folder or s3:// / gs:// URI for Tune's checkpoints (multi-node clusters)")
-    _search_settings_args(search)
+    _setting_args(search, *SEARCH_GROUPS)
     search.set_defaults(run=_search)
 
+
+def _retrain_parser(commands) -> None:
     retrain = commands.add_parser("retrain", help="retrain a search's top configurations from scratch (Ray Tune)")
     retrain.add_argument("name", help="search run name")
     retrain.add_argument("--results", type=Path, default=Path("results"))
@@ -85,18 +98,25 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--cache-dir", type=Path)
     retrain.set_defaults(run=_retrain)
 
+
+def _ensemble_parser(commands) -> None:
     ensemble = commands.add_parser("ensemble", help="ensemble the retrained members and evaluate on the test split")
     ensemble.add_argument("name", help="search run name")
     ensemble.add_argument("--results", type=Path, default=Path("results"))
-    ensemble.add_argument("--method", choices=("greedy", "mean", "weighted"), default="greedy")
+    ensemble.add_argument("--method", choices=METHODS, default="greedy")
     ensemble.set_defaults(run=_ensemble)
 
+
+def _export_parser(commands) -> None:
     export = commands.add_parser("export", help="export a run's ensemble as a self-contained model folder")
     export.add_argument("name", help="search run name")
     export.add_argument("--results", type=Path, default=Path("results"))
     export.add_argument("--out", type=Path, required=True, help="model folder to write")
+    export.add_argument("--overwrite", action="store_true", help="replace --out even if automl did not write it")
     export.set_defaults(run=_export)
 
+
+def _predict_parser(commands) -> None:
     predict = commands.add_parser("predict", help="classify image files with an exported model")
     predict.add_argument("model_dir", type=Path, help="folder written by automl export")
     predict.add_argument("inputs", nargs="+", help="image files or folders")
@@ -104,41 +124,51 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=64)
     predict.set_defaults(run=_predict)
 
+
+def _run_parser(commands) -> None:
     run = commands.add_parser("run", help="search, retrain, ensemble, evaluate and export in one command")
     run.add_argument("spec", type=Path, help="search spec (YAML)")
     _data_args(run)
     run.add_argument("--name", required=True, help="run name: results go to RESULTS/NAME")
-    run.add_argument("--results", type=Path, default=Path("results"))
-    run.add_argument("--address", help="Ray cluster address (default: embedded local Ray)")
+    _run_folder_args(run, search=True)
     run.add_argument("--resume", action="store_true",
                      help="continue this run: resume an interrupted search, or skip a finished one and go on")
-    run.add_argument("--storage", help="shared folder or s3:// / gs:// URI for Tune's checkpoints (multi-node clusters)")
     run.add_argument("--top-k", type=int, default=5)
     run.add_argument("--seeds", type=int, default=1)
-    run.add_argument("--method", choices=("greedy", "mean", "weighted"), default="greedy")
-    _search_settings_args(run)
+    run.add_argument("--method", choices=METHODS, default="greedy")
+    _setting_args(run, *SEARCH_GROUPS)
     run.set_defaults(run=_run)
 
-    dashboard = commands.add_parser("dashboard", help="read-only web view of the results store; refreshes while searches run")
+
+def _dashboard_parser(commands) -> None:
+    dashboard = commands.add_parser("dashboard",
+                                    help="read-only web view of the results store; refreshes while searches run")
     dashboard.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: results)")
     dashboard.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     dashboard.add_argument("--port", type=int, default=8050)
     dashboard.set_defaults(run=_dashboard)
 
+
+def _submit_parser(commands) -> None:
     submit = commands.add_parser("submit", help="run a search (or the whole pipeline) as a job on a Ray cluster")
     submit.add_argument("spec", type=Path, help="search spec (YAML), sent with the job")
     submit.add_argument("--data", required=True, help="HAM10000 folder on the cluster (the data is never uploaded)")
     submit.add_argument("--name", required=True, help="run name")
-    submit.add_argument("--results", required=True, help="results folder on the cluster's head node (absolute; shared if you want it elsewhere)")
-    submit.add_argument("--storage", help="shared folder or s3:// / gs:// URI for Tune's checkpoints (needed with several nodes)")
-    submit.add_argument("--split-file", help="split CSV: a local file is sent with the job, otherwise a path on the cluster")
+    submit.add_argument("--results", required=True,
+                        help="results folder on the cluster's head node (absolute; shared if you want it elsewhere)")
+    submit.add_argument("--storage",
+                        help="shared folder or s3:// / gs:// URI for Tune's checkpoints (needed with several nodes)")
+    submit.add_argument("--split-file", dest=SPLIT_FILE_DEST,
+                        help="split CSV: a local file is sent with the job, otherwise a path on the cluster")
     submit.add_argument("--search-only", action="store_true", help="run automl search, not the whole automl run")
     submit.add_argument("--resume", action="store_true", help="continue the run of this name (e.g. after automl jobs stop)")
     submit.add_argument("--wait", action="store_true", help="follow the job's log until it ends; exit 2 if it fails")
     _cluster_args(submit)
-    _search_settings_args(submit)
+    _setting_args(submit, *SUBMIT_GROUPS)
     submit.set_defaults(run=_submit)
 
+
+def _jobs_parser(commands) -> None:
     jobs = commands.add_parser("jobs", help="list, follow and stop jobs on a Ray cluster")
     jobs_commands = jobs.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
     for action, text in (("list", "jobs on the cluster, newest first"), ("status", "one job's status"),
@@ -150,7 +180,6 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--follow", action="store_true", help="keep printing until the job ends")
         _cluster_args(sub)
         sub.set_defaults(run=_jobs)
-    return parser
 
 
 def _cluster_args(parser: argparse.ArgumentParser) -> None:
@@ -161,80 +190,89 @@ def _cluster_args(parser: argparse.ArgumentParser) -> None:
 
 def _train(args: argparse.Namespace) -> None:
     from automl.console import import_tensorflow_quietly
+    from automl.files import check_output_dir
     from automl.spec import load_spec
 
-    spec = load_spec(args.spec).with_overrides(
-        image_size=args.image_size, split_file=args.split_file, epochs=args.epochs, seed=args.seed
-    )
+    spec = load_spec(args.spec).with_overrides(_overrides(args, *TRAIN_GROUPS))
     spec.model_config()  # a bad spec fails here, before TensorFlow's 4 s import
+    out = args.out or Path("results") / "train" / spec.name
+    check_output_dir(out, overwrite=args.overwrite)  # and an --out we may not replace, before any training
     import_tensorflow_quietly()
     from automl.train import train_command
 
-    train_command(
-        spec,
-        data_dir=args.data,
-        out=args.out or Path("results") / "train" / spec.name,
-        skip_bad_images=args.skip_bad_images,
-        cache_dir=args.cache_dir,
-    )
+    train_command(spec, data_dir=args.data, out=out, skip_bad_images=args.skip_bad_images,
+                  cache_dir=args.cache_dir, overwrite=args.overwrite)
 
 
-def _search_spec(args: argparse.Namespace):
-    """The spec file with the command line's data and search-settings overrides applied."""
-    from automl.spec import SEARCH_OVERRIDES, load_spec
+def _search_spec(args: argparse.Namespace, groups: tuple[str, ...] = SEARCH_GROUPS):
+    """The spec file with the command line's overrides applied (spec and space validated)."""
+    from automl.spec import load_spec
 
-    overrides = {key: getattr(args, key) for key in SEARCH_OVERRIDES}
-    return load_spec(args.spec).with_overrides(image_size=getattr(args, "image_size", None), split_file=args.split_file,
-                                               search=overrides)
+    return load_spec(args.spec).with_overrides(_overrides(args, *groups))
+
+
+@contextlib.contextmanager
+def _run_folder(args: argparse.Namespace):
+    """The run folder, held by this process alone (taken before TensorFlow's 4 s import), as a RunLayout."""
+    from automl.layout import RunLayout
+    from automl.lock import run_lock
+
+    run = RunLayout(args.results / args.name)
+    with run_lock(run.lock, args.command_line):
+        yield run
 
 
 def _search(args: argparse.Namespace) -> None:
     from automl.console import import_tensorflow_quietly
 
     spec = _search_spec(args)
-    spec.space  # noqa: B018 - validates the space before the slow imports
-    import_tensorflow_quietly()
-    from automl.search import run_search
+    with _run_folder(args) as run:
+        import_tensorflow_quietly()
+        from automl.search import run_search
 
-    run_search(spec, args.data, args.name, args.results, address=args.address, resume=args.resume,
-               skip_bad_images=args.skip_bad_images, cache_dir=args.cache_dir, storage=args.storage)
+        run_search(spec, args.data, run.name, args.results, address=args.address, resume=args.resume,
+                   skip_bad_images=args.skip_bad_images, cache_dir=args.cache_dir, storage=args.storage)
 
 
-def _run_data_dir(args: argparse.Namespace) -> Path:
-    from automl.errors import UserError
-    from automl.store import read_run_info
-
+def _run_data_dir(args: argparse.Namespace, run) -> Path:
     if getattr(args, "data", None):
         return args.data
-    recorded = read_run_info(args.results / args.name).get("data_dir")
+    recorded = run.read_info(required=True).get("data_dir")
     if not recorded:
-        raise UserError(f"{args.results / args.name}: no search run here; check --results and the name, or pass --data")
+        raise UserError(f"{run.info_file}: no data folder recorded; pass --data")
     return Path(recorded)
 
 
 def _retrain(args: argparse.Namespace) -> None:
     from automl.console import import_tensorflow_quietly
 
-    import_tensorflow_quietly()
-    from automl.retrain import retrain
+    with _run_folder(args) as run:
+        data_dir = _run_data_dir(args, run)
+        import_tensorflow_quietly()
+        from automl.retrain import retrain
 
-    retrain(args.results / args.name, _run_data_dir(args), top_k=args.top_k, seeds=args.seeds, epochs=args.epochs,
-            address=args.address, skip_bad_images=args.skip_bad_images, cache_dir=args.cache_dir)
+        retrain(run.root, data_dir, top_k=args.top_k, seeds=args.seeds, epochs=args.epochs, address=args.address,
+                skip_bad_images=args.skip_bad_images, cache_dir=args.cache_dir)
 
 
 def _ensemble(args: argparse.Namespace) -> None:
-    from automl.evaluate import evaluate_run
+    with _run_folder(args) as run:
+        from automl.evaluate import evaluate_run
 
-    evaluate_run(args.results / args.name, method=args.method)
+        evaluate_run(run.root, method=args.method)
 
 
 def _export(args: argparse.Namespace) -> None:
     from automl.console import import_tensorflow_quietly
+    from automl.files import check_output_dir
 
-    import_tensorflow_quietly()
-    from automl.export import export_run
+    check_output_dir(args.out, overwrite=args.overwrite)
+    with _run_folder(args) as run:
+        run.read_ensemble()  # a run without an ensemble fails here, before TensorFlow's import
+        import_tensorflow_quietly()
+        from automl.export import export_run
 
-    out = export_run(args.results / args.name, args.out)
+        out = export_run(run.root, args.out, overwrite=args.overwrite)
     print(f"exported {out}: model.keras, saved_model/, model_card.json, model_card.md")
 
 
@@ -251,28 +289,27 @@ def _run(args: argparse.Namespace) -> None:
     from automl.console import import_tensorflow_quietly
 
     spec = _search_spec(args)
-    spec.space  # noqa: B018 - validates the space before the slow imports
-    import_tensorflow_quietly()
-    from automl.evaluate import evaluate_run
-    from automl.export import export_run
-    from automl.retrain import retrain
-    from automl.search import run_search
-    from automl.store import read_run_info, write_run_info
+    with _run_folder(args) as run:
+        import_tensorflow_quietly()
+        from automl.evaluate import evaluate_run
+        from automl.export import export_run
+        from automl.retrain import retrain
+        from automl.search import run_search
+        from automl.store import write_run_info
 
-    run_dir = args.results / args.name
-    if args.resume and read_run_info(run_dir).get("status") == "finished":
-        print(f"search {args.name} already finished; going on to retrain")
-    else:
-        run_search(spec, args.data, args.name, args.results, address=args.address, resume=args.resume,
-                   skip_bad_images=args.skip_bad_images, cache_dir=args.cache_dir, storage=args.storage)
-        if read_run_info(run_dir).get("status") != "finished":
-            return  # interrupted: run_search said how to resume
-    write_run_info(run_dir, command=args.command_line)
-    retrain(run_dir, args.data, top_k=args.top_k, seeds=args.seeds, address=args.address,
-            skip_bad_images=args.skip_bad_images, cache_dir=args.cache_dir)
-    evaluate_run(run_dir, method=args.method)
-    out = export_run(run_dir, run_dir / "model")
-    print(f"done: report {run_dir / 'ensemble' / 'report.md'}, model {out}")
+        if args.resume and run.read_info().get("status") == "finished":
+            print(f"search {run.name} already finished; going on to retrain")
+        else:
+            run_search(spec, args.data, run.name, args.results, address=args.address, resume=args.resume,
+                       skip_bad_images=args.skip_bad_images, cache_dir=args.cache_dir, storage=args.storage)
+            if run.read_info().get("status") != "finished":
+                return  # interrupted: run_search said how to resume
+        write_run_info(run.root, command=args.command_line)
+        retrain(run.root, args.data, top_k=args.top_k, seeds=args.seeds, address=args.address,
+                skip_bad_images=args.skip_bad_images, cache_dir=args.cache_dir)
+        evaluate_run(run.root, method=args.method)
+        out = export_run(run.root, run.model.root)
+    print(f"done: report {run.report}, model {out}")
 
 
 def _dashboard(args: argparse.Namespace) -> None:
@@ -282,27 +319,28 @@ def _dashboard(args: argparse.Namespace) -> None:
 
 
 def _submit(args: argparse.Namespace) -> None:
-    from automl.spec import SEARCH_OVERRIDES
+    from automl.spec import settings_with_flags
 
-    spec = _search_spec(args)  # a bad spec fails here, on the laptop, not on the cluster
-    spec.space  # noqa: B018
+    _search_spec(args, SUBMIT_GROUPS)  # a bad spec fails here, on the laptop, not on the cluster
     if not Path(args.results).is_absolute():
-        raise UserError(f"--results {args.results}: give an absolute path on the cluster (the job's own folder is temporary)")
+        raise UserError(f"--results {args.results}: give an absolute path on the cluster "
+                        "(the job's own folder is temporary)")
     jobs = _connect(args)
     command = ["python", "-m", "automl", "search" if args.search_only else "run", "spec.yaml", "--data", args.data,
                "--name", args.name, "--results", args.results, "--address", "auto"]
-    for flag, value in (("--storage", args.storage), ("--split-file", args.split_file)):
+    files = {"spec.yaml": args.spec}
+    split_file = getattr(args, SPLIT_FILE_DEST)
+    if split_file and Path(split_file).is_file():
+        files["split.csv"], split_file = Path(split_file), "split.csv"  # sent with the job
+    for flag, value in (("--storage", args.storage), ("--split-file", split_file)):
         if value:
             command += [flag, value]
     if args.resume:
         command.append("--resume")
-    files = {"spec.yaml": args.spec}
-    if args.split_file and Path(args.split_file).is_file():
-        files["split.csv"], command[command.index("--split-file") + 1] = Path(args.split_file), "split.csv"
-    for key in SEARCH_OVERRIDES:
-        value = getattr(args, key)
+    for setting in settings_with_flags(*SUBMIT_GROUPS):
+        value = getattr(args, setting.dest)
         if value is not None:
-            command += [SEARCH_FLAGS[key], str(value)]
+            command += [setting.flag, str(value)]
     job_id = jobs.submit(command, files, args.name)
     print(f"submitted {job_id} to {jobs.url}: {' '.join(command)}")
     print(f"follow it with: automl jobs logs {job_id} --follow --address {jobs.url}")
@@ -311,8 +349,10 @@ def _submit(args: argparse.Namespace) -> None:
 
 
 def _jobs(args: argparse.Namespace) -> None:
-    from automl.jobs import status_line
+    from automl.jobs import check_job_id, status_line
 
+    if args.jobs_command != "list":
+        check_job_id(args.job_id)  # before contacting the cluster
     jobs = _connect(args)
     if args.jobs_command == "list":
         found = jobs.list()

@@ -5,11 +5,12 @@ Three methods, each returning one weight per member (weights sum to 1):
 ``mean``
     the plain average of every member.
 ``weighted``
-    members weighted by their validation score, as seed 001 weighted its models by accuracy.
+    members weighted by their validation score (the inverse for a loss), as seed 001 weighted its
+    models by accuracy.
 ``greedy``
     Caruana et al. (ICML 2004) forward selection with replacement: start from the best member,
-    repeatedly add the member (possibly again) whose addition most improves the validation
-    metric of the averaged probabilities, stop when no addition improves it. Weights are the
+    repeatedly add the member (possibly again) whose addition most improves the run's objective
+    on the averaged validation probabilities, stop when no addition improves it. Weights are the
     selection counts. The default.
 
 >>> import numpy as np
@@ -18,21 +19,20 @@ Three methods, each returning one weight per member (weights sum to 1):
 >>> bad = np.array([[.1, .9], [.9, .1], [.9, .1], [.1, .9]])
 >>> greedy_selection([good, bad], y).weights
 [1.0, 0.0]
+>>> greedy_selection([bad, good], y, Objective.of("val_loss")).weights
+[0.0, 1.0]
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from sklearn.metrics import balanced_accuracy_score
+
+from automl.objective import Objective
 
 METHODS = ("greedy", "mean", "weighted")
-
-
-def balanced_accuracy(y_true: np.ndarray, probs: np.ndarray) -> float:
-    return float(balanced_accuracy_score(y_true, probs.argmax(axis=1)))
 
 
 @dataclass
@@ -56,37 +56,32 @@ def average(member_probs: Sequence[np.ndarray], weights: Sequence[float]) -> np.
 
 
 def build_ensemble(
-    method: str,
-    member_probs: Sequence[np.ndarray],
-    y_val: np.ndarray,
-    score: Callable[[np.ndarray, np.ndarray], float] = balanced_accuracy,
+    method: str, member_probs: Sequence[np.ndarray], y_val: np.ndarray, objective: Objective = Objective()
 ) -> Ensemble:
     """Weights for ``member_probs`` (each (N, K) on the validation split) by ``method``."""
     if method == "greedy":
-        return greedy_selection(member_probs, y_val, score)
+        return greedy_selection(member_probs, y_val, objective)
     if method == "mean":
         return Ensemble("mean", [1.0 / len(member_probs)] * len(member_probs))
     if method == "weighted":
-        scores = np.array([score(y_val, p) for p in member_probs])
-        return Ensemble("weighted", [float(w) for w in scores / scores.sum()], scores=[float(s) for s in scores])
+        scores = np.array([objective.score(y_val, p) for p in member_probs])
+        merit = scores if objective.direction == "max" else 1.0 / np.maximum(scores, 1e-12)
+        return Ensemble("weighted", [float(w) for w in merit / merit.sum()], scores=[float(s) for s in scores])
     raise ValueError(f"unknown ensemble method {method!r}; use one of {', '.join(METHODS)}")
 
 
 def greedy_selection(
-    member_probs: Sequence[np.ndarray],
-    y_val: np.ndarray,
-    score: Callable[[np.ndarray, np.ndarray], float] = balanced_accuracy,
-    max_rounds: int = 50,
+    member_probs: Sequence[np.ndarray], y_val: np.ndarray, objective: Objective = Objective(), max_rounds: int = 50
 ) -> Ensemble:
     """Caruana's forward selection with replacement; ties keep the earlier (better-ranked) member."""
-    singles = [score(y_val, p) for p in member_probs]
-    first = int(np.argmax(singles))
+    singles = [objective.score(y_val, p) for p in member_probs]
+    first = objective.best_index(singles)
     picks, scores = [first], [singles[first]]
     total = member_probs[first].astype(np.float64)
     for _ in range(max_rounds):
-        candidates = [score(y_val, (total + p) / (len(picks) + 1)) for p in member_probs]
-        best = int(np.argmax(candidates))
-        if candidates[best] <= scores[-1]:
+        candidates = [objective.score(y_val, (total + p) / (len(picks) + 1)) for p in member_probs]
+        best = objective.best_index(candidates)
+        if not objective.better(candidates[best], scores[-1]):
             break
         picks.append(best)
         scores.append(candidates[best])

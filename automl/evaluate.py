@@ -17,29 +17,28 @@ from automl import console
 from automl.ensemble import METHODS, build_ensemble
 from automl.errors import UserError
 from automl.files import atomic_write, staged_dir, write_json
+from automl.layout import RunLayout
 from automl.metrics import HEADLINE, classification_metrics
+from automl.objective import Objective
 from automl.published import PUBLISHED
-from automl.retrain import LABELS_FILE, RETRAIN_DIR, read_members
-from automl.store import read_run_info
 
-ENSEMBLE_DIR = "ensemble"
 
 def evaluate_run(run_dir: Path, method: str = "greedy", bootstrap: int = 1000, seed: int = 0) -> dict:
     """Build the ensemble from the retrained members' validation probabilities and evaluate on test."""
     if method not in METHODS:
         raise UserError(f"--method {method}: use one of {', '.join(METHODS)}")
-    run_dir = Path(run_dir)
-    if not (run_dir / RETRAIN_DIR / LABELS_FILE).is_file():
-        raise UserError(f"{run_dir}: no retrained members (no {RETRAIN_DIR}/{LABELS_FILE}); run automl retrain first")
-    info, members = read_run_info(run_dir), read_members(run_dir)
-    labels = np.load(run_dir / RETRAIN_DIR / LABELS_FILE)
+    run = RunLayout(run_dir)
+    info = run.read_info(required=True)
+    objective = Objective.from_record(info)
+    members, labels = run.read_members(), run.read_labels()
     classes = tuple(str(c) for c in labels["class_names"])
     ids = list(members["member_id"])
-    val = [np.load(run_dir / RETRAIN_DIR / "members" / m / "val_probs.npy") for m in ids]
-    test = [np.load(run_dir / RETRAIN_DIR / "members" / m / "test_probs.npy") for m in ids]
-    ensemble = build_ensemble(method, val, labels["y_val"])
+    val = [run.read_member_probs(m, "val") for m in ids]
+    test = [run.read_member_probs(m, "test") for m in ids]
+    ensemble = build_ensemble(method, val, labels["y_val"], objective)
     results = {
-        m: {"val": classification_metrics(labels["y_val"], v, classes), "test": classification_metrics(labels["y_test"], t, classes)}
+        m: {"val": classification_metrics(labels["y_val"], v, classes),
+            "test": classification_metrics(labels["y_test"], t, classes)}
         for m, v, t in zip(ids, val, test, strict=True)
     }
     ens_val, ens_test = ensemble.predict(val), ensemble.predict(test)
@@ -48,11 +47,13 @@ def evaluate_run(run_dir: Path, method: str = "greedy", bootstrap: int = 1000, s
         "test": classification_metrics(labels["y_test"], ens_test, classes),
         "test_ci95": bootstrap_ci(labels["y_test"], ens_test, classes, bootstrap, seed),
     }
-    # The best single member is chosen on validation, like everything else.
-    best_member = max(ids, key=lambda m: results[m]["val"]["balanced_accuracy"])
-    results[best_member]["test_ci95"] = bootstrap_ci(labels["y_test"], test[ids.index(best_member)], classes, bootstrap, seed)
+    # The best single member is chosen on validation, by the objective, like everything else.
+    best_member = ids[objective.best_index([results[m]["val"][objective.key] for m in ids])]
+    results[best_member]["test_ci95"] = bootstrap_ci(labels["y_test"], test[ids.index(best_member)], classes,
+                                                     bootstrap, seed)
     summary = {
         "method": method,
+        "objective": objective.to_record(),
         "members": ids,
         "weights": dict(zip(ids, ensemble.weights, strict=True)),
         "greedy_picks": [ids[i] for i in ensemble.picks],
@@ -63,18 +64,23 @@ def evaluate_run(run_dir: Path, method: str = "greedy", bootstrap: int = 1000, s
         "split": info.get("split"),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-    with staged_dir(run_dir / ENSEMBLE_DIR) as stage:
-        write_json(stage / "ensemble.json", summary)
-        write_json(stage / "metrics.json", results)
-        _plot_confusion(results["ensemble"]["test"]["confusion_matrix"], classes, stage / "confusion_matrix.png")
+    with staged_dir(run.ensemble) as stage:
+        def at(path: Path) -> Path:  # the run's own file name, inside the stage
+            return stage / path.relative_to(run.ensemble)
+
+        write_json(at(run.ensemble_json), summary)
+        write_json(at(run.ensemble_metrics), results)
+        _plot_confusion(results["ensemble"]["test"]["confusion_matrix"], classes, at(run.confusion_png))
         if len(classes) == 2:
-            _plot_roc(labels["y_test"], {"ensemble": ens_test, best_member: test[ids.index(best_member)]}, stage / "roc.png")
-        atomic_write(stage / "report.md", report_markdown(run_dir.name, info, summary, results))
+            _plot_roc(labels["y_test"], {"ensemble": ens_test, best_member: test[ids.index(best_member)]},
+                      at(run.roc_png))
+        atomic_write(at(run.report), report_markdown(run.name, info, summary, results))
     ens, best = results["ensemble"]["test"], results[best_member]["test"]
     console.info(
-        f"{method} ensemble of {sum(w > 0 for w in ensemble.weights)} members: test balanced accuracy "
-        f"{ens['balanced_accuracy']:.3f} (best member {best_member}: {best['balanced_accuracy']:.3f}), macro-F1 "
-        f"{ens['macro_f1']:.3f}, accuracy {ens['accuracy']:.3f}, AUC {ens['auc']:.3f}; report: {run_dir / ENSEMBLE_DIR / 'report.md'}"
+        f"{method} ensemble of {sum(w > 0 for w in ensemble.weights)} members by {objective}: test "
+        f"{objective.key} {ens[objective.key]:.3f} (best member {best_member}: {best[objective.key]:.3f}); "
+        + ", ".join(f"{k} {ens[k]:.3f}" for k in HEADLINE if k != objective.key)
+        + f"; report: {run.report}"
     )
     return results
 
@@ -96,7 +102,8 @@ def report_markdown(name: str, info: dict, summary: dict, results: dict) -> str:
     lines = [
         f"# {name}: ensemble report", "",
         (f"Task {info.get('task')}, {info.get('image_size')} pixels, split: {summary['split']}. "
-         f"Ensemble method: {summary['method']} (chosen on validation only); the test split was used for nothing but this report."),
+         f"Ensemble method: {summary['method']}, selected by {_objective_text(summary)} on validation only; "
+         "the test split was used for nothing but this report."),
         "", "## Test split", "",
         "| model | weight | balanced accuracy | macro-F1 | accuracy | AUC |", "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
@@ -104,14 +111,15 @@ def report_markdown(name: str, info: dict, summary: dict, results: dict) -> str:
         m, ci = results[model]["test"], results[model].get("test_ci95", {})
         cells = " | ".join(
             f"{m[k]:.3f}" + (f" [{ci[k][0]:.3f}, {ci[k][1]:.3f}]" if k in ci else "")
-            for k in ("balanced_accuracy", "macro_f1", "accuracy", "auc")
+            for k in HEADLINE
         )
         weight = "" if model == "ensemble" else f"{summary['weights'][model]:.2f}"
         label = f"{model} (best member on val)" if model == best else model
         lines.append(f"| {label} | {weight} | {cells} |")
     ens_val, best_val = results["ensemble"]["val"], results[best]["val"]
-    lines += ["", (f"Validation balanced accuracy: ensemble {ens_val['balanced_accuracy']:.3f}, best member "
-                   f"{best_val['balanced_accuracy']:.3f}. Brackets: 95% bootstrap intervals over test images."), "",
+    key = Objective.from_record(summary.get("objective") or {}).key
+    lines += ["", (f"Validation {key.replace('_', ' ')} (the objective): ensemble {ens_val[key]:.3f}, best member "
+                   f"{best_val[key]:.3f}. Brackets: 95% bootstrap intervals over test images."), "",
               "## Per class (ensemble, test)", "", "| class | precision | recall | F1 | support |", "| --- | ---: | ---: | ---: | ---: |"]
     for cls, row in results["ensemble"]["test"]["per_class"].items():
         lines.append(f"| {cls} | {row['precision']:.2f} | {row['recall']:.2f} | {row['f1']:.2f} | {row['support']} |")
@@ -123,6 +131,10 @@ def report_markdown(name: str, info: dict, summary: dict, results: dict) -> str:
         lines.append(f"| {row['source']} | {row['resolution']} | {row['split']} | {cells} |")
     lines += ["", "## How this was made", "", *_provenance(info)]
     return "\n".join(lines) + "\n"
+
+
+def _objective_text(summary: dict) -> str:
+    return str(Objective.from_record(summary.get("objective") or {}))
 
 
 def _provenance(info: dict) -> list[str]:

@@ -12,7 +12,6 @@ member, and the weighted average of their probabilities. :func:`export_model` wr
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,10 +19,9 @@ import keras
 
 from automl.data import resize_tensor
 from automl.files import atomic_write, staged_dir, write_json
+from automl.layout import ModelLayout, RunLayout
+from automl.objective import HEADLINE, Objective
 
-MODEL_FILE = "model.keras"
-SAVED_MODEL_DIR = "saved_model"
-CARD_JSON, CARD_MD = "model_card.json", "model_card.md"
 
 
 @keras.saving.register_keras_serializable(package="automl")
@@ -80,26 +78,28 @@ def assemble(members: Sequence[keras.Model], weights: Sequence[float], image_siz
     return keras.Model(images, probs, name="skin_automl")
 
 
-def export_model(model: keras.Model, out_dir: Path, card: dict) -> Path:
+def export_model(model: keras.Model, out_dir: Path, card: dict, overwrite: bool = False) -> Path:
     """Write ``model.keras``, ``saved_model/`` and the model card (JSON and Markdown) into ``out_dir``."""
     out_dir = Path(out_dir)
-    with staged_dir(out_dir) as stage:
-        model.save(stage / MODEL_FILE)
-        model.export(str(stage / SAVED_MODEL_DIR), format="tf_saved_model", verbose=False)
-        write_json(stage / CARD_JSON, card)
-        atomic_write(stage / CARD_MD, card_markdown(card))
+    with staged_dir(out_dir, overwrite=overwrite) as stage:
+        staged = ModelLayout(stage)
+        model.save(staged.keras_file)
+        model.export(str(staged.saved_model), format="tf_saved_model", verbose=False)
+        write_json(staged.card_json, card)
+        atomic_write(staged.card_md, card_markdown(card))
     return out_dir
 
 
 def read_card(model_dir: Path) -> dict:
-    return json.loads((Path(model_dir) / CARD_JSON).read_text())
+    return ModelLayout(model_dir).read_card()
 
 
 def card_markdown(card: dict) -> str:
     """A human-readable model card from its JSON form."""
     lines = [f"# {card.get('name', 'skin-automl model')}", "",
              f"Intended use: {card.get('intended_use', 'research only, not diagnosis')}.", ""]
-    for key in ("task", "classes", "input", "image_size", "resize", "data_fingerprint", "split", "ensemble_method"):
+    for key in ("task", "classes", "input", "image_size", "resize", "data_fingerprint", "split", "objective",
+                "ensemble_method"):
         if key in card:
             value = card[key]
             lines.append(f"- **{key.replace('_', ' ')}**: {', '.join(map(str, value)) if isinstance(value, list) else value}")
@@ -118,30 +118,24 @@ def card_markdown(card: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def export_run(run_dir: Path, out_dir: Path) -> Path:
+def export_run(run_dir: Path, out_dir: Path, overwrite: bool = False) -> Path:
     """Export a run's ensemble (after retrain and ensemble) as one self-contained model folder."""
     import yaml
 
     from automl.data import RESIZE_METHOD
-    from automl.errors import UserError
-    from automl.evaluate import ENSEMBLE_DIR
-    from automl.retrain import RETRAIN_DIR, read_members
-    from automl.store import SPEC_FILE, read_run_info
+    from automl.files import check_output_dir
 
-    run_dir = Path(run_dir)
-    if not (run_dir / ENSEMBLE_DIR / "ensemble.json").is_file():
-        raise UserError(f"{run_dir}: no ensemble yet (no {ENSEMBLE_DIR}/ensemble.json); run automl ensemble first")
-    info = read_run_info(run_dir)
-    summary = json.loads((run_dir / ENSEMBLE_DIR / "ensemble.json").read_text())
-    metrics = json.loads((run_dir / ENSEMBLE_DIR / "metrics.json").read_text())
-    members = read_members(run_dir).set_index("member_id")
+    run = RunLayout(run_dir)
+    check_output_dir(out_dir, overwrite=overwrite)  # before minutes of loading and tracing
+    info, summary, metrics = run.read_info(required=True), run.read_ensemble(), run.read_ensemble_metrics()
+    members = run.read_members().set_index("member_id")
     chosen = [m for m, w in summary["weights"].items() if w > 0]
-    models = [keras.saving.load_model(run_dir / RETRAIN_DIR / "members" / m / MODEL_FILE) for m in chosen]
+    models = [_load_member(run, m) for m in chosen]
     image_size = tuple(info["image_size"])
     model = assemble(models, [summary["weights"][m] for m in chosen], image_size)
     test, ci = metrics["ensemble"]["test"], metrics["ensemble"].get("test_ci95", {})
     card = {
-        "name": f"skin-automl {run_dir.name}",
+        "name": f"skin-automl {run.name}",
         "intended_use": "research on dermoscopy image classification; not a medical device and not for diagnosis",
         "task": summary["task"],
         "classes": summary["classes"],
@@ -150,18 +144,32 @@ def export_run(run_dir: Path, out_dir: Path) -> Path:
         "resize": RESIZE_METHOD,
         "data_fingerprint": info.get("data_fingerprint"),
         "split": summary["split"],
+        "objective": str(Objective.from_record(summary.get("objective") or info)),
         "ensemble_method": summary["method"],
         "members": [
             {"member_id": m, "weight": summary["weights"][m], "search_trial": members.loc[m, "trial_id"],
              "seed": int(members.loc[m, "seed"])}
             for m in chosen
         ],
-        "metrics": {f"test_{k}": test[k] for k in ("balanced_accuracy", "macro_f1", "accuracy", "auc")},
+        "metrics": {f"test_{k}": test[k] for k in HEADLINE},
         "metrics_ci95": {f"test_{k}": v for k, v in ci.items()},
-        "search_spec": yaml.safe_load((run_dir / SPEC_FILE).read_text()),
+        "search_spec": yaml.safe_load(run.spec.read_text()) if run.spec.is_file() else None,
         "versions": _versions(),
     }
-    return export_model(model, out_dir, card)
+    return export_model(model, out_dir, card, overwrite=overwrite)
+
+
+def _load_member(run: RunLayout, member_id: str) -> keras.Model:
+    from automl.layout import RunFolderError
+
+    path = run.member_model(run.member(member_id))
+    if not path.is_file():
+        raise RunFolderError(f"{path}: missing; run automl retrain {run.name} again")
+    try:
+        return keras.saving.load_model(path)
+    except Exception as exc:  # noqa: BLE001 - a damaged .keras file raises zip, HDF5 or Keras errors
+        raise RunFolderError(f"{path}: damaged ({str(exc).splitlines()[0][:200]}); "
+                             f"run automl retrain {run.name} again") from None
 
 
 def _versions() -> dict:

@@ -19,6 +19,7 @@ can give block 4 its own dropout that exists only when there are at least 4 bloc
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -60,25 +61,39 @@ class Hyperparameter:
 
     def check(self, value: Any, where: str) -> Any:
         """Return ``value`` coerced to this hyperparameter's type, or raise :class:`SpecError`."""
-        if self.type is bool:
-            ok = isinstance(value, bool)
-        elif self.type is int:
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        elif self.type is float:
-            ok = isinstance(value, int | float) and not isinstance(value, bool)
-        else:
-            ok = isinstance(value, self.type)
-        if not ok:
-            raise SpecError(f"{where}: expected {self.type.__name__}, got {value!r}")
-        if self.type is float:
-            value = float(value)
-        if self.choices is not None and value not in self.choices:
-            raise SpecError(f"{where}: {value!r} is not one of {', '.join(map(str, self.choices))}")
-        if self.low is not None and value < self.low:
-            raise SpecError(f"{where}: {value!r} is below the minimum {self.low}")
-        if self.high is not None and value > self.high:
-            raise SpecError(f"{where}: {value!r} is above the maximum {self.high}")
-        return value
+        return check_domain(value, self.type, where, self.choices, self.low, self.high)
+
+
+def check_domain(
+    value: Any, kind: type, where: str, choices: tuple | None = None, low: float | None = None,
+    high: float | None = None,
+) -> Any:
+    """``value`` checked against a type, choices and bounds, shared by hyperparameters and spec settings.
+
+    Booleans are not numbers here, ints are accepted where floats are, and NaN or infinity is never
+    a valid number (YAML's ``.nan`` and ``.inf`` would otherwise pass every comparison or fail late).
+    """
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        raise SpecError(f"{where}: expected {kind.__name__}, got {value!r}")
+    if kind is float:
+        value = float(value)
+        if not math.isfinite(value):
+            raise SpecError(f"{where}: expected a finite number, got {value!r}")
+    if choices is not None and value not in choices:
+        raise SpecError(f"{where}: {value!r} is not one of {', '.join(map(str, choices))}")
+    if low is not None and value < low:
+        raise SpecError(f"{where}: {value!r} is below the minimum {low}")
+    if high is not None and value > high:
+        raise SpecError(f"{where}: {value!r} is above the maximum {high}")
+    return value
 
 
 #: Every hyperparameter a candidate can have, by name.

@@ -46,6 +46,22 @@ def resolve_token(token: str | None = None) -> str | None:
     return default.read_text().strip() if default.is_file() else None
 
 
+def check_job_id(job_id: str) -> str:
+    """``job_id`` if it can name a job; a one-line :class:`UserError` for an empty or malformed one.
+
+    >>> check_job_id("automl-quick-3fa2c1")
+    'automl-quick-3fa2c1'
+    """
+    if not job_id or not job_id.strip():
+        raise UserError("job id: empty; copy one from automl jobs list")
+    # The id becomes part of a URL path (/api/jobs/<id>): these characters would make it another URL.
+    bad = sorted({c for c in job_id if c.isspace() or not c.isprintable() or c in "/\\?#%"})
+    if bad:
+        shown = " ".join(map(repr, bad))
+        raise UserError(f"job id {job_id!r}: must not contain {shown}; copy one from automl jobs list")
+    return job_id
+
+
 def jobs_url(address: str) -> str:
     """``HOST``, ``HOST:PORT`` or a full URL, as the Jobs API's base URL."""
     if "://" not in address:
@@ -76,7 +92,8 @@ class Jobs:
         except Exception as exc:  # noqa: BLE001 - Ray raises several types; each becomes one line
             raise self._explain(exc) from None
 
-    def submit(self, entrypoint: list[str], files: dict[str, Path], name: str, env: dict[str, str] | None = None) -> str:
+    def submit(self, entrypoint: list[str], files: dict[str, Path], name: str,
+               env: dict[str, str] | None = None) -> str:
         """Start ``entrypoint`` with ``files`` in its working directory and automl importable; returns the job id."""
         import automl
 
@@ -107,12 +124,15 @@ class Jobs:
         return sorted(jobs, key=lambda job: job.start_time or 0, reverse=True)
 
     def info(self, job_id: str):
+        job_id = check_job_id(job_id)
         return self._call(self.client.get_job_info, job_id)
 
     def logs(self, job_id: str) -> str:
+        job_id = check_job_id(job_id)
         return self._call(self.client.get_job_logs, job_id)
 
     def stop(self, job_id: str) -> bool:
+        job_id = check_job_id(job_id)
         return self._call(self.client.stop_job, job_id)
 
     def follow(self, job_id: str, poll_s: float = 2.0) -> Iterator[str]:
@@ -137,14 +157,16 @@ class Jobs:
     def _explain(self, exc: Exception, job_id: str | None = None) -> UserError:
         text = str(exc)
         first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-        if "401" in text or "Missing authentication token" in text or (type(exc).__name__ == "AuthenticationError" and not self._had_token):
-            return UserError(f"{self.url}: the cluster wants a token: pass --token, or set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH "
-                             "(on the head node: ray get-auth-token)")
-        if "403" in text or type(exc).__name__ == "AuthenticationError":
-            return UserError(f"{self.url}: the cluster rejected the token; get the right one on the head node with ray get-auth-token")
+        auth_error = type(exc).__name__ == "AuthenticationError"
+        if "401" in text or "Missing authentication token" in text or (auth_error and not self._had_token):
+            return UserError(f"{self.url}: the cluster wants a token: pass --token, or set RAY_AUTH_TOKEN or "
+                             "RAY_AUTH_TOKEN_PATH (on the head node: ray get-auth-token)")
+        if "403" in text or auth_error:
+            return UserError(f"{self.url}: the cluster rejected the token; get the right one on the head node with "
+                             "ray get-auth-token")
         if isinstance(exc, ConnectionError) or "Failed to connect" in text or "Connection refused" in text:
-            return UserError(f"{self.url}: no Ray Jobs API answers there; check the address (the head's dashboard port, "
-                             f"default {JOBS_PORT}) or forward it with: ray dashboard CLUSTER.yaml")
+            return UserError(f"{self.url}: no Ray Jobs API answers there; check the address (the head's dashboard "
+                             f"port, default {JOBS_PORT}) or forward it with: ray dashboard CLUSTER.yaml")
         if job_id and ("does not exist" in text or "404" in text):
             return UserError(f"job {job_id}: no such job on {self.url}; see automl jobs list")
         return UserError(f"{self.url}: {first[:300]}")

@@ -25,8 +25,39 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-#: The headline numbers, in the order tables show them.
-HEADLINE = ("balanced_accuracy", "macro_f1", "accuracy", "auc")
+from automl.objective import HEADLINE
+
+__all__ = ["HEADLINE", "SCORERS", "classification_metrics", "metric_value", "prefixed"]
+
+
+def _balanced_accuracy(y_true, y_pred, probs, labels) -> float:
+    with warnings.catch_warnings():
+        # A class the model predicts but the split lacks is expected on small splits and resamples.
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        # Mean recall over the classes present in this split (sklearn's definition).
+        return float(balanced_accuracy_score(y_true, y_pred))
+
+
+def _log_loss(y_true, y_pred, probs, labels) -> float:
+    clipped = np.clip(probs, 1e-7, 1.0)
+    return float(log_loss(y_true, clipped / clipped.sum(axis=1, keepdims=True), labels=labels))
+
+
+#: How each metric of :data:`automl.objective.DIRECTIONS` is computed from (y_true, y_pred, probs, labels).
+SCORERS = {
+    "balanced_accuracy": _balanced_accuracy,
+    "macro_f1": lambda y, p, probs, labels: float(
+        f1_score(y, p, labels=labels[np.isin(labels, y)], average="macro", zero_division=0)),
+    "accuracy": lambda y, p, probs, labels: float(accuracy_score(y, p)),
+    "auc": lambda y, p, probs, labels: _macro_auc(y, probs, labels),
+    "loss": _log_loss,
+}
+
+
+def metric_value(name: str, y_true: np.ndarray, probs: np.ndarray, n_classes: int) -> float:
+    """One metric of :data:`SCORERS` (cheaper than all of :func:`classification_metrics`)."""
+    y_true, probs = np.asarray(y_true).astype(int), np.asarray(probs, dtype=np.float64)
+    return SCORERS[name](y_true, probs.argmax(axis=1), probs, np.arange(n_classes))
 
 
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: tuple[str, ...]) -> dict:
@@ -41,19 +72,8 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: t
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, zero_division=0
     )
-    present = np.isin(labels, y_true)
-    clipped = np.clip(probs, 1e-7, 1.0)
-    with warnings.catch_warnings():
-        # A class the model predicts but the split lacks is expected on small splits and resamples.
-        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
-        balanced = float(balanced_accuracy_score(y_true, y_pred))
-    metrics = {
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        # Mean recall over the classes present in this split (sklearn's definition).
-        "balanced_accuracy": balanced,
-        "macro_f1": float(f1_score(y_true, y_pred, labels=labels[present], average="macro", zero_division=0)),
-        "auc": _macro_auc(y_true, probs, labels),
-        "loss": float(log_loss(y_true, clipped / clipped.sum(axis=1, keepdims=True), labels=labels)),
+    metrics = {name: scorer(y_true, y_pred, probs, labels) for name, scorer in SCORERS.items()}
+    metrics |= {
         "n": len(y_true),
         "per_class": {
             name: {

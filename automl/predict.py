@@ -8,6 +8,7 @@ pixels a model was trained on.
 from __future__ import annotations
 
 import io
+import zipfile
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,33 +19,46 @@ import pandas as pd
 from automl import console
 from automl.data import IMAGE_SUFFIXES, decode_image
 from automl.errors import UserError
-from automl.export import MODEL_FILE, read_card
+from automl.layout import ModelLayout
 from automl.files import atomic_write
+
+#: The model card's file name inside an exported folder (automl.export writes it).
 
 
 def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
-    """Files as given, and every image file below each folder (sorted); missing paths kept to report."""
+    """Files as given, and every image-named entry below each folder (sorted), each path once.
+
+    Broken or looping symbolic links below a folder are kept, so they get an error row rather than vanishing.
+    """
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            files += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            files += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
         else:
             files.append(item)
-    return files
+    return list(dict.fromkeys(files))  # a file named twice (e.g. a folder and a file in it) gets one row
 
 
 def predict_files(model_dir: Path, inputs: Sequence[str | Path], out_csv: Path, batch_size: int = 64) -> pd.DataFrame:
-    """Write ``image_id, dx_pred, p_<class>..., error`` for every input file; raise if none was readable."""
-    import keras
+    """Write ``image_id, path, dx_pred, p_<class>..., error`` for every input file; raise if none was readable.
 
-    model_dir = Path(model_dir)
-    if not (model_dir / MODEL_FILE).is_file():
-        raise UserError(f"{model_dir}: not an exported model folder (no {MODEL_FILE}); make one with automl export")
-    classes = read_card(model_dir)["classes"]
-    model = keras.saving.load_model(model_dir / MODEL_FILE)
+    ``image_id`` is the file name without its suffix (the ISIC id), ``path`` the file as given or found, one row
+    per path. Bad arguments (``out_csv`` a folder, a damaged model folder) are a :class:`UserError` before any
+    image is read.
+    """
+    model_dir, out_csv = Path(model_dir), Path(out_csv)
+    if out_csv.is_dir():
+        raise UserError(f"{out_csv}: is a folder; --out names the CSV file to write, e.g. {out_csv / 'preds.csv'}")
+    if out_csv.parent.exists() and not out_csv.parent.is_dir():
+        raise UserError(f"{out_csv}: {out_csv.parent} is a file, not a folder; choose another --out")
+    if not ModelLayout(model_dir).keras_file.is_file():
+        raise UserError(f"{model_dir}: not an exported model folder (no {ModelLayout(model_dir).keras_file.name}); "
+                        "make one with automl export")
+    classes = _classes(model_dir)
     files = collect_inputs(inputs)
     if not files:
         raise UserError(f"no image files found in {', '.join(map(str, inputs))}")
+    model = _load_model(model_dir, len(classes))
     probs = np.full((len(files), len(classes)), np.nan)
     errors = [""] * len(files)
     with console.progress(len(files), f"classifying {len(files)} images") as advance:
@@ -65,18 +79,49 @@ def predict_files(model_dir: Path, inputs: Sequence[str | Path], out_csv: Path, 
     table = _table(files, probs, errors, classes)
     buffer = io.StringIO()
     table.to_csv(buffer, index=False)
-    atomic_write(Path(out_csv), buffer.getvalue())
+    atomic_write(out_csv, buffer.getvalue())
     readable = int((table["error"] == "").sum())
     console.info(f"wrote {out_csv}: {readable} of {len(files)} images classified, {len(files) - readable} with errors")
     if readable == 0:
-        raise UserError(f"none of the {len(files)} inputs could be read as an image (see the error column of {out_csv})")
+        raise UserError(f"none of the {len(files)} inputs could be read as an image "
+                        f"(see the error column of {out_csv})")
     return table
+
+
+def _classes(model_dir: Path) -> list[str]:
+    """The class names of the model card, or a UserError naming the card and what is wrong with it."""
+    layout = ModelLayout(model_dir)
+    card = layout.read_card()  # a missing or damaged card is one line naming it
+    classes = card.get("classes")
+    if not (isinstance(classes, list) and len(classes) >= 2 and all(isinstance(c, str) for c in classes)):
+        raise UserError(f"{layout.card_json}: field classes must be a list of at least two class names; "
+                        "export the model again with automl export")
+    return classes
+
+
+def _load_model(model_dir: Path, n_classes: int):
+    """The Keras model of an exported folder, or a UserError naming the file when it cannot be loaded."""
+    import keras
+
+    path = ModelLayout(model_dir).keras_file
+    if not zipfile.is_zipfile(path):  # Keras's own message for this says "File not found"
+        raise UserError(f"{path}: not a Keras model file (a .keras file is a zip archive); export the model again")
+    try:
+        model = keras.saving.load_model(path)
+    except Exception as exc:  # noqa: BLE001 - Keras raises many types (ValueError, KeyError, ...) for damaged files
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError(f"{path}: cannot load the model ({first}); export the model again") from None
+    outputs = model.output_shape[-1] if isinstance(model.output_shape, tuple) else None
+    if outputs != n_classes:
+        raise UserError(f"{path}: the model outputs {outputs} classes but {ModelLayout(model_dir).card_json} lists "
+                        f"{n_classes}")
+    return model
 
 
 def _table(files: list[Path], probs: np.ndarray, errors: list[str], classes: list[str]) -> pd.DataFrame:
     ok = np.array([e == "" for e in errors])
     predicted = np.where(ok, np.array(classes, dtype=object)[np.nan_to_num(probs).argmax(axis=1)], "")
-    table = pd.DataFrame({"image_id": [f.stem for f in files], "dx_pred": predicted})
+    table = pd.DataFrame({"image_id": [f.stem for f in files], "path": [str(f) for f in files], "dx_pred": predicted})
     if classes == ["benign", "malignant"]:
         table["p_malignant"] = probs[:, 1]
     else:

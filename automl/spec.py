@@ -1,6 +1,7 @@
 """Spec files: parsed and validated once, at the edge, into typed objects.
 
-A spec is a YAML file with these sections (every key optional unless said)::
+A spec is a YAML file with these sections (every key optional; defaults, domains and command-line
+flags are declared once, in :data:`SETTINGS`)::
 
     name: seed000_proposed            # free text, used in reports
     data:
@@ -11,12 +12,14 @@ A spec is a YAML file with these sections (every key optional unless said)::
         fractions: [0.70, 0.15, 0.15] # train/val/test
         seed: 0
         file: dermamnist_split.csv    # method: file; image_id,split with train|val|test
+    objective:                        # what every stage optimises (automl.objective)
+      metric: val_balanced_accuracy
+      mode: max                       # default: min for val_loss, max otherwise
     training:
       epochs: 50
-      early_stopping_patience: 10     # epochs without improvement of `metric`; 0 = off
+      early_stopping_patience: 10     # epochs without improvement of the objective; 0 = off
       reduce_lr_patience: 0           # epochs without improvement before the lr is cut; 0 = off
       reduce_lr_factor: 0.5
-      metric: val_balanced_accuracy
       seed: 0
     hyperparameters:                  # names and domains: automl.hparams.HYPERPARAMETERS
       conv_blocks: 4                  # a fixed value, or a dimension (automl.space):
@@ -24,27 +27,23 @@ A spec is a YAML file with these sections (every key optional unless said)::
     search:                           # automl search only
       engine: ray                     # ray | keras-tuner
       searcher: optuna                # random | optuna (TPE)
-      scheduler: asha                 # asha | none
-      keras_tuner: hyperband          # engine keras-tuner: hyperband | bayesian | random
-      num_samples: 20
-      max_epochs: 20
-      grace_period: 2                 # ASHA: epochs every trial gets
-      reduction_factor: 3             # ASHA: 1/this of the trials go on at each rung
-      metric: val_balanced_accuracy
-      mode: max                       # default: min for losses, max otherwise
-      max_concurrent: 2
-      resources: {cpu: 1, gpu: 0}     # per trial; gpu may be fractional
-      time_budget_s: null             # stop starting trials after this many seconds
-      max_failures: 2                 # a failing trial is retried from its last checkpoint
-      seed: 0
+      ...                             # see SETTINGS
 
-Unknown keys and values of the wrong type are errors that name the file and the field.
+The objective is the one source of the metric: the search, the retrain's early stopping and
+learning-rate schedule, the ensemble and the reports all use it, and so does ``automl train``.
+Specs written before it had a section of its own set ``training.metric`` and ``search.metric``/
+``search.mode``; those keys are still read as the objective, and a spec whose keys disagree is an
+error. Unknown keys, duplicate keys, values of the wrong type, NaN or infinity and values out of
+range are errors that name the file and the field.
+
+>>> spec = parse_spec({"objective": {"metric": "val_loss"}, "search": {"num_samples": 4}})
+>>> spec.objective.direction, spec.search.num_samples, spec.training.epochs
+('min', 4, 50)
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,242 +51,13 @@ from typing import Any
 import yaml
 
 from automl.errors import SpecError
-from automl.hparams import ModelConfig
+from automl.hparams import ModelConfig, check_domain
+from automl.objective import DEFAULT_METRIC, METRICS, MODES, Objective
 from automl.space import SearchSpace
 
 TASKS = ("multiclass", "binary")
-METRICS = ("val_balanced_accuracy", "val_macro_f1", "val_accuracy", "val_auc", "val_loss")
-
-
-def metric_mode(metric: str) -> str:
-    """'min' for losses, 'max' for scores."""
-    return "min" if metric.endswith("loss") else "max"
-
-
-@dataclass(frozen=True)
-class SplitSpec:
-    method: str = "grouped"
-    fractions: tuple[float, float, float] = (0.70, 0.15, 0.15)
-    seed: int = 0
-    file: Path | None = None
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    task: str = "multiclass"
-    image_size: tuple[int, int] = (28, 28)
-    split: SplitSpec = field(default_factory=SplitSpec)
-
-    def dataset_args(self) -> dict[str, Any]:
-        """Keyword arguments of :func:`automl.data.load_dataset` for this data section."""
-        return {
-            "image_size": self.image_size,
-            "task": self.task,
-            "split_method": self.split.method,
-            "fractions": self.split.fractions,
-            "split_seed": self.split.seed,
-            "split_file": self.split.file,
-        }
-
-
-@dataclass(frozen=True)
-class TrainingSpec:
-    epochs: int = 50
-    early_stopping_patience: int = 10
-    reduce_lr_patience: int = 0
-    reduce_lr_factor: float = 0.5
-    metric: str = "val_balanced_accuracy"
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class SearchSettings:
-    engine: str = "ray"
-    searcher: str = "optuna"
-    scheduler: str = "asha"
-    keras_tuner: str = "hyperband"
-    num_samples: int = 20
-    max_epochs: int = 20
-    grace_period: int = 2
-    reduction_factor: int = 3
-    metric: str = "val_balanced_accuracy"
-    mode: str = "max"
-    max_concurrent: int = 2
-    cpu: float = 1.0
-    gpu: float = 0.0
-    time_budget_s: float | None = None
-    max_failures: int = 2
-    seed: int = 0
-
-
-#: Search settings the command line can override (each is validated like the spec file's).
-SEARCH_OVERRIDES = tuple(f.name for f in dataclasses.fields(SearchSettings))
-
-
-@dataclass(frozen=True)
-class Spec:
-    name: str
-    data: DataSpec
-    training: TrainingSpec
-    hyperparameters: Mapping[str, Any]
-    search: SearchSettings = field(default_factory=SearchSettings)
-    description: str = ""
-    source: Path | None = None
-
-    @property
-    def space(self) -> SearchSpace:
-        return SearchSpace.parse(self.hyperparameters, where=f"{self.source or 'spec'}: hyperparameters")
-
-    def model_config(self) -> ModelConfig:
-        """The single candidate a fixed spec describes (what ``automl train`` runs)."""
-        ranged = [name for name, value in self.hyperparameters.items() if isinstance(value, Mapping)]
-        if ranged:
-            raise SpecError(
-                f"{self.source or 'spec'}: hyperparameters {', '.join(ranged)} are search ranges; "
-                "automl train needs one fixed value for each (automl search explores ranges)"
-            )
-        where = f"{self.source or 'spec'}: hyperparameters"
-        config = ModelConfig.from_params(self.hyperparameters, where=where)
-        config.check_image_size(*self.data.image_size, where=where)
-        return config
-
-    def to_yaml(self) -> str:
-        """The resolved spec as YAML that :func:`load_spec` reads back to an equal spec."""
-        search = dataclasses.asdict(self.search)
-        search["resources"] = {"cpu": search.pop("cpu"), "gpu": search.pop("gpu")}
-        split = {
-            k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
-            for k, v in dataclasses.asdict(self.data.split).items()
-            if v is not None
-        }
-        resolved = {
-            "name": self.name,
-            "description": self.description,
-            "data": {"task": self.data.task, "image_size": list(self.data.image_size), "split": split},
-            "training": dataclasses.asdict(self.training),
-            "hyperparameters": dict(self.hyperparameters),
-            "search": search,
-        }
-        return yaml.safe_dump(resolved, sort_keys=False)
-
-    def with_overrides(self, **overrides: Any) -> Spec:
-        """A copy with command-line overrides applied (``None`` means not given), validated like the file."""
-        data, training = self.data, self.training
-        if overrides.get("image_size") is not None:
-            data = dataclasses.replace(data, image_size=parse_image_size(overrides["image_size"], "--image-size"))
-        if overrides.get("split_file") is not None:
-            split = dataclasses.replace(data.split, method="file", file=Path(overrides["split_file"]))
-            data = dataclasses.replace(data, split=split)
-        if overrides.get("task") is not None:
-            data = dataclasses.replace(data, task=_choice(overrides["task"], TASKS, "--task"))
-        if overrides.get("epochs") is not None:
-            training = dataclasses.replace(training, epochs=_int(overrides["epochs"], "--epochs", low=1))
-        if overrides.get("seed") is not None:
-            training = dataclasses.replace(training, seed=_int(overrides["seed"], "--seed", low=0))
-        search = self.search
-        given = {k: v for k, v in (overrides.get("search") or {}).items() if v is not None}
-        if given:
-            raw = dataclasses.asdict(search)
-            resources = {"cpu": raw.pop("cpu"), "gpu": raw.pop("gpu")}
-            for key, value in given.items():
-                if key in ("cpu", "gpu"):
-                    resources[key] = value
-                else:
-                    raw[key] = value
-            if "metric" in given and "mode" not in given:
-                raw["mode"] = None
-            search = _parse_search(raw | {"resources": resources}, "command line")
-        return dataclasses.replace(self, data=data, training=training, search=search)
-
-
-def load_spec(path: str | Path) -> Spec:
-    """Read and validate a spec file."""
-    path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"{path}: spec file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" (line {mark.line + 1})" if mark else ""
-        raise SpecError(f"{path}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"{path}: cannot read the spec: {exc}") from None
-    return parse_spec(raw if raw is not None else {}, source=path)
-
-
-def parse_spec(raw: Any, source: Path | None = None) -> Spec:
-    """Validate an already-loaded spec mapping."""
-    where = str(source) if source else "spec"
-    top = _Section(raw, where)
-    name = top.get("name", str, default=source.stem if source else "spec")
-    description = top.get("description", str, default="")
-
-    data_raw = _Section(top.get("data", dict, default={}), f"{where}: data")
-    split_raw = _Section(data_raw.get("split", dict, default={}), f"{where}: data.split")
-    split = SplitSpec(
-        method=split_raw.get("method", str, default="grouped", choices=("grouped", "file")),
-        fractions=_fractions(split_raw.get("fractions", list, default=[0.70, 0.15, 0.15]), f"{where}: data.split.fractions"),
-        seed=split_raw.get("seed", int, default=0, low=0),
-        file=_optional_path(split_raw.get("file", str, default=None)),
-    )
-    split_raw.finish()
-    if split.method == "file" and split.file is None:
-        raise SpecError(f"{where}: data.split: method 'file' needs file: PATH (a CSV of image_id,split)")
-    if split.method == "grouped" and split.file is not None:
-        split = dataclasses.replace(split, method="file")
-    data = DataSpec(
-        task=data_raw.get("task", str, default="multiclass", choices=TASKS),
-        image_size=parse_image_size(data_raw.get("image_size", (int, list), default=28), f"{where}: data.image_size"),
-        split=split,
-    )
-    data_raw.finish()
-
-    train_raw = _Section(top.get("training", dict, default={}), f"{where}: training")
-    training = TrainingSpec(
-        epochs=train_raw.get("epochs", int, default=50, low=1),
-        early_stopping_patience=train_raw.get("early_stopping_patience", int, default=10, low=0),
-        reduce_lr_patience=train_raw.get("reduce_lr_patience", int, default=0, low=0),
-        reduce_lr_factor=train_raw.get("reduce_lr_factor", float, default=0.5, low=0.01, high=0.99),
-        metric=train_raw.get("metric", str, default="val_balanced_accuracy", choices=METRICS),
-        seed=train_raw.get("seed", int, default=0, low=0),
-    )
-    train_raw.finish()
-
-    hyperparameters = {str(k): v for k, v in top.get("hyperparameters", dict, default={}).items()}
-    SearchSpace.parse(hyperparameters, where=f"{where}: hyperparameters")  # every entry validated here
-    search = _parse_search(top.get("search", dict, default={}), f"{where}: search")
-    top.finish()
-    return Spec(name, data, training, hyperparameters, search, description, source)
-
-
-def _parse_search(raw: Any, where: str) -> SearchSettings:
-    section = _Section(raw, where)
-    resources = _Section(section.get("resources", dict, default={}), f"{where}.resources" if ":" in where else f"{where}: resources")
-    metric = section.get("metric", str, default="val_balanced_accuracy", choices=METRICS)
-    settings = SearchSettings(
-        engine=section.get("engine", str, default="ray", choices=("ray", "keras-tuner")),
-        searcher=section.get("searcher", str, default="optuna", choices=("random", "optuna")),
-        scheduler=section.get("scheduler", str, default="asha", choices=("asha", "none")),
-        keras_tuner=section.get("keras_tuner", str, default="hyperband", choices=("hyperband", "bayesian", "random")),
-        num_samples=section.get("num_samples", int, default=20, low=1),
-        max_epochs=section.get("max_epochs", int, default=20, low=1),
-        grace_period=section.get("grace_period", int, default=2, low=1),
-        reduction_factor=section.get("reduction_factor", int, default=3, low=2),
-        metric=metric,
-        mode=section.get("mode", str, default=metric_mode(metric), choices=("min", "max")),
-        max_concurrent=section.get("max_concurrent", int, default=2, low=1),
-        cpu=resources.get("cpu", float, default=1.0, low=0.0),
-        gpu=resources.get("gpu", float, default=0.0, low=0.0),
-        time_budget_s=section.get("time_budget_s", float, default=None, low=1.0),
-        max_failures=section.get("max_failures", int, default=2, low=0),
-        seed=section.get("seed", int, default=0, low=0),
-    )
-    resources.finish()
-    section.finish()
-    if settings.grace_period > settings.max_epochs:
-        raise SpecError(f"{where}: grace_period ({settings.grace_period}) exceeds max_epochs ({settings.max_epochs})")
-    return settings
+MAX_SEED = 2**32 - 1  # NumPy's and TensorFlow's seeds are 32-bit
+MAX_COUNT = 10**7
 
 
 def parse_image_size(value: Any, where: str) -> tuple[int, int]:
@@ -311,64 +81,382 @@ def parse_image_size(value: Any, where: str) -> tuple[int, int]:
     return int(value[0]), int(value[1])
 
 
-class _Section:
-    """Reads the keys of one mapping, type-checked, and rejects the keys nobody read."""
-
-    def __init__(self, raw: Any, where: str):
-        if not isinstance(raw, Mapping):
-            raise SpecError(f"{where}: expected a mapping of keys, got {type(raw).__name__}")
-        self.raw, self.where, self.seen = raw, where, set()
-
-    def get(self, key, types, default=None, choices=None, low=None, high=None):
-        self.seen.add(key)
-        if key not in self.raw or self.raw[key] is None:
-            return default
-        value = self.raw[key]
-        types = types if isinstance(types, tuple) else (types,)
-        at = f"{self.where}.{key}" if ":" in self.where else f"{self.where}: {key}"
-        if float in types and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            names = " or ".join(t.__name__ for t in types)
-            raise SpecError(f"{at}: expected {names}, got {value!r}")
-        if choices is not None and value not in choices:
-            raise SpecError(f"{at}: {value!r} is not one of {', '.join(choices)}")
-        if low is not None and value < low:
-            raise SpecError(f"{at}: {value!r} is below the minimum {low}")
-        if high is not None and value > high:
-            raise SpecError(f"{at}: {value!r} is above the maximum {high}")
-        return value
-
-    def finish(self) -> None:
-        unknown = [str(k) for k in self.raw if k not in self.seen]
-        if unknown:
-            known = ", ".join(sorted(self.seen))
-            raise SpecError(f"{self.where}: unknown key {unknown[0]!r} (known here: {known})")
-
-
-def _choice(value: str, choices: tuple[str, ...], where: str) -> str:
-    if value not in choices:
-        raise SpecError(f"{where}: {value!r} is not one of {', '.join(choices)}")
-    return value
-
-
-def _int(value: Any, where: str, low: int) -> int:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise SpecError(f"{where}: expected an integer, got {value!r}") from None
-    if number < low:
-        raise SpecError(f"{where}: must be at least {low}, got {number}")
-    return number
-
-
-def _fractions(value: list, where: str) -> tuple[float, float, float]:
-    if len(value) != 3 or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+def _fractions(value: Any, where: str) -> tuple[float, float, float]:
+    if not isinstance(value, list | tuple) or len(value) != 3:
         raise SpecError(f"{where}: expected three numbers [train, val, test], got {value!r}")
-    if abs(sum(value) - 1.0) > 1e-6 or min(value) <= 0:
-        raise SpecError(f"{where}: must be positive and sum to 1, got {value!r}")
-    return tuple(float(v) for v in value)
+    numbers = tuple(check_domain(v, float, f"{where}[{i}]") for i, v in enumerate(value))
+    if abs(sum(numbers) - 1.0) > 1e-6 or min(numbers) <= 0:
+        raise SpecError(f"{where}: must be positive and sum to 1, got {list(value)!r}")
+    return numbers
 
 
-def _optional_path(value: str | None) -> Path | None:
-    return Path(value) if value else None
+def _path(value: Any, where: str) -> Path:
+    if not isinstance(value, str) or not value.strip():
+        raise SpecError(f"{where}: expected a file path, got {value!r}")
+    return Path(value)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One spec setting: where it lives in the file, its domain, default, help and command-line flag.
+
+    ``parse`` replaces the plain type check for values with a form of their own (image sizes,
+    fractions, paths). ``group`` says which commands offer ``flag``: ``data`` and ``objective``
+    (every command that trains), ``train`` (``automl train``) or ``search`` (search, run, submit).
+    """
+
+    key: str
+    type: type
+    default: Any
+    help: str
+    flag: str | None = None
+    group: str | None = None
+    choices: tuple | None = None
+    low: float | None = None
+    high: float | None = None
+    optional: bool = False
+    parse: Callable[[Any, str], Any] | None = None
+    field: str | None = None  # the dataclass field, when it differs from the key's last part
+
+    @property
+    def section(self) -> str:
+        return self.key.rpartition(".")[0]
+
+    @property
+    def attribute(self) -> str:
+        return self.field or self.key.rpartition(".")[2]
+
+    @property
+    def dest(self) -> str:
+        """The argparse destination of its flag."""
+        return self.key.replace(".", "__")
+
+    def check(self, value: Any, where: str) -> Any:
+        if value is None:
+            if self.optional:
+                return None
+            raise SpecError(f"{where}: a value is required")
+        if self.parse is not None:
+            return self.parse(value, where)
+        return check_domain(value, self.type, where, self.choices, self.low, self.high)
+
+
+#: Every setting of a spec, by its dotted key.
+SETTINGS: dict[str, Setting] = {
+    s.key: s
+    for s in [
+        Setting("name", str, None, "free text, used in reports (default: the file's name)", optional=True),
+        Setting("description", str, "", "free text"),
+        Setting("data.task", str, "multiclass", "multiclass (7 dx classes) or binary (malignant = mel, bcc, akiec)",
+                choices=TASKS),
+        Setting("data.image_size", tuple, (28, 28), "S or HEIGHTxWIDTH (default: the spec's data.image_size)",
+                flag="--image-size", group="data", parse=parse_image_size),
+        Setting("data.split.method", str, "grouped", "grouped (by lesion, stratified by dx) or file",
+                choices=("grouped", "file")),
+        Setting("data.split.fractions", tuple, (0.70, 0.15, 0.15), "train/val/test fractions", parse=_fractions),
+        Setting("data.split.seed", int, 0, "seed of the grouped split", low=0, high=MAX_SEED),
+        Setting("data.split.file", Path, None, "CSV of image_id,split (e.g. dermamnist_split.csv) instead of the "
+                "grouped split", flag="--split-file", group="data", optional=True, parse=_path),
+        Setting("objective.metric", str, DEFAULT_METRIC, "the validation metric every stage optimises",
+                flag="--metric", group="objective", choices=METRICS),
+        Setting("objective.mode", str, None, "min or max (default: min for val_loss, max otherwise)",
+                flag="--mode", group="objective", choices=MODES, optional=True),
+        Setting("training.epochs", int, 50, "maximum epochs (default: the spec's training.epochs)",
+                flag="--epochs", group="train", low=1, high=100_000),
+        Setting("training.early_stopping_patience", int, 10, "epochs without improvement before stopping; 0 = off",
+                low=0, high=100_000),
+        Setting("training.reduce_lr_patience", int, 0, "epochs without improvement before the lr is cut; 0 = off",
+                low=0, high=100_000),
+        Setting("training.reduce_lr_factor", float, 0.5, "factor the lr is cut by", low=0.01, high=0.99),
+        Setting("training.seed", int, 0, "training seed (default: the spec's training.seed)", flag="--seed",
+                group="train", low=0, high=MAX_SEED),
+        Setting("search.engine", str, "ray", "ray or keras-tuner", flag="--engine", group="search",
+                choices=("ray", "keras-tuner")),
+        Setting("search.searcher", str, "optuna", "random or optuna (TPE)", flag="--searcher", group="search",
+                choices=("random", "optuna")),
+        Setting("search.scheduler", str, "asha", "asha or none", flag="--scheduler", group="search",
+                choices=("asha", "none")),
+        Setting("search.keras_tuner", str, "hyperband", "engine keras-tuner: hyperband, bayesian or random",
+                flag="--keras-tuner", group="search", choices=("hyperband", "bayesian", "random")),
+        Setting("search.num_samples", int, 20, "trials to run", flag="--num-samples", group="search",
+                low=1, high=MAX_COUNT),
+        Setting("search.max_epochs", int, 20, "epochs of a trial that is never stopped early", flag="--max-epochs",
+                group="search", low=1, high=100_000),
+        Setting("search.grace_period", int, 2, "ASHA: epochs every trial gets", flag="--grace-period",
+                group="search", low=1, high=100_000),
+        Setting("search.reduction_factor", int, 3, "ASHA: 1/this of the trials go on at each rung",
+                flag="--reduction-factor", group="search", low=2, high=1000),
+        Setting("search.max_concurrent", int, 2, "trials at once", flag="--max-concurrent", group="search",
+                low=1, high=100_000),
+        Setting("search.resources.cpu", float, 1.0, "CPUs per trial", flag="--cpus-per-trial", group="search",
+                low=0.0, high=4096.0),
+        Setting("search.resources.gpu", float, 0.0, "GPUs per trial (may be fractional)", flag="--gpus-per-trial",
+                group="search", low=0.0, high=1024.0),
+        Setting("search.time_budget_s", float, None, "stop starting trials after this many seconds",
+                flag="--time-budget", group="search", low=1.0, high=1e9, optional=True),
+        Setting("search.max_failures", int, 2, "a failing trial is retried from its last checkpoint this often",
+                flag="--max-failures", group="search", low=0, high=1000),
+        Setting("search.seed", int, 0, "searcher seed", flag="--seed", group="search", low=0, high=MAX_SEED),
+    ]
+}
+#: Keys of specs written before the objective had its own section: read as the objective.
+LEGACY_OBJECTIVE_KEYS = {"training.metric": "objective.metric", "search.metric": "objective.metric",
+                         "search.mode": "objective.mode"}
+_SECTIONS = {s.section for s in SETTINGS.values()} | {"", "hyperparameters"}
+
+
+def _default(key: str) -> Any:
+    return SETTINGS[key].default
+
+
+def search_overrides(values: Mapping[str, Any]) -> dict[str, Any]:
+    """:class:`SearchSettings` field names to setting keys (``cpu`` -> ``search.resources.cpu``), for
+    code that overrides search settings by name (benchmarks, tests): ``spec.with_overrides(search_overrides(...))``."""
+    keys = {s.attribute: s.key for s in SETTINGS.values() if s.section in ("search", "search.resources")}
+    return {keys[name]: value for name, value in values.items()}
+
+
+def settings_with_flags(*groups: str) -> list[Setting]:
+    """The settings a command offers as flags, in declaration order."""
+    return [s for s in SETTINGS.values() if s.flag and s.group in groups]
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    method: str = _default("data.split.method")
+    fractions: tuple[float, float, float] = _default("data.split.fractions")
+    seed: int = _default("data.split.seed")
+    file: Path | None = _default("data.split.file")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    task: str = _default("data.task")
+    image_size: tuple[int, int] = _default("data.image_size")
+    split: SplitSpec = field(default_factory=SplitSpec)
+
+    def dataset_args(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`automl.data.load_dataset` for this data section."""
+        return {
+            "image_size": self.image_size,
+            "task": self.task,
+            "split_method": self.split.method,
+            "fractions": self.split.fractions,
+            "split_seed": self.split.seed,
+            "split_file": self.split.file,
+        }
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    epochs: int = _default("training.epochs")
+    early_stopping_patience: int = _default("training.early_stopping_patience")
+    reduce_lr_patience: int = _default("training.reduce_lr_patience")
+    reduce_lr_factor: float = _default("training.reduce_lr_factor")
+    seed: int = _default("training.seed")
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    engine: str = _default("search.engine")
+    searcher: str = _default("search.searcher")
+    scheduler: str = _default("search.scheduler")
+    keras_tuner: str = _default("search.keras_tuner")
+    num_samples: int = _default("search.num_samples")
+    max_epochs: int = _default("search.max_epochs")
+    grace_period: int = _default("search.grace_period")
+    reduction_factor: int = _default("search.reduction_factor")
+    max_concurrent: int = _default("search.max_concurrent")
+    cpu: float = _default("search.resources.cpu")
+    gpu: float = _default("search.resources.gpu")
+    time_budget_s: float | None = _default("search.time_budget_s")
+    max_failures: int = _default("search.max_failures")
+    seed: int = _default("search.seed")
+
+
+#: Where each section's settings land.
+_HOLDERS = {"data": "data", "data.split": "data.split", "training": "training", "search": "search",
+            "search.resources": "search", "objective": "objective", "": ""}
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    data: DataSpec
+    training: TrainingSpec
+    hyperparameters: Mapping[str, Any]
+    search: SearchSettings = field(default_factory=SearchSettings)
+    description: str = ""
+    source: Path | None = None
+    objective: Objective = field(default_factory=Objective)
+    space: SearchSpace = field(default=None, compare=False, repr=False)  # parsed once, in parse_spec
+
+    def model_config(self) -> ModelConfig:
+        """The single candidate a fixed spec describes (what ``automl train`` runs)."""
+        ranged = [name for name, value in self.hyperparameters.items() if isinstance(value, Mapping)]
+        if ranged:
+            raise SpecError(
+                f"{self.source or 'spec'}: hyperparameters {', '.join(ranged)} are search ranges; "
+                "automl train needs one fixed value for each (automl search explores ranges)"
+            )
+        where = f"{self.source or 'spec'}: hyperparameters"
+        config = ModelConfig.from_params(self.hyperparameters, where=where)
+        config.check_image_size(*self.data.image_size, where=where)
+        return config
+
+    def value(self, key: str) -> Any:
+        """The value of setting ``key`` in this spec."""
+        setting = SETTINGS[key]
+        if key in ("name", "description"):
+            return getattr(self, key)
+        if setting.section == "objective":
+            return {"metric": self.objective.name, "mode": self.objective.direction}[setting.attribute]
+        holder = self
+        for part in _HOLDERS[setting.section].split("."):
+            holder = getattr(holder, part)
+        return getattr(holder, setting.attribute)
+
+    def to_raw(self) -> dict[str, Any]:
+        """The resolved spec as plain data that :func:`parse_spec` reads back to an equal spec."""
+        raw: dict[str, Any] = {}
+        for key in SETTINGS:
+            value = self.value(key)
+            if value is None:
+                continue
+            value = str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
+            _put(raw, key, value)
+        raw["hyperparameters"] = dict(self.hyperparameters)
+        return raw
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_raw(), sort_keys=False)
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> Spec:
+        """A copy with command-line values (setting key -> value; ``None`` = not given), validated like the file."""
+        given = {key: value for key, value in overrides.items() if value is not None}
+        if not given:
+            return self
+        raw = self.to_raw()
+        for key, value in given.items():
+            _put(raw, key, SETTINGS[key].check(value, SETTINGS[key].flag or key))
+        if "objective.metric" in given and "objective.mode" not in given:
+            raw["objective"].pop("mode", None)  # a new metric takes its own direction
+        if "data.split.file" in given:
+            raw["data"]["split"]["method"] = "file"
+        return parse_spec(_plain(raw), source=self.source, where="command line" if self.source is None else None)
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read and validate a spec file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: spec file not found")
+    try:
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" (line {mark.line + 1})" if mark else ""
+        raise SpecError(f"{path}: not valid YAML{at}: {getattr(exc, 'problem', None) or exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{path}: cannot read the spec: {exc}") from None
+    return parse_spec(raw if raw is not None else {}, source=path)
+
+
+def parse_spec(raw: Any, source: Path | None = None, where: str | None = None) -> Spec:
+    """Validate an already-loaded spec mapping."""
+    where = where or (str(source) if source else "spec")
+    values = _read_settings(raw, where)
+    if values["data.split.method"] == "file" and values["data.split.file"] is None:
+        raise SpecError(f"{where}: data.split: method 'file' needs file: PATH (a CSV of image_id,split)")
+    if values["data.split.file"] is not None:
+        values["data.split.method"] = "file"
+    if values["search.grace_period"] > values["search.max_epochs"]:
+        raise SpecError(f"{where}: search: grace_period ({values['search.grace_period']}) exceeds max_epochs "
+                        f"({values['search.max_epochs']})")
+    hyperparameters = {str(k): v for k, v in (raw.get("hyperparameters") or {}).items()}
+    space = SearchSpace.parse(hyperparameters, where=f"{where}: hyperparameters")  # every entry validated here
+
+    def section(*prefixes: str) -> dict[str, Any]:
+        return {s.attribute: values[s.key] for s in SETTINGS.values() if s.section in prefixes}
+
+    return Spec(
+        name=values["name"] or (source.stem if source else "spec"),
+        data=DataSpec(task=values["data.task"], image_size=values["data.image_size"],
+                      split=SplitSpec(**section("data.split"))),
+        training=TrainingSpec(**section("training")),
+        hyperparameters=hyperparameters,
+        search=SearchSettings(**section("search", "search.resources")),
+        description=values["description"],
+        source=source,
+        objective=Objective.of(values["objective.metric"], values["objective.mode"], where=f"{where}: objective"),
+        space=space,
+    )
+
+
+def _read_settings(raw: Any, where: str) -> dict[str, Any]:
+    """Every setting's checked value (or its default), from a nested mapping; unknown keys are errors."""
+    given = _flatten(raw, "", where)
+    for key in ("objective.metric", "objective.mode"):
+        spellings = {k: given.pop(k) for k in (key, *[k for k, v in LEGACY_OBJECTIVE_KEYS.items() if v == key])
+                     if k in given}
+        if len(set(map(str, spellings.values()))) > 1:
+            said = " and ".join(f"{k} ({v})" for k, v in spellings.items())
+            raise SpecError(f"{where}: {said} disagree; a spec has one objective: set {key} only")
+        if spellings:
+            given[key] = next(iter(spellings.values()))
+    values = {}
+    for key, setting in SETTINGS.items():
+        at = f"{where}: {key}"
+        values[key] = setting.check(given[key], at) if key in given else setting.default
+    return values
+
+
+def _flatten(raw: Any, prefix: str, where: str) -> dict[str, Any]:
+    at = f"{where}: {prefix}" if prefix else where
+    if not isinstance(raw, Mapping):
+        raise SpecError(f"{at}: expected a mapping of keys, got {type(raw).__name__}")
+    flat: dict[str, Any] = {}
+    for name, value in raw.items():
+        key = f"{prefix}.{name}" if prefix else str(name)
+        if key == "hyperparameters":
+            if value is not None and not isinstance(value, Mapping):
+                raise SpecError(f"{where}: hyperparameters: expected a mapping of keys, got {type(value).__name__}")
+        elif key in _SECTIONS:
+            flat |= _flatten({} if value is None else value, key, where)
+        elif key in SETTINGS or key in LEGACY_OBJECTIVE_KEYS:
+            flat[key] = value
+        else:
+            known = sorted(k.rpartition(".")[2] for k in [*SETTINGS, *_SECTIONS, *LEGACY_OBJECTIVE_KEYS]
+                           if k and k.rpartition(".")[0] == prefix)
+            raise SpecError(f"{at}: unknown key {str(name)!r} (known here: {', '.join(known)})")
+    return {k: v for k, v in flat.items() if v is not None}  # an empty value means the default
+
+
+def _put(raw: dict, key: str, value: Any) -> None:
+    *sections, last = key.split(".")
+    for part in sections:
+        raw = raw.setdefault(part, {})
+    raw[last] = value
+
+
+def _plain(value: Any) -> Any:
+    """Tuples and paths as YAML would give them, so that overrides parse like the file."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return str(value) if isinstance(value, Path) else value
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error, not a silent overwrite."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)

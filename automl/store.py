@@ -22,14 +22,12 @@ One folder per run, ``RESULTS/NAME/``:
     (the Ray node that ran it; ``trials.parquet`` keeps the last one).
 
 Files are rewritten whole, atomically (temporary file + rename), while the search runs; a reader
-never sees a torn file. Readers use :func:`read_trials` / :func:`read_epochs` and never import Ray.
+never sees a torn file. Paths and readers are :class:`automl.layout.RunLayout`'s; readers never import Ray.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -37,14 +35,12 @@ from typing import Any
 import pandas as pd
 
 from automl.files import atomic_write, write_json
+from automl.layout import RunLayout, best_column, hp_column, hyperparameter_columns, last_column
+from automl.objective import METRICS, Objective
 
-TRIALS_FILE = "trials.parquet"
-EPOCHS_FILE = "epochs.parquet"
-RUN_FILE = "run.json"
-SPEC_FILE = "spec.yaml"
-VAL_METRICS = ("val_balanced_accuracy", "val_macro_f1", "val_accuracy", "val_auc", "val_loss")
-EPOCH_COLUMNS = ("loss", "accuracy", *VAL_METRICS, "learning_rate")
+EPOCH_COLUMNS = ("loss", "accuracy", *METRICS, "learning_rate")
 STATUSES = ("running", "completed", "pruned", "errored")
+FINISHED = ("completed", "pruned", "errored")
 
 
 class RunStore:
@@ -53,24 +49,25 @@ class RunStore:
     Existing files are loaded first, so a resumed run keeps every finished trial.
     """
 
-    def __init__(self, run_dir: Path, metric: str, mode: str, max_epochs: int, flush_every_s: float = 2.0):
-        self.run_dir = Path(run_dir)
-        self.metric, self.mode, self.max_epochs = metric, mode, max_epochs
+    def __init__(self, run_dir: Path, objective: Objective, max_epochs: int, flush_every_s: float = 2.0):
+        self.layout = RunLayout(run_dir)
+        self.objective, self.max_epochs = objective, max_epochs
         self.flush_every_s = flush_every_s
         self.trials: dict[str, dict[str, Any]] = {}
         self.epochs: dict[tuple[str, int], dict[str, Any]] = {}
         self._last_flush = 0.0
-        if (self.run_dir / TRIALS_FILE).is_file():
-            for row in read_trials(self.run_dir).to_dict("records"):
+        if self.layout.trials.is_file():
+            for row in self.layout.read_trials().to_dict("records"):
                 self.trials[row["trial_id"]] = row
-        if (self.run_dir / EPOCHS_FILE).is_file():
-            for row in read_epochs(self.run_dir).to_dict("records"):
+        if self.layout.epochs.is_file():
+            for row in self.layout.read_epochs().to_dict("records"):
                 self.epochs[row["trial_id"], int(row["epoch"])] = row
 
     def trial_started(self, trial_id: str, params: dict[str, Any]) -> None:
-        row = self.trials.setdefault(trial_id, {"trial_id": trial_id, "epochs": 0, "wall_time_s": 0.0, "started_at": time.time()})
+        row = self.trials.setdefault(
+            trial_id, {"trial_id": trial_id, "epochs": 0, "wall_time_s": 0.0, "started_at": time.time()})
         row["status"] = "running"
-        row.update({f"hp_{k}": v for k, v in params.items()})
+        row.update({hp_column(k): v for k, v in params.items()})
 
     def epoch(self, trial_id: str, epoch: int, metrics: dict[str, Any], elapsed_s: float, info: dict[str, Any]) -> None:
         """Record one epoch's metrics (a retried trial overwrites the epochs it repeats)."""
@@ -95,36 +92,33 @@ class RunStore:
         row["error"] = error
         self.flush(force=True)
 
+    def finished_count(self) -> int:
+        return sum(1 for r in self.trials.values() if r.get("status") in FINISHED)
+
     def best_value(self) -> float:
-        """The run's best value of its metric so far (NaN before any epoch)."""
-        values = [r.get(f"best_{self.metric}") for r in self.trials.values()]
-        values = [v for v in values if v is not None and not math.isnan(v)]
-        if not values:
-            return math.nan
-        return max(values) if self.mode == "max" else min(values)
+        """The run's best value of its objective so far (NaN before any epoch)."""
+        return self.objective.best(r.get(best_column(self.objective.name)) for r in self.trials.values())
 
     def flush(self, force: bool = False) -> None:
         if not force and time.monotonic() - self._last_flush < self.flush_every_s:
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.layout.root.mkdir(parents=True, exist_ok=True)
         trials = pd.DataFrame(list(self.trials.values()))
         epochs = pd.DataFrame(list(self.epochs.values()))
         if not epochs.empty:
             epochs = epochs.sort_values(["trial_id", "epoch"], kind="stable")
-        atomic_write(self.run_dir / TRIALS_FILE, lambda f: _order(trials).to_parquet(f, index=False))
-        atomic_write(self.run_dir / EPOCHS_FILE, lambda f: epochs.to_parquet(f, index=False))
+        atomic_write(self.layout.trials, lambda f: _order(trials).to_parquet(f, index=False))
+        atomic_write(self.layout.epochs, lambda f: epochs.to_parquet(f, index=False))
         self._last_flush = time.monotonic()
 
     def _summarise(self, trial_id: str) -> None:
         rows = [r for (t, _), r in sorted(self.epochs.items()) if t == trial_id]
-        values = [r.get(self.metric) for r in rows]
-        scored = [(v, i) for i, v in enumerate(values) if v is not None and not math.isnan(v)]
         row = self.trials[trial_id]
-        if scored:
-            _, best = max(scored) if self.mode == "max" else min(scored)
+        best = self.objective.best_index([r.get(self.objective.name) for r in rows])
+        if best is not None:
             row["best_epoch"] = rows[best]["epoch"]
-            row.update({f"best_{m}": rows[best].get(m) for m in VAL_METRICS})
-        row.update({f"last_{m}": rows[-1].get(m) for m in VAL_METRICS})
+            row.update({best_column(m): rows[best].get(m) for m in METRICS})
+        row.update({last_column(m): rows[-1].get(m) for m in METRICS})
 
 
 def utc_now() -> str:
@@ -147,28 +141,11 @@ def machine_info() -> dict[str, Any]:
 
 def write_run_info(run_dir: Path, **info: Any) -> dict:
     """Merge ``info`` into ``run.json`` (atomically) and return the whole record."""
-    path = Path(run_dir) / RUN_FILE
-    record = json.loads(path.read_text()) if path.is_file() else {}
+    layout = RunLayout(run_dir)
+    record = layout.read_info()
     record.update(info)
-    write_json(path, record)
+    write_json(layout.info_file, record)
     return record
-
-
-def read_run_info(run_dir: Path) -> dict:
-    path = Path(run_dir) / RUN_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def read_trials(run_dir: Path) -> pd.DataFrame:
-    return pd.read_parquet(Path(run_dir) / TRIALS_FILE)
-
-
-def read_epochs(run_dir: Path) -> pd.DataFrame:
-    return pd.read_parquet(Path(run_dir) / EPOCHS_FILE)
-
-
-def hyperparameter_columns(trials: pd.DataFrame) -> list[str]:
-    return [c for c in trials.columns if c.startswith("hp_")]
 
 
 def _order(trials: pd.DataFrame) -> pd.DataFrame:

@@ -18,7 +18,8 @@ from automl.trial import EpochLine, evaluate, fit_candidate
 
 
 def train_command(
-    spec: Spec, data_dir: Path, out: Path, skip_bad_images: bool = False, cache_dir: Path | None = None
+    spec: Spec, data_dir: Path, out: Path, skip_bad_images: bool = False, cache_dir: Path | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Train the spec's configuration; write ``metrics.json``, ``model.keras``, ``history.csv``, ``spec.yaml``."""
     config = spec.model_config()  # validated before any data is read
@@ -33,8 +34,9 @@ def train_command(
         f"{dataset.task} ({len(dataset.class_names)} classes); train/val/test = "
         f"{'/'.join(str(int(counts[s].sum())) for s in ('train', 'val', 'test'))}; split: {dataset.split_protocol}"
     )
-    console.info(f"training {spec.name} for up to {spec.training.epochs} epochs, early stopping on {spec.training.metric}")
-    result = fit_candidate(config, dataset, spec.training, callbacks=[EpochLine(spec.training.metric, spec.training.epochs, console.info)])
+    console.info(f"training {spec.name} for up to {spec.training.epochs} epochs, early stopping on {spec.objective}")
+    progress = EpochLine(spec.objective, spec.training.epochs, console.info)
+    result = fit_candidate(config, dataset, spec.objective, spec.training, callbacks=[progress])
     val, test = evaluate(result.model, dataset, "val"), evaluate(result.model, dataset, "test")
     metrics = {
         **prefixed(val, "val"),
@@ -44,6 +46,7 @@ def train_command(
         "class_names": list(dataset.class_names),
         "epochs_run": len(result.history),
         "best_epoch": result.best_epoch,
+        "objective": spec.objective.to_record(),
         "train_seconds": round(result.seconds, 2),
         "data_seconds": round(data_seconds, 3),
         "parameters": int(result.model.count_params()),
@@ -59,7 +62,7 @@ def train_command(
         },
         "machine": machine_info(),
     }
-    with staged_dir(out) as stage:
+    with staged_dir(out, overwrite=overwrite) as stage:
         write_json(stage / "metrics.json", metrics)
         result.model.save(stage / "model.keras")
         pd.DataFrame(result.history).to_csv(stage / "history.csv", index=False)

@@ -1,17 +1,20 @@
 """One training run of one candidate: batches, imbalance handling, per-epoch validation metrics.
 
-Whoever runs the candidate (``automl train``, a Ray Tune trial, KerasTuner) passes extra Keras
-callbacks to :func:`fit_candidate`; the validation metrics are already in the epoch's ``logs``
-when those callbacks run, under the names ``val_balanced_accuracy``, ``val_macro_f1``,
-``val_accuracy``, ``val_auc`` and ``val_loss``.
+Every engine trains a candidate with the same batches (:func:`training_batches`) and callbacks
+(:func:`candidate_callbacks`): ``automl train`` and ``retrain`` through :func:`fit_candidate`
+(early stopping), a Ray Tune trial through :class:`EpochRunner` (one epoch per step, stopped by
+the scheduler), KerasTuner through its hypermodel's ``fit``. The validation metrics are in each
+epoch's ``logs`` when later callbacks run, as ``val_`` + every name of :data:`automl.objective.DIRECTIONS`.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -20,7 +23,8 @@ from automl.data import Dataset
 from automl.hparams import ModelConfig
 from automl.metrics import classification_metrics, prefixed
 from automl.model import build_model
-from automl.spec import TrainingSpec, metric_mode
+from automl.objective import HEADLINE, Objective
+from automl.spec import TrainingSpec
 
 PREDICT_BATCH = 512
 
@@ -110,31 +114,74 @@ class ValidationMetrics(keras.callbacks.Callback):
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 
-class EpochLine(keras.callbacks.Callback):
-    """One progress line per epoch: loss, the validation metrics, time, and the best so far."""
+class PlateauSchedule(keras.callbacks.ReduceLROnPlateau):
+    """The learning-rate cut on a plateau of the objective, whose state outlives one ``fit`` call.
 
-    def __init__(self, metric: str, epochs: int, write: Callable[[str], None]):
+    Ray Tune trains a trial one epoch per ``fit`` call, and Keras' own callback starts over at every
+    call; this one resets only once, and its state travels with a trial's checkpoint.
+    """
+
+    STATE = ("wait", "best", "cooldown_counter")
+
+    def on_train_begin(self, logs=None):
+        if not getattr(self, "_begun", False):
+            super().on_train_begin(logs)
+            self._begun = True
+
+    def state(self) -> dict:
+        return {name: getattr(self, name, None) for name in self.STATE}
+
+    def load_state(self, state: dict) -> None:
+        self._begun = True
+        for name in self.STATE:
+            setattr(self, name, state.get(name))
+
+
+def candidate_callbacks(
+    dataset: Dataset, objective: Objective, training: TrainingSpec, early_stopping_epochs: int | None = None
+) -> list[keras.callbacks.Callback]:
+    """What every run of a candidate trains with, searched or retrained: the validation metrics, the
+    learning-rate schedule and, given a budget, early stopping on the objective with the best weights
+    restored. Only the stopping rule differs between engines (ASHA in a search, this in a retrain)."""
+    callbacks: list[keras.callbacks.Callback] = [ValidationMetrics(*dataset.subset("val"), dataset.class_names)]
+    if training.reduce_lr_patience:
+        callbacks.append(PlateauSchedule(objective.name, factor=training.reduce_lr_factor,
+                                         patience=training.reduce_lr_patience, mode=objective.direction))
+    if early_stopping_epochs is not None:
+        patience = training.early_stopping_patience or early_stopping_epochs
+        callbacks.append(keras.callbacks.EarlyStopping(objective.name, patience=patience, mode=objective.direction,
+                                                       restore_best_weights=True))
+    return callbacks
+
+
+def training_batches(config: ModelConfig, dataset: Dataset, seed: int) -> TrainingBatches:
+    return TrainingBatches(*dataset.subset("train"), config, len(dataset.class_names), seed)
+
+
+def epoch_line(epoch: int, epochs: int, logs: dict, seconds: float, objective: Objective, best: tuple) -> str:
+    """One epoch's progress line: loss, the validation scores, time, and ``best`` = (value, epoch) so far."""
+    shown = "  ".join(f"{name} {logs[f'val_{name}']:.3f}" for name in HEADLINE if f"val_{name}" in logs)
+    return (f"epoch {epoch:>3}/{epochs}  loss {logs.get('loss', math.nan):.3f}  val: {shown}  ({seconds:.1f}s)  "
+            f"best {objective.name} {best[0]:.3f} @ {best[1]}")
+
+
+class EpochLine(keras.callbacks.Callback):
+    """Writes :func:`epoch_line` after every epoch."""
+
+    def __init__(self, objective: Objective, epochs: int, write: Callable[[str], None]):
         super().__init__()
-        self.metric, self.epochs, self.write = metric, epochs, write
-        self.sign = 1 if metric_mode(metric) == "max" else -1
-        self.best, self.best_epoch = -math.inf, 0
+        self.objective, self.epochs, self.write = objective, epochs, write
+        self.best = (math.nan, 0)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.monotonic()
 
     def on_epoch_end(self, epoch, logs=None):
-        value = logs.get(self.metric, math.nan)
-        if self.sign * value > self.best:
-            self.best, self.best_epoch = self.sign * value, epoch + 1
-        shown = "  ".join(
-            f"{name.removeprefix('val_')} {logs[name]:.3f}"
-            for name in ("val_balanced_accuracy", "val_macro_f1", "val_accuracy", "val_auc")
-            if name in logs
-        )
-        self.write(
-            f"epoch {epoch + 1:>3}/{self.epochs}  loss {logs.get('loss', math.nan):.3f}  val: {shown}  "
-            f"({time.monotonic() - self.started:.1f}s)  best {self.metric} {self.sign * self.best:.3f} @ {self.best_epoch}"
-        )
+        value = (logs or {}).get(self.objective.name)
+        if self.objective.better(value, self.best[0]):
+            self.best = (float(value), epoch + 1)
+        self.write(epoch_line(epoch + 1, self.epochs, logs or {}, time.monotonic() - self.started, self.objective,
+                              self.best))
 
 
 @dataclass
@@ -149,56 +196,33 @@ class FitResult:
 def fit_candidate(
     config: ModelConfig,
     dataset: Dataset,
+    objective: Objective,
     training: TrainingSpec,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     epochs: int | None = None,
-    model: keras.Model | None = None,
-    initial_epoch: int = 0,
-    early_stopping: bool = True,
     seed: int | None = None,
 ) -> FitResult:
-    """Train ``config`` on the dataset's train split, scoring the val split after every epoch.
+    """Train ``config`` on the train split from scratch, scoring the val split after every epoch.
 
-    With ``early_stopping``, training stops after ``training.early_stopping_patience`` epochs
-    without improvement of ``training.metric`` and the best epoch's weights are restored.
-    ``model`` and ``initial_epoch`` continue a run from a checkpoint.
+    Training stops after ``training.early_stopping_patience`` epochs without improvement of the
+    objective, and the best epoch's weights are restored (what ``automl train`` and ``retrain`` do).
     """
     seed = training.seed if seed is None else seed
     epochs = epochs or training.epochs
-    if model is None:
-        keras.utils.set_random_seed(seed)
-        model = build_model(config, dataset.image_size, len(dataset.class_names))
-    x_train, y_train = dataset.subset("train")
-    x_val, y_val = dataset.subset("val")
-    batches = TrainingBatches(x_train, y_train, config, len(dataset.class_names), seed + initial_epoch)
-    mode = metric_mode(training.metric)
-    ours = [ValidationMetrics(x_val, y_val, dataset.class_names)]
-    if training.reduce_lr_patience:
-        ours.append(
-            keras.callbacks.ReduceLROnPlateau(
-                training.metric, factor=training.reduce_lr_factor, patience=training.reduce_lr_patience, mode=mode
-            )
-        )
-    stopper = None
-    if early_stopping:
-        patience = training.early_stopping_patience or epochs
-        stopper = keras.callbacks.EarlyStopping(training.metric, patience=patience, mode=mode, restore_best_weights=True)
-        ours.append(stopper)
+    keras.utils.set_random_seed(seed)
+    model = build_model(config, dataset.image_size, len(dataset.class_names))
     started = time.monotonic()
     history = model.fit(
-        batches, epochs=epochs, initial_epoch=initial_epoch, callbacks=[*ours, *callbacks], verbose=0
+        training_batches(config, dataset, seed), epochs=epochs, verbose=0,
+        callbacks=[*candidate_callbacks(dataset, objective, training, early_stopping_epochs=epochs), *callbacks],
     )
-    rows = [
-        {"epoch": initial_epoch + i + 1, **{k: float(v[i]) for k, v in history.history.items()}}
-        for i in range(len(history.epoch))
-    ]
-    values = [r.get(training.metric, math.nan) for r in rows]
-    best = int(np.nanargmax(values) if mode == "max" else np.nanargmin(values)) if rows else 0
+    rows = [{"epoch": i + 1, **{k: float(v[i]) for k, v in history.history.items()}} for i in range(len(history.epoch))]
+    best = objective.best_index([r.get(objective.name) for r in rows])
     return FitResult(
         model=model,
         history=rows,
-        best_epoch=rows[best]["epoch"] if rows else 0,
-        best_value=values[best] if rows else math.nan,
+        best_epoch=rows[best]["epoch"] if best is not None else 0,
+        best_value=rows[best][objective.name] if best is not None else math.nan,
         seconds=time.monotonic() - started,
     )
 
@@ -206,38 +230,41 @@ def fit_candidate(
 class EpochRunner:
     """Trains a candidate one epoch at a time, for engines that drive the loop (Ray Tune's Trainable).
 
-    ``run_epoch`` returns the epoch's training loss and accuracy plus the validation metrics;
-    ``save``/``restore`` round-trip the model and optimizer state through a ``.keras`` file.
+    The same batches and callbacks as :func:`fit_candidate`, without early stopping (the search's
+    scheduler decides when a trial stops). ``run_epoch`` returns the epoch's training loss and
+    accuracy plus the validation metrics; ``save``/``restore`` round-trip the model, the optimizer
+    and the learning-rate schedule through a folder.
     """
 
-    def __init__(self, config: ModelConfig, dataset: Dataset, seed: int):
+    def __init__(self, config: ModelConfig, dataset: Dataset, objective: Objective, training: TrainingSpec, seed: int):
         self.config, self.dataset, self.seed = config, dataset, seed
         keras.utils.set_random_seed(seed)
         self.model = build_model(config, dataset.image_size, len(dataset.class_names))
-        self.x_train, self.y_train = dataset.subset("train")
-        self.validation = ValidationMetrics(*dataset.subset("val"), dataset.class_names)
+        self.callbacks = candidate_callbacks(dataset, objective, training)
         self.epochs_done = 0
-        self._batches()
-
-    def _batches(self) -> None:
-        n_classes = len(self.dataset.class_names)
-        self.batches = TrainingBatches(self.x_train, self.y_train, self.config, n_classes, self.seed + self.epochs_done)
+        self.batches = training_batches(config, dataset, seed)
 
     def run_epoch(self) -> dict[str, float]:
         history = self.model.fit(
-            self.batches, epochs=self.epochs_done + 1, initial_epoch=self.epochs_done,
-            callbacks=[self.validation], verbose=0,
+            self.batches, epochs=self.epochs_done + 1, initial_epoch=self.epochs_done, callbacks=self.callbacks,
+            verbose=0,
         )
         self.epochs_done += 1
         return {k: float(v[-1]) for k, v in history.history.items()}
 
-    def save(self, path) -> None:
-        self.model.save(path)
+    def save(self, folder: Path) -> None:
+        self.model.save(Path(folder) / "model.keras")
+        schedule = {type(c).__name__: c.state() for c in self.callbacks if isinstance(c, PlateauSchedule)}
+        (Path(folder) / "runner.json").write_text(json.dumps({"epochs_done": self.epochs_done, **schedule}))
 
-    def restore(self, path, epochs_done: int) -> None:
-        self.model = keras.saving.load_model(path)
-        self.epochs_done = epochs_done
-        self._batches()
+    def restore(self, folder: Path) -> None:
+        state = json.loads((Path(folder) / "runner.json").read_text())
+        self.model = keras.saving.load_model(Path(folder) / "model.keras")
+        self.epochs_done = state["epochs_done"]
+        for callback in self.callbacks:
+            if isinstance(callback, PlateauSchedule) and type(callback).__name__ in state:
+                callback.load_state(state[type(callback).__name__])
+        self.batches = training_batches(self.config, self.dataset, self.seed + self.epochs_done)
 
 
 def evaluate(model: keras.Model, dataset: Dataset, split: str) -> dict:

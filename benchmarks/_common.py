@@ -27,7 +27,8 @@ import pandas as pd
 from automl import console
 from automl.files import atomic_write, write_json
 from automl.spec import Spec
-from automl.store import EPOCHS_FILE, SPEC_FILE, TRIALS_FILE, machine_info, read_run_info, utc_now, write_run_info
+from automl.layout import RunLayout
+from automl.store import machine_info, utc_now, write_run_info
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "results" / "benchmarks"
@@ -55,8 +56,8 @@ def check_idle() -> list[float]:
     load = list(os.getloadavg())
     cpus = os.cpu_count() or 1
     if load[0] > 0.5 * cpus:
-        console.info(f"warning: the machine is busy (load average {load[0]:.1f} on {cpus} CPUs): timings will be slower "
-                     "and noisier than on an idle machine")
+        console.info(f"warning: the machine is busy (load average {load[0]:.1f} on {cpus} CPUs): timings will be "
+                     "slower and noisier than on an idle machine")
     return load
 
 
@@ -118,8 +119,8 @@ def run_search_process(
     """
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
-    atomic_write(run_dir / SPEC_FILE, spec.to_yaml())
-    command = [sys.executable, "-m", "automl", "search", str(run_dir / SPEC_FILE), "--data", str(data_dir),
+    atomic_write(RunLayout(run_dir).spec, spec.to_yaml())
+    command = [sys.executable, "-m", "automl", "search", str(RunLayout(run_dir).spec), "--data", str(data_dir),
                "--name", run_dir.name, "--results", str(run_dir.parent)]
     launched = time.monotonic()
     stopped_after_budget = False
@@ -144,7 +145,8 @@ def run_search_process(
         except KeyboardInterrupt:
             _stop(child)  # it marks its run interrupted; a rerun of the benchmark redoes it
             raise
-    return SearchOutcome(run_dir, shlex.join(command), child.returncode, time.monotonic() - launched, stopped_after_budget)
+    return SearchOutcome(run_dir, shlex.join(command), child.returncode, time.monotonic() - launched,
+                         stopped_after_budget)
 
 
 def use_local_ray() -> None:
@@ -153,7 +155,7 @@ def use_local_ray() -> None:
 
 
 def _seconds_since_start(run_dir: Path) -> float | None:
-    started = read_run_info(run_dir).get("started")
+    started = RunLayout(run_dir).read_info().get("started")
     return time.time() - iso_to_unix(started) if started else None
 
 
@@ -179,10 +181,10 @@ def mark_complete(outcome: SearchOutcome, budget_s: float | None = None, **detai
     the budget, and the store writes each of them atomically. A later benchmark run reuses a
     complete search instead of running it again; its checkpoints, no longer needed, are deleted.
     """
-    info = read_run_info(outcome.run_dir)
+    info = RunLayout(outcome.run_dir).read_info()
     ran_out = budget_s is not None and (info.get("wall_s") or 0) >= budget_s
     exited = outcome.returncode == 0 and (info.get("status") == "finished" or ran_out)
-    complete = (exited or outcome.stopped_after_budget) and (outcome.run_dir / EPOCHS_FILE).is_file()
+    complete = (exited or outcome.stopped_after_budget) and (RunLayout(outcome.run_dir).epochs).is_file()
     write_run_info(outcome.run_dir, benchmark={
         "complete": complete, "command": outcome.command, "returncode": outcome.returncode,
         "seconds": round(outcome.seconds, 1), "stopped_after_budget": outcome.stopped_after_budget,
@@ -196,13 +198,13 @@ def mark_complete(outcome: SearchOutcome, budget_s: float | None = None, **detai
 
 def reusable(run_dir: Path, spec: Spec, data_dir: Path) -> bool:
     """True when ``run_dir`` holds a complete benchmark search of exactly this spec on this data folder."""
-    spec_file, info = run_dir / SPEC_FILE, read_run_info(run_dir)
+    spec_file, info = RunLayout(run_dir).spec, RunLayout(run_dir).read_info()
     return (
         info.get("benchmark", {}).get("complete") is True
         and info.get("data_dir") == str(data_dir)
         and spec_file.is_file()
         and spec_file.read_text() == spec.to_yaml()
-        and (run_dir / EPOCHS_FILE).is_file()
+        and RunLayout(run_dir).epochs.is_file()
     )
 
 
@@ -225,9 +227,9 @@ def read_search(run_dir: Path) -> SearchRecord:
     ``started`` is written after the data is loaded and the engine (Ray) started, right before the
     search begins, for both engines; it has whole seconds, so times may be overstated by up to 1 s.
     """
-    info = read_run_info(run_dir)
-    epochs = pd.read_parquet(run_dir / EPOCHS_FILE) if (run_dir / EPOCHS_FILE).is_file() else pd.DataFrame()
-    trials = pd.read_parquet(run_dir / TRIALS_FILE) if (run_dir / TRIALS_FILE).is_file() else pd.DataFrame()
+    info = RunLayout(run_dir).read_info()
+    epochs = RunLayout(run_dir).read_epochs() if RunLayout(run_dir).epochs.is_file() else pd.DataFrame()
+    trials = RunLayout(run_dir).read_trials() if RunLayout(run_dir).trials.is_file() else pd.DataFrame()
     if not epochs.empty:
         epochs = epochs.sort_values("timestamp", kind="stable").reset_index(drop=True)
         epochs["t"] = epochs["timestamp"] - iso_to_unix(info["started"])

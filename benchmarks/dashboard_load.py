@@ -30,13 +30,16 @@ import pandas as pd
 import automl.store
 from automl.dashboard import _runs, create_app
 from automl.files import write_json
+from automl.layout import RunLayout, best_column
 from automl.metrics import classification_metrics
+from automl.objective import Objective
 from automl.spec import load_spec
 from automl.store import RunStore, machine_info, write_run_info
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "search_spaces" / "ham10000_cnn.yaml"
-METRIC = "val_balanced_accuracy"
+OBJECTIVE = Objective()
+METRIC = OBJECTIVE.name
 CLASSES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
 RUNGS = (2, 6, 18)  # ASHA with grace period 2 and reduction factor 3
 
@@ -63,13 +66,13 @@ def make_run(run_dir: Path, trials: int, epochs: int, prune: bool = False, runni
     started = clock.now
     with mock.patch.object(automl.store, "time", SimpleNamespace(time=lambda: clock.now, monotonic=time.monotonic)):
         write_run_info(run_dir, name=run_dir.name, status="running", engine="ray", searcher="optuna",
-                       scheduler="asha" if prune else "none", metric=METRIC, mode="max", num_samples=trials,
+                       scheduler="asha" if prune else "none", **OBJECTIVE.to_record(), num_samples=trials,
                        max_epochs=epochs, started=_iso(started), data_fingerprint="0123456789abcdef",
                        split="lesion-grouped, stratified by dx, 70%/15%/15% train/val/test, seed 0",
                        task="multiclass", image_size=[28, 28], hyperparameters=[d.name for d in spec.space.searched],
                        machine=machine_info())
-        shutil.copy(SPEC, run_dir / "spec.yaml")
-        store = RunStore(run_dir, METRIC, "max", max_epochs=epochs, flush_every_s=math.inf)
+        shutil.copy(SPEC, RunLayout(run_dir).spec)
+        store = RunStore(run_dir, OBJECTIVE, max_epochs=epochs, flush_every_s=math.inf)
         for i, (quality, done, finished, seconds) in enumerate(plan):
             trial = study.ask()
             trial_id, start = f"{i:04d}{rng.integers(16**4):04x}", clock.now
@@ -91,7 +94,8 @@ def make_run(run_dir: Path, trials: int, epochs: int, prune: bool = False, runni
 def add_models(run_dir: Path, members: int = 4, seed: int = 0) -> None:
     """Retrained members and a greedy ensemble in the files retrain and ensemble write, from synthetic probabilities."""
     rng = np.random.default_rng(seed)
-    trials = automl.store.read_trials(run_dir).nlargest(members, f"best_{METRIC}")
+    run = RunLayout(run_dir)
+    trials = OBJECTIVE.sort(run.read_trials(), best_column(METRIC)).head(members)
     y_val, y_test = rng.integers(0, len(CLASSES), 1500), rng.integers(0, len(CLASSES), 1500)
 
     def probs(labels, skill):
@@ -109,10 +113,10 @@ def add_models(run_dir: Path, members: int = 4, seed: int = 0) -> None:
              **{f"{split}_{k}": v for split in ("val", "test") for k, v in results[m][split].items()
                 if isinstance(v, float)}}
             for m, t in zip(ids, trials.to_dict("records"), strict=True)]
-    (run_dir / "retrain").mkdir(exist_ok=True)
-    pd.DataFrame(rows).to_parquet(run_dir / "retrain" / "members.parquet", index=False)
-    write_json(run_dir / "ensemble" / "metrics.json", results)
-    write_json(run_dir / "ensemble" / "ensemble.json", {
+    run.retrain.mkdir(exist_ok=True)
+    pd.DataFrame(rows).to_parquet(run.members, index=False)
+    write_json(run.ensemble_metrics, results)
+    write_json(run.ensemble_json, {
         "method": "greedy", "members": ids, "weights": dict.fromkeys(ids, 1 / members), "greedy_picks": ids,
         "best_member": ids[0], "classes": list(CLASSES), "task": "multiclass"})
 

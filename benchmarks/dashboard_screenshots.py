@@ -1,8 +1,8 @@
 """Screenshots of every dashboard page in headless Chromium, for the README and for review.
 
 Serves a temporary results folder holding links to the curated runs under ``results/`` (a real
-search may still be running there) and a generated search in progress, opens each page at 1400 px width and saves it at full
-height under ``results/screenshots/``. Needs Debian's ``chromium`` and ``chromium-driver``.
+search may still be running there) and a generated search in progress, opens each page at 1400 px
+width and saves it at full height under ``results/screenshots/``. Needs Debian's ``chromium`` and ``chromium-driver``.
 
     python benchmarks/dashboard_screenshots.py
 """

@@ -21,25 +21,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import REPO, print_table, save_figure, write_result
 
+from automl.layout import RunLayout
+from automl.objective import HEADLINE
 from automl.published import PUBLISHED
 
-METRICS = ("balanced_accuracy", "macro_f1", "accuracy", "auc")
+METRICS = HEADLINE
 # The issue's scale point: one hand-made VGG-style CNN (3 blocks of 2 conv+BN, class weights, flips,
 # early stopping) on a lesion-grouped split at 28px.
-HAND_MADE = {"source": "hand-made VGG-style CNN (issue 4's scale point)", "split": "lesion-grouped", "resolution": "28x28",
-             "balanced_accuracy": 0.48, "macro_f1": 0.41, "accuracy": 0.66, "auc": 0.88}
+HAND_MADE = {"source": "hand-made VGG-style CNN (issue 4's scale point)", "split": "lesion-grouped",
+             "resolution": "28x28", "balanced_accuracy": 0.48, "macro_f1": 0.41, "accuracy": 0.66, "auc": 0.88}
 
 
 def our_rows(results: Path) -> list[dict]:
     """Ensemble and best member of every ``reference*`` run, plus seed 000's model trained here."""
     rows = []
     for run in sorted(results.glob("reference*")):
-        metrics_file, summary_file = run / "ensemble" / "metrics.json", run / "ensemble" / "ensemble.json"
-        if not metrics_file.is_file():
-            print(f"skipping {run.name}: no ensemble/metrics.json (run automl run or automl ensemble first)")
+        layout = RunLayout(run)
+        if not layout.ensemble_metrics.is_file():
+            print(f"skipping {run.name}: no {layout.ensemble_metrics} (run automl run or automl ensemble first)")
             continue
-        metrics, summary = json.loads(metrics_file.read_text()), json.loads(summary_file.read_text())
-        info = json.loads((run / "run.json").read_text())
+        metrics, summary, info = layout.read_ensemble_metrics(), layout.read_ensemble(), layout.read_info()
         size = "x".join(str(v) for v in info.get("image_size", []))
         for model, label in (("ensemble", f"ours: {run.name}, {summary['method']} ensemble"),
                              (summary["best_member"], f"ours: {run.name}, best member ({summary['best_member']})")):
@@ -49,13 +50,15 @@ def our_rows(results: Path) -> list[dict]:
     seed000 = results / "seed000_proposed" / "metrics.json"
     if seed000.is_file():
         m = json.loads(seed000.read_text())
-        rows.append({"source": "ours: seed 000's proposed CNN, trained here (automl train)", "split": m["data"]["split"],
-                     "resolution": "x".join(map(str, m["data"]["image_size"]))} | {k: m[f"test_{k}"] for k in METRICS})
+        rows.append({"source": "ours: seed 000's proposed CNN, trained here (automl train)",
+                     "split": m["data"]["split"], "resolution": "x".join(map(str, m["data"]["image_size"]))}
+                    | {k: m[f"test_{k}"] for k in METRICS})
     return rows
 
 
 def published_rows() -> list[dict]:
-    return [{"source": p["source"], "split": p["split"], "resolution": p["resolution"]} | {m: p[m] for m in METRICS if m in p}
+    return [{"source": p["source"], "split": p["split"], "resolution": p["resolution"]}
+            | {m: p[m] for m in METRICS if m in p}
             for p in PUBLISHED if p["task"] == "multiclass"] + [HAND_MADE]
 
 

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -60,7 +61,9 @@ from _common import (
 
 from automl import console
 from automl.errors import UserError
-from automl.spec import Spec, load_spec
+from automl.layout import hyperparameter_columns
+from automl.objective import Objective
+from automl.spec import Spec, load_spec, search_overrides
 
 # name: (label, search settings). Ray methods: 2 concurrent trials of 1 CPU, the machine's 2 cores.
 RAY = {"engine": "ray", "max_concurrent": 2, "cpu": 1}
@@ -87,14 +90,18 @@ def metric_label(metric: str) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", type=float, default=360, help="wall-clock seconds per method and seed (default 360)")
+    parser.add_argument("--budget", type=float, default=360,
+                        help="wall-clock seconds per method and seed (default 360)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per method: 0..N-1 (default 3)")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of: {', '.join(METHODS)}")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="HAM10000 folder (default ../shared/data/ham10000_28)")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                        help="HAM10000 folder (default ../shared/data/ham10000_28)")
     parser.add_argument("--space", type=Path, default=REPO / "search_spaces" / "ham10000_cnn.yaml",
                         help="search spec (default search_spaces/ham10000_cnn.yaml)")
-    parser.add_argument("--max-epochs", type=int, help="epochs per trial at most (default: the space's search.max_epochs)")
-    parser.add_argument("--target", type=float, help="target value (default: median of random search's bests at the budget)")
+    parser.add_argument("--max-epochs", type=int,
+                        help="epochs per trial at most (default: the space's search.max_epochs)")
+    parser.add_argument("--target", type=float,
+                        help="target value (default: median of random search's bests at the budget)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default results/benchmarks)")
     parser.add_argument("--fresh", action="store_true", help="delete and redo searches already complete in OUT/runs")
     args = parser.parse_args(argv)
@@ -111,7 +118,7 @@ def method_spec(base: Spec, method: str, seed: int, budget: float, max_epochs: i
     """The space's spec with one method's search settings, the budget and the seed."""
     settings = METHODS[method][1] | {"num_samples": NUM_SAMPLES, "time_budget_s": budget, "seed": seed,
                                      "max_epochs": max_epochs}
-    return base.with_overrides(search=settings)
+    return base.with_overrides(search_overrides(settings))
 
 
 def run_method(args: argparse.Namespace, base: Spec, method: str, seed: int) -> dict[str, Any] | None:
@@ -126,26 +133,27 @@ def run_method(args: argparse.Namespace, base: Spec, method: str, seed: int) -> 
         outcome = run_search_process(spec, args.data.resolve(), run_dir, stop_after_s=args.budget + STOP_GRACE_S)
         if not mark_complete(outcome, budget_s=args.budget, method=method, seed=seed):
             return None
-    return measure(run_dir, args.budget, spec.search.mode) | {"method": method, "seed": seed, "reused": reused}
+    return measure(run_dir, args.budget, spec.objective) | {"method": method, "seed": seed, "reused": reused}
 
 
 def last_line(log: Path) -> str:
     """The last non-empty line of a search's log: its error, when it failed."""
-    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()] if log.is_file() else []
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1][:200] if lines else "no output"
 
 
-def measure(run_dir: Path, budget: float, mode: str) -> dict[str, Any]:
+def measure(run_dir: Path, budget: float, objective: Objective) -> dict[str, Any]:
     """Best-so-far curve and counts of one search, from the epochs recorded within the budget."""
     search = read_search(run_dir)
-    metric = search.info["metric"]
+    metric = objective.name
     epochs = search.epochs[search.epochs["t"] <= budget] if not search.epochs.empty else search.epochs
     values = epochs[metric].to_numpy(dtype=float) if not epochs.empty else np.array([])
-    best = (np.fmax if mode == "max" else np.fmin).accumulate(values) if len(values) else values
+    best = objective.running_best(pd.Series(values)).to_numpy() if len(values) else values
     ids = set(epochs["trial_id"]) if not epochs.empty else set()
     trials = search.trials
     in_budget = trials[trials["trial_id"].isin(ids)] if not trials.empty else trials
-    hp_columns = [c for c in trials.columns if c.startswith("hp_")]
+    hp_columns = hyperparameter_columns(trials)
     errored = 0
     if {"started_at", "status"} <= set(trials.columns):
         late = trials["started_at"] - search.started > budget
@@ -168,10 +176,9 @@ def measure(run_dir: Path, budget: float, mode: str) -> dict[str, Any]:
     }
 
 
-def reach(run: dict[str, Any], target: float, mode: str) -> None:
+def reach(run: dict[str, Any], target: float, objective: Objective) -> None:
     """Add time and epochs to the target (None: not reached within the budget)."""
-    sign = 1 if mode == "max" else -1
-    hit = next((i for i, (_, b) in enumerate(run["curve"]) if sign * b >= sign * target), None)
+    hit = next((i for i, (_, b) in enumerate(run["curve"]) if not objective.better(target, b)), None)
     run["time_to_target_s"] = None if hit is None else run["curve"][hit][0]
     run["epochs_to_target"] = None if hit is None else hit + 1
 
@@ -180,9 +187,11 @@ def choose_target(runs: list[dict[str, Any]], given: float | None) -> tuple[floa
     """The target value and where it came from."""
     if given is not None:
         return given, "given with --target"
-    random_bests = [r["best_at_budget"] for r in runs if r["method"] == "random" and not math.isnan(r["best_at_budget"])]
+    random_bests = [r["best_at_budget"] for r in runs
+                    if r["method"] == "random" and not math.isnan(r["best_at_budget"])]
     if random_bests:
-        return float(np.median(random_bests)), f"median of random search's bests at the budget over {len(random_bests)} seeds"
+        return (float(np.median(random_bests)),
+                f"median of random search's bests at the budget over {len(random_bests)} seeds")
     bests = [r["best_at_budget"] for r in runs if not math.isnan(r["best_at_budget"])]
     if not bests:
         return math.nan, "undefined: no search recorded an epoch within the budget"
@@ -220,7 +229,7 @@ def summarise(runs: list[dict[str, Any]], methods: list[str]) -> dict[str, dict[
     return summary
 
 
-def goals(summary: dict[str, dict[str, Any]], mode: str) -> dict[str, Any]:
+def goals(summary: dict[str, dict[str, Any]], objective: Objective) -> dict[str, Any]:
     """The issue's two goals for Optuna + ASHA, each with a sentence saying whether it is met."""
     out: dict[str, Any] = {}
     ours, random = summary.get("optuna-asha"), summary.get("random")
@@ -237,12 +246,11 @@ def goals(summary: dict[str, dict[str, Any]], mode: str) -> dict[str, Any]:
                                   f"(goal <= {EPOCHS_GOAL:.2f}): {'goal met' if met else 'goal not met'}")
     rivals = {m: s["best_mean"] for m, s in summary.items() if m.startswith("kt-") and s["seeds"]}
     if ours and ours["seeds"] and rivals:
-        sign = 1 if mode == "max" else -1
-        met = all(sign * ours["best_mean"] > sign * v for v in rivals.values())
+        met = all(objective.better(ours["best_mean"], v) for v in rivals.values())
         shown = ", ".join(f"{summary[m]['label']} {v:.3f}" for m, v in rivals.items())
         out["ahead_of_keras_tuner"] = met
-        out["keras_tuner_sentence"] = (f"best at the budget, mean over seeds: Optuna + ASHA {ours['best_mean']:.3f} vs {shown}: "
-                                       f"{'goal met' if met else 'goal not met'}")
+        out["keras_tuner_sentence"] = (f"best at the budget, mean over seeds: Optuna + ASHA {ours['best_mean']:.3f} "
+                                       f"vs {shown}: {'goal met' if met else 'goal not met'}")
     return out
 
 
@@ -257,7 +265,8 @@ def print_summary(summary: dict[str, dict[str, Any]], runs: list[dict[str, Any]]
     rows = []
     for method, s in summary.items():
         spread = f"{fmt(s['best_min'])}-{fmt(s['best_max'])}" if s["seeds"] else "-"
-        rows.append([s["label"], s["seeds"], f"{fmt(s['best_mean'])} ± {fmt(s['best_sd'])}" if s["seeds"] else "-", spread,
+        best = f"{fmt(s['best_mean'])} ± {fmt(s['best_sd'])}" if s["seeds"] else "-"
+        rows.append([s["label"], s["seeds"], best, spread,
                      per_seed(method, "time_to_target_s", 0), per_seed(method, "epochs_to_target", 0),
                      f"{s['reached']}/{s['seeds']}", fmt(s["epochs_at_budget_mean"], 1), fmt(s["trials_mean"], 1),
                      fmt(s["configs_mean"], 1)])
@@ -266,10 +275,10 @@ def print_summary(summary: dict[str, dict[str, Any]], runs: list[dict[str, Any]]
         ["method", "seeds", "best (mean ± sd)", "min-max", "time to target s", "epochs to target", "reached",
          "epochs", "trials", "configs"],
         rows,
-        caption=f"best: at the budget. target = {target:.3f}, the {source}. Time and epochs to target: median over seeds "
-                "(each seed in brackets, '-' = not reached within the budget); epochs are summed over all of a search's "
-                "trials in recorded order. epochs, trials, configs (distinct hyperparameter sets): mean per search "
-                "within the budget.",
+        caption=f"best: at the budget. target = {target:.3f}, the {source}. Time and epochs to target: median over "
+                "seeds (each seed in brackets, '-' = not reached within the budget); epochs are summed over all of a "
+                "search's trials in recorded order. epochs, trials, configs (distinct hyperparameter sets): mean per "
+                "search within the budget.",
     )
 
 
@@ -291,8 +300,8 @@ def plot(runs: list[dict[str, Any]], methods: list[str], target: float, budget: 
         by_time.plot(times, np.median([step_at(c[:, 0], c[:, 1], times) for c in curves], axis=0), color=color, lw=2.5,
                      label=f"{label} (median of {len(curves)})")
         counts = np.arange(1, max(len(c) for c in curves) + 1)
-        by_epochs.plot(counts, np.median([step_at(np.arange(1, len(c) + 1), c[:, 1], counts, end=len(c)) for c in curves],
-                                         axis=0), color=color, lw=2.5, drawstyle="steps-post")
+        stepped = [step_at(np.arange(1, len(c) + 1), c[:, 1], counts, end=len(c)) for c in curves]
+        by_epochs.plot(counts, np.median(stepped, axis=0), color=color, lw=2.5, drawstyle="steps-post")
     for ax in (by_time, by_epochs):
         ax.axhline(target, color="black", ls=":", lw=1)
         ax.grid(alpha=0.3)
@@ -324,9 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     plan = [(method, seed) for seed in range(args.seeds) for method in args.methods]
     settings = specs[args.methods[0]].search
     console.info(
-        f"{len(plan)} searches of {args.budget:.0f} s ({len(args.methods)} methods x {args.seeds} seeds) on {args.space.name}, "
-        f"max {settings.max_epochs} epochs per trial; about {len(plan) * (args.budget + START_OVERHEAD_S + 10) / 60:.0f} min "
-        "if none can be reused"
+        f"{len(plan)} searches of {args.budget:.0f} s ({len(args.methods)} methods x {args.seeds} seeds) on "
+        f"{args.space.name}, max {settings.max_epochs} epochs per trial; about "
+        f"{len(plan) * (args.budget + START_OVERHEAD_S + 10) / 60:.0f} min if none can be reused"
     )
     runs, failed = [], []
     # Seed-major order: an interrupted benchmark has every method at the first seeds, and drifts in the
@@ -341,23 +350,23 @@ def main(argv: list[str] | None = None) -> int:
         if run is None:
             log = args.out / RUNS / f"{method}-seed{seed}" / "search.log"
             failed.append({"method": method, "seed": seed, "log": str(log), "last_line": last_line(log)})
-            print(f"[{i:>2}/{len(plan)}] {method:<13} seed {seed}: the search failed: {failed[-1]['last_line']} (log: {log})",
-                  flush=True)
+            print(f"[{i:>2}/{len(plan)}] {method:<13} seed {seed}: the search failed: {failed[-1]['last_line']} "
+                  f"(log: {log})", flush=True)
             continue
         runs.append(run)
         took = "reused" if run["reused"] else f"search took {run['search_seconds']:.0f} s"
-        print(f"[{i:>2}/{len(plan)}] {method:<13} seed {seed}: best {fmt(run['best_at_budget'])} at {args.budget:.0f} s, "
-              f"{run['trials']} trials ({run['configs']} configs, {run['errored']} errored), {run['epochs_at_budget']} epochs "
-              f"({took})", flush=True)
+        print(f"[{i:>2}/{len(plan)}] {method:<13} seed {seed}: best {fmt(run['best_at_budget'])} at "
+              f"{args.budget:.0f} s, {run['trials']} trials ({run['configs']} configs, {run['errored']} errored), "
+              f"{run['epochs_at_budget']} epochs ({took})", flush=True)
     if not runs:
         print("no search completed; nothing to report", file=sys.stderr)
         return 1
-    mode = specs[args.methods[0]].search.mode
+    objective = specs[args.methods[0]].objective
     target, source = choose_target(runs, args.target)
     for run in runs:
-        reach(run, target, mode)
+        reach(run, target, objective)
     summary = summarise(runs, args.methods)
-    checks = goals(summary, mode)
+    checks = goals(summary, objective)
     print_summary(summary, runs, target, source, args.budget)
     for key in ("epochs_sentence", "keras_tuner_sentence"):
         if key in checks:
@@ -367,10 +376,11 @@ def main(argv: list[str] | None = None) -> int:
               + ", ".join(f"{f['method']} seed {f['seed']}" for f in failed))
     args.out.mkdir(parents=True, exist_ok=True)
     write_result(args.out / "search_efficiency.json", {
-        "load_average_at_start": load, "space": str(args.space), "data": str(args.data), "budget_s": args.budget, "seeds": list(range(args.seeds)),
-        "stop_grace_s": STOP_GRACE_S, "metric": runs[0]["metric"], "mode": mode,
-        "settings": {"num_samples": NUM_SAMPLES, "max_epochs": settings.max_epochs, "grace_period": settings.grace_period,
-                     "reduction_factor": settings.reduction_factor},
+        "load_average_at_start": load, "space": str(args.space), "data": str(args.data), "budget_s": args.budget,
+        "seeds": list(range(args.seeds)),
+        "stop_grace_s": STOP_GRACE_S, **objective.to_record(),
+        "settings": {"num_samples": NUM_SAMPLES, "max_epochs": settings.max_epochs,
+                     "grace_period": settings.grace_period, "reduction_factor": settings.reduction_factor},
         "methods": {m: {"label": METHODS[m][0], "settings": METHODS[m][1]} for m in args.methods},
         "target": {"value": target, "source": source},
         "runs": runs, "failed": failed, "summary": summary, "goals": checks,

@@ -78,7 +78,7 @@ from _common import (
 )
 
 from automl.data import Dataset, load_dataset
-from automl.spec import Spec, TrainingSpec, load_spec
+from automl.spec import Spec, TrainingSpec, load_spec, search_overrides
 
 PARTS = ("data", "plain", "tune", "startup", "concurrency")
 CANDIDATE_SPEC = REPO / "search_spaces" / "seed000_proposed.yaml"
@@ -92,12 +92,16 @@ OVERHEAD_GOAL_PCT, STARTUP_GOAL_S = 5.0, 2.0
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=3, help="measured epochs after one warm-up, plain and Tune (default 3)")
-    parser.add_argument("--startup-trials", type=int, default=5, help="sequential trials for start-up times (default 5)")
+    parser.add_argument("--epochs", type=int, default=3,
+                        help="measured epochs after one warm-up, plain and Tune (default 3)")
+    parser.add_argument("--startup-trials", type=int, default=5,
+                        help="sequential trials for start-up times (default 5)")
     parser.add_argument("--search-trials", type=int, default=6, help="trials per concurrency search (default 6)")
-    parser.add_argument("--search-epochs", type=int, default=3, help="epochs per trial of the concurrency searches (default 3)")
+    parser.add_argument("--search-epochs", type=int, default=3,
+                        help="epochs per trial of the concurrency searches (default 3)")
     parser.add_argument("--skip", default="", help=f"comma-separated parts to leave out, of: {', '.join(PARTS)}")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="HAM10000 folder (default ../shared/data/ham10000_28)")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                        help="HAM10000 folder (default ../shared/data/ham10000_28)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default results/benchmarks)")
     args = parser.parse_args(argv)
     args.skip = {p.strip() for p in args.skip.split(",") if p.strip()}
@@ -150,9 +154,10 @@ def plain_fit(spec: Spec, dataset: Dataset, epochs: int) -> dict[str, Any]:
     from automl.trial import fit_candidate
 
     timer = EpochTimer()
-    # Default training settings: no learning-rate schedule, like a search trial.
-    fit_candidate(spec.model_config(), dataset, TrainingSpec(epochs=epochs + 1, seed=spec.training.seed),
-                  callbacks=[timer], early_stopping=False)
+    # Patience 0: early stopping off, every epoch runs.
+    fit_candidate(spec.model_config(), dataset, spec.objective,
+                  TrainingSpec(epochs=epochs + 1, early_stopping_patience=0, seed=spec.training.seed),
+                  callbacks=[timer])
     return rates(timer.seconds[0], timer.seconds[1:], train_size(dataset))
 
 
@@ -191,12 +196,13 @@ def run_trials(spec: Spec, dataset: Dataset, trials: int, epochs: int, work_dir:
     """``trials`` sequential trials of the fixed candidate, ``epochs`` each, built as ``automl search`` builds them."""
     from automl.search._ray import build_tuner
 
-    settings = spec.with_overrides(search={
+    spec = spec.with_overrides(search_overrides({
         "searcher": "random", "scheduler": "none", "num_samples": trials, "max_epochs": epochs,
         "max_concurrent": 1, "cpu": CPUS, "grace_period": 1,
-    }).search
+    }))
     clock = TrialClock()
-    tuner = build_tuner(dataset, spec.space, settings, work_dir, "throughput", [clock])  # the data goes to the object store here
+    # The data goes to the object store here.
+    tuner = build_tuner(dataset, spec, work_dir / "throughput", [clock])
     clock.fit_called = time.time()
     tuner.fit()
     return clock
@@ -208,7 +214,8 @@ def tune_rates(clock: TrialClock, images: int) -> dict[str, Any]:
     elapsed = [r["elapsed_s"] for r in results]
     end_to_end = [b - a for a, b in itertools.pairwise(elapsed)]
     in_step = [r["in_step_s"] for r in results[1:]]
-    return {"end_to_end": rates(elapsed[0], end_to_end, images), "in_step": rates(results[0]["in_step_s"], in_step, images)}
+    return {"end_to_end": rates(elapsed[0], end_to_end, images),
+            "in_step": rates(results[0]["in_step_s"], in_step, images)}
 
 
 def startup_times(clock: TrialClock) -> list[dict[str, Any]]:
@@ -240,7 +247,8 @@ def tune_parts(spec: Spec, dataset: Dataset, args: argparse.Namespace, work_dir:
     try:
         if "tune" not in args.skip:
             console.info(f"tune: one trial of {args.epochs + 1} epochs")
-            out["tune"] = tune_rates(run_trials(spec, dataset, 1, args.epochs + 1, work_dir / "tune"), train_size(dataset))
+            clock = run_trials(spec, dataset, 1, args.epochs + 1, work_dir / "tune")
+            out["tune"] = tune_rates(clock, train_size(dataset))
         if "startup" not in args.skip:
             console.info(f"startup: {args.startup_trials} sequential one-epoch trials")
             out["startup"] = startup_times(run_trials(spec, dataset, args.startup_trials, 1, work_dir / "startup"))
@@ -253,23 +261,28 @@ def tune_parts(spec: Spec, dataset: Dataset, args: argparse.Namespace, work_dir:
 
 
 def trials_per_hour(args: argparse.Namespace, concurrent: int) -> dict[str, Any] | None:
-    """A small random search with ``concurrent`` trials at a time sharing the CPUs; trials finished per hour (None: it failed)."""
+    """A small random search with ``concurrent`` trials at a time sharing the CPUs; trials finished per hour.
+
+    None when the search failed.
+    """
     cpu = CPUS // concurrent
-    spec = load_spec(SEARCH_SPEC).with_overrides(search={
+    spec = load_spec(SEARCH_SPEC).with_overrides(search_overrides({
         "searcher": "random", "scheduler": "none", "num_samples": args.search_trials, "max_epochs": args.search_epochs,
         "grace_period": 1, "max_concurrent": concurrent, "cpu": cpu, "seed": 0,
-    })
+    }))
     run_dir = args.out / RUNS / f"throughput-concurrency{concurrent}"
-    console.info(f"concurrency {concurrent}: {args.search_trials} trials of {args.search_epochs} epochs (log: {run_dir / 'search.log'})")
+    console.info(f"concurrency {concurrent}: {args.search_trials} trials of {args.search_epochs} epochs "
+                 f"(log: {run_dir / 'search.log'})")
     outcome = run_search_process(spec, args.data.resolve(), run_dir)
     if not mark_complete(outcome, concurrent=concurrent):
-        console.info(f"concurrency {concurrent}: the search failed (exit code {outcome.returncode}); see {run_dir / 'search.log'}")
+        console.info(f"concurrency {concurrent}: the search failed (exit code {outcome.returncode}); "
+                     f"see {run_dir / 'search.log'}")
         return None
     search = read_search(run_dir)
     done = int(search.trials["status"].isin(["completed", "pruned", "errored"]).sum())
     span = float(search.epochs["t"].max())  # search start to the last epoch: Ray's shutdown is not a trial's cost
-    return {"concurrent": concurrent, "cpu_per_trial": cpu, "trials": done, "epochs": len(search.epochs), "span_s": span,
-            "trials_per_hour": done / span * 3600, "run_dir": str(run_dir)}
+    return {"concurrent": concurrent, "cpu_per_trial": cpu, "trials": done, "epochs": len(search.epochs),
+            "span_s": span, "trials_per_hour": done / span * 3600, "run_dir": str(run_dir)}
 
 
 # --- report --------------------------------------------------------------------------------------
@@ -287,12 +300,14 @@ def report(results: dict[str, Any]) -> dict[str, Any]:
         rows.append(["plain model.fit", f"{plain['images_per_s']:.0f} images/s",
                      f"epochs {', '.join(f'{s:.1f}' for s in plain['epoch_s'])} s; warm-up {plain['warmup_s']:.1f} s"])
     if tuned := results.get("tune"):
-        for kind, what in (("end_to_end", "training, validation, checkpoint, reporting"), ("in_step", "training and validation")):
+        for kind, what in (("end_to_end", "training, validation, checkpoint, reporting"),
+                           ("in_step", "training and validation")):
             rate = tuned[kind]
             overhead = (plain["images_per_s"] - rate["images_per_s"]) / plain["images_per_s"] * 100 if plain else None
             rate["overhead_pct"] = overhead
+            epochs = ", ".join(f"{s:.1f}" for s in rate["epoch_s"])
             rows.append([f"Ray Tune trial, {kind.replace('_', ' ')}", f"{rate['images_per_s']:.0f} images/s",
-                         f"overhead {fmt(overhead, 1)} %; epochs {', '.join(f'{s:.1f}' for s in rate['epoch_s'])} s ({what})"])
+                         f"overhead {fmt(overhead, 1)} %; epochs {epochs} s ({what})"])
         if plain:
             overhead = tuned["end_to_end"]["overhead_pct"]
             checks["overhead_pct"], checks["overhead_goal_met"] = overhead, overhead < OVERHEAD_GOAL_PCT
@@ -311,17 +326,18 @@ def report(results: dict[str, Any]) -> dict[str, Any]:
     if runs := results.get("concurrency"):
         for run in runs:
             rows.append([f"trials/hour, {run['concurrent']} at a time ({run['cpu_per_trial']} CPU each)",
-                         f"{run['trials_per_hour']:.0f}", f"{run['trials']} trials, {run['epochs']} epochs in {run['span_s']:.0f} s"])
+                         f"{run['trials_per_hour']:.0f}",
+                         f"{run['trials']} trials, {run['epochs']} epochs in {run['span_s']:.0f} s"])
         if len(runs) == 2:
             checks["concurrency_speedup"] = runs[1]["trials_per_hour"] / runs[0]["trials_per_hour"]
             rows.append(["speed-up of 2 at a time", f"{checks['concurrency_speedup']:.2f}x", ""])
     print_table(f"Throughput on {CPUS} CPUs", ["measure", "value", "detail"], rows,
-                caption="start-up = driver time from the slot being free (fit() called for the first trial; the previous "
-                        "trial's end for later ones) to the trial's first epoch result, minus that epoch's own time in the "
-                        "trial; launch = slot free to trial start, result gap = the rest.")
+                caption="start-up = driver time from the slot being free (fit() called for the first trial; the "
+                        "previous trial's end for later ones) to the trial's first epoch result, minus that epoch's "
+                        "own time in the trial; launch = slot free to trial start, result gap = the rest.")
     if "overhead_goal_met" in checks:
-        print(f"Ray trial overhead on throughput (end to end): {checks['overhead_pct']:.1f} % (goal < {OVERHEAD_GOAL_PCT:.0f} %): "
-              f"{'goal met' if checks['overhead_goal_met'] else 'goal not met'}")
+        print(f"Ray trial overhead on throughput (end to end): {checks['overhead_pct']:.1f} % "
+              f"(goal < {OVERHEAD_GOAL_PCT:.0f} %): {'goal met' if checks['overhead_goal_met'] else 'goal not met'}")
     if "startup_goal_met" in checks:
         print(f"trial start-up after the first trial: median {checks['startup_later_median_s']:.2f} s "
               f"(goal < {STARTUP_GOAL_S:.0f} s): {'goal met' if checks['startup_goal_met'] else 'goal not met'}")
@@ -372,7 +388,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     spec = candidate_spec()
-    results: dict[str, Any] = {"load_average_at_start": check_idle(), "candidate": dict(spec.hyperparameters), "cpus": CPUS}
+    results: dict[str, Any] = {"load_average_at_start": check_idle(), "candidate": dict(spec.hyperparameters),
+                               "cpus": CPUS}
     if "data" not in args.skip:
         console.info("data: loading the dataset cold, then warm")
         results["data"] = time_data_prep(spec, args.data)

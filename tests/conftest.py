@@ -21,7 +21,8 @@ COLOURS = {
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-def make_ham(root: Path, lesions_per_class: int = 12, size: int = 20, seed: int = 0, folders=("HAM10000_images",)) -> Path:
+def make_ham(root: Path, lesions_per_class: int = 12, size: int = 20, seed: int = 0,
+             folders=("HAM10000_images",)) -> Path:
     """Write a HAM10000-layout folder: metadata CSV plus noisy, class-coloured JPEGs.
 
     Lesions have 1 to 3 images each; images are dealt round-robin over ``folders``.

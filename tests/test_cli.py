@@ -64,7 +64,8 @@ def bad_inputs(tiny_ham: Path, tmp_path: Path):
                        SPEC, "unknown dx"),
         "missing image": (lambda: images[4].unlink(), SPEC, "1 of"),
         "corrupt jpeg": (lambda: images[5].write_bytes(images[5].read_bytes()[:30]), SPEC, "corrupt"),
-        "unknown key": (lambda: None, spec_with("hyperparameters: {conv_blocks: 2}\ntraning: {}\n"), "unknown key 'traning'"),
+        "unknown key": (lambda: None, spec_with("hyperparameters: {conv_blocks: 2}\ntraning: {}\n"),
+                        "unknown key 'traning'"),
         "wrong type": (lambda: None, spec_with("hyperparameters: {dense_units: many}\n"), "dense_units: expected int"),
         "too deep": (lambda: None, spec_with("hyperparameters: {conv_blocks: 6}\n"), "too deep for 28x28"),
     }

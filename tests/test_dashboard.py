@@ -18,8 +18,10 @@ from automl.dashboard import _figures as figures
 from automl.dashboard import create_app, serve
 from automl.dashboard._importance import param_importances
 from automl.files import write_json
+from automl.layout import RunLayout
 from automl.metrics import classification_metrics
-from automl.store import RunStore, read_epochs, read_trials, utc_now, write_run_info
+from automl.objective import Objective
+from automl.store import RunStore, utc_now, write_run_info
 
 METRIC = "val_balanced_accuracy"
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -37,7 +39,7 @@ def make_run(results: Path, name: str, trials: int = 6, epochs: int = 4, running
                    scheduler="asha", metric=METRIC, mode="max", num_samples=trials + 2, max_epochs=epochs,
                    started=utc_now(), task="binary", image_size=[28, 28], split="lesion-grouped, seed 0")
     (run_dir / "spec.yaml").write_text("hyperparameters:\n  learning_rate: {float: [1.0e-4, 1.0e-2], log: true}\n")
-    store = RunStore(run_dir, METRIC, "max", max_epochs=epochs, flush_every_s=math.inf)
+    store = RunStore(run_dir, Objective.of(METRIC), max_epochs=epochs, flush_every_s=math.inf)
     for i in range(trials):
         blocks = 2 + i % 3
         params = {"conv_blocks": blocks, "learning_rate": 10 ** -(2 + i / 3), "optimizer": ("adam", "sgd")[i % 2],
@@ -134,7 +136,7 @@ def test_broken_results_show_a_message_instead_of_an_error(tmp_path):
     results = tmp_path / "results"
     write_run_info(results / "just_started", name="just_started", status="running", metric=METRIC, mode="max")
     write_run_info(results / "no_epoch_yet", name="no_epoch_yet", status="running", metric=METRIC, mode="max")
-    store = RunStore(results / "no_epoch_yet", METRIC, "max", max_epochs=4)
+    store = RunStore(results / "no_epoch_yet", Objective.of(METRIC), max_epochs=4)
     store.trial_started("first", {"conv_blocks": 2})
     store.trial_started("second", {"conv_blocks": 3})
     store.flush(force=True)  # two trials running, none has finished an epoch
@@ -163,7 +165,7 @@ def test_refresh_redraws_only_when_the_run_changed(results):
     client = create_app(results).server.test_client()
     first = page(client, "/runs/live_run").get_json()["response"]["shown"]["data"]
     assert page(client, "/runs/live_run", shown=first).status_code == 204  # unchanged: nothing sent
-    store = RunStore(results / "live_run", METRIC, "max", max_epochs=4)
+    store = RunStore(results / "live_run", Objective.of(METRIC), max_epochs=4)
     store.trial_started("fresh", {"conv_blocks": 2})
     store.epoch("fresh", 1, metrics(0.9), 1.0, {})
     store.flush(force=True)
@@ -184,6 +186,25 @@ def test_downloads_serve_only_files_of_existing_runs(results):
         assert client.get(path).status_code == 404, path
     for path in ("/files/..%2F..%2Fsecret.txt/model_card.md", "/files/finished_run/..%2F..%2F..%2Fsecret.txt"):
         assert "TOP SECRET" not in client.get(path).get_data(as_text=True), path  # slashes never reach the route
+
+
+def test_downloads_never_follow_symlinks_out_of_the_results(results, tmp_path):
+    client = create_app(results).server.test_client()
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP SECRET")
+    run_dir = results / "finished_run"
+    (run_dir / "ensemble" / "report.md").symlink_to(secret)
+    (run_dir / "model" / "leak.txt").symlink_to(secret)
+    (run_dir / "model" / "card_link.md").symlink_to(run_dir / "model" / "model_card.md")  # inside: kept
+    assert client.get("/files/finished_run/report.md").status_code == 404
+    archive = zipfile.ZipFile(io.BytesIO(client.get("/files/finished_run/model.zip").data))
+    assert "finished_run_model/leak.txt" not in archive.namelist()
+    assert archive.read("finished_run_model/card_link.md") == b"# model card\n"
+    elsewhere = tmp_path / "elsewhere"  # a run folder that is itself a link out of the results
+    add_models(make_run(elsewhere, "outside", running=0))
+    (results / "linked").symlink_to(elsewhere / "outside")
+    for artifact in ("model.zip", "model_card.md", "roc.png"):
+        assert client.get(f"/files/linked/{artifact}").status_code == 404, artifact
 
 
 def test_read_only_loopback_and_no_external_assets(results):
@@ -208,28 +229,28 @@ def test_dashboard_imports_neither_ray_nor_tensorflow(results):
 
 
 def test_figures_mark_pruned_trials_and_say_when_wall_time_is_missing(results):
-    trials, epochs = read_trials(results / "live_run"), read_epochs(results / "live_run")
+    trials, epochs = RunLayout(results / "live_run").read_trials(), RunLayout(results / "live_run").read_epochs()
     fig = figures.learning_curves(trials, epochs, METRIC, "asha")
     stopped = next(t for t in fig.data if t.name == "stopped by ASHA at its rung")
     assert stopped.marker.symbol == "x" and set(stopped.x) == {2} and set(stopped.text) == {"trial01", "trial03"}
     assert {t.name for t in fig.data} >= {"completed (3)", "pruned (2)", "running (1)"}
 
-    by_time = figures.best_by_time(epochs, METRIC, "max")
+    by_time = figures.best_by_time(epochs, Objective.of(METRIC))
     assert by_time["seconds"].iloc[0] == 0 and by_time["best"].is_monotonic_increasing
-    assert figures.best_by_time(epochs.drop(columns="timestamp"), METRIC, "max") is None
+    assert figures.best_by_time(epochs.drop(columns="timestamp"), Objective.of(METRIC)) is None
     shuffled = trials.sample(frac=1, random_state=1)
-    in_start_order = figures.best_by_trial(shuffled, METRIC, "max")["trial_id"]
+    in_start_order = figures.best_by_trial(shuffled, Objective.of(METRIC))["trial_id"]
     assert list(in_start_order) == list(trials.sort_values("started_at")["trial_id"])
-    in_file_order = figures.best_by_trial(shuffled.drop(columns="started_at"), METRIC, "max")["trial_id"]
+    in_file_order = figures.best_by_trial(shuffled.drop(columns="started_at"), Objective.of(METRIC))["trial_id"]
     assert list(in_file_order) == list(shuffled["trial_id"])
 
 
 def test_importance_handles_conditional_and_too_few_trials(results):
-    trials = read_trials(results / "finished_run")
-    importances, notes = param_importances(trials, METRIC, "max")
+    trials = RunLayout(results / "finished_run").read_trials()
+    importances, notes = param_importances(trials, Objective.of(METRIC))
     assert set(importances) == {"conv_blocks", "learning_rate", "optimizer", "batch_norm", "block_dropout_3"}
     assert any("block_dropout_3" in n and "conditional" in n for n in notes)
-    assert param_importances(trials.head(1), METRIC, "max") == ({}, [
+    assert param_importances(trials.head(1), Objective.of(METRIC)) == ({}, [
         "needs at least 2 completed or pruned trials with a value; this run has 1"])
 
 
@@ -274,7 +295,7 @@ def test_pages_in_a_real_browser_with_live_refresh(results, tmp_path):
         wait_for(lambda: len(leaderboard_ids()) == 6, "6 leaderboard rows")
         wait_for(graphs_drawn(5), "the experiment's plots")
         driver.execute_script("window.stillThisPage = true")
-        store = RunStore(results / "live_run", METRIC, "max", max_epochs=4)  # a search going on
+        store = RunStore(results / "live_run", Objective.of(METRIC), max_epochs=4)  # a search going on
         store.trial_started("newtrial", {"conv_blocks": 4, "learning_rate": 1e-3, "optimizer": "adam"})
         store.epoch("newtrial", 1, metrics(0.95), 1.0, {"hostname": "h"})
         store.flush(force=True)

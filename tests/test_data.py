@@ -70,7 +70,8 @@ def test_dermamnist_split_file_reports_its_leak(shared_data):
 def test_real_150px_images_resize_like_medmnist(shared_data):
     """Our resize of the 150x112 originals lands close to MedMNIST's own 28px pictures."""
     sample = load_dataset(shared_data / "ham10000_sample_150", image_size=(28, 28))
-    assert decode_image(next((shared_data / "ham10000_sample_150" / "HAM10000_images").glob("*.jpg"))).shape == (112, 150, 3)
+    first_image = next((shared_data / "ham10000_sample_150" / "HAM10000_images").glob("*.jpg"))
+    assert decode_image(first_image).shape == (112, 150, 3)
     ids = sample.table["image_id"]
     small = np.stack([decode_image(shared_data / "ham10000_28" / "HAM10000_images" / f"{i}.jpg") for i in ids])
     mad = np.abs(sample.images.astype(float) - small).mean()
@@ -118,7 +119,8 @@ def test_missing_and_corrupt_images_are_reported_together(tiny_ham):
     images[0].unlink()
     images[1].write_bytes(images[1].read_bytes()[:40])  # truncated JPEG
     images[2].write_text("not an image")
-    with pytest.raises(DataError, match=r"3 of \d+ images are missing or unreadable .*ISIC_0000000 \(missing\).*--skip-bad-images") as err:
+    expected = r"3 of \d+ images are missing or unreadable .*ISIC_0000000 \(missing\).*--skip-bad-images"
+    with pytest.raises(DataError, match=expected) as err:
         load_dataset(tiny_ham, image_size=(16, 16))
     assert "\n" not in str(err.value)
 

@@ -1,7 +1,12 @@
 import numpy as np
 import pytest
 
-from automl.ensemble import average, balanced_accuracy, build_ensemble, greedy_selection
+from automl.ensemble import average, build_ensemble, greedy_selection
+from automl.objective import Objective
+
+
+def balanced_accuracy(y, probs):
+    return Objective().score(y, probs)
 
 
 def one_hot(pred, k=3, confidence=0.8):
@@ -54,3 +59,22 @@ def test_mean_and_weighted():
     np.testing.assert_allclose(average([A, B, C], weighted.weights).sum(axis=1), 1.0)
     with pytest.raises(ValueError, match="unknown ensemble method"):
         build_ensemble("vote", [A], Y)
+
+
+@pytest.mark.parametrize("metric", ["val_auc", "val_loss", "val_macro_f1"])
+def test_greedy_follows_the_objective_including_one_to_minimise(metric):
+    objective = Objective.of(metric)
+    singles = [objective.score(Y, p) for p in (A, B, C)]
+    ens = greedy_selection([A, B, C], Y, objective)
+    assert ens.picks[0] == objective.best_index(singles)
+    # Every added pick made the objective strictly better, in the objective's own direction.
+    assert all(objective.better(b, a) for a, b in zip(ens.scores, ens.scores[1:]))
+    assert ens.scores[-1] == pytest.approx(objective.score(Y, ens.predict([A, B, C])))
+    assert not objective.better(singles[ens.picks[0]], ens.scores[-1])
+
+
+def test_weighted_by_a_loss_gives_the_lower_loss_more_weight():
+    objective = Objective.of("val_loss")
+    weighted = build_ensemble("weighted", [A, C], Y, objective)
+    losses = [objective.score(Y, p) for p in (A, C)]
+    assert (weighted.weights[0] > weighted.weights[1]) == (losses[0] < losses[1])

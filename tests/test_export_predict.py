@@ -1,8 +1,10 @@
 """Export of an ensemble graph (raw images in), reload in plain TensorFlow, and predict's CSV."""
 
 import json
+import re
 import subprocess
 import sys
+import zipfile
 
 import keras
 import numpy as np
@@ -69,17 +71,53 @@ def test_predict_schema_and_error_rows(exported, tmp_path):
     rng = np.random.default_rng(2)
     Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(images / "ISIC_A.jpg")
     Image.fromarray(rng.integers(0, 256, (50, 20), dtype=np.uint8)).save(images / "sub" / "ISIC_B.png")  # greyscale
+    Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(images / "sub" / "ISIC_A.jpg")  # same name
     (images / "ISIC_C.jpg").write_bytes(b"not a jpeg")
-    table = predict_files(model_dir, [images, tmp_path / "missing.jpg"], tmp_path / "preds.csv")
+    (images / "broken.jpg").symlink_to(tmp_path / "gone.jpg")
+    (images / "loop.png").symlink_to(images / "loop.png")
+    # The folder, a file in it again and a missing file: one row per path.
+    table = predict_files(model_dir, [images, images / "ISIC_A.jpg", tmp_path / "missing.jpg"], tmp_path / "preds.csv")
     written = pd.read_csv(tmp_path / "preds.csv", keep_default_na=False)
-    assert list(written.columns) == ["image_id", "dx_pred", *[f"p_{c}" for c in DX_CLASSES], "error"]
-    rows = written.set_index("image_id")
-    assert set(rows.index) == {"ISIC_A", "ISIC_B", "ISIC_C", "missing"}
-    assert rows.loc["ISIC_C", "error"] and rows.loc["missing", "error"] == "missing"
-    assert rows.loc["ISIC_A", "error"] == "" and rows.loc["ISIC_A", "dx_pred"] in DX_CLASSES
+    assert list(written.columns) == ["image_id", "path", "dx_pred", *[f"p_{c}" for c in DX_CLASSES], "error"]
+    assert written["path"].is_unique and len(table) == len(written) == 7
+    rows = written.set_index("path")
+    same_name = [str(images / "ISIC_A.jpg"), str(images / "sub" / "ISIC_A.jpg")]
+    assert list(rows.loc[same_name, "image_id"]) == ["ISIC_A", "ISIC_A"]
+    assert rows.loc[str(images / "ISIC_C.jpg"), "error"]
+    assert rows.loc[str(tmp_path / "missing.jpg"), "error"] == "missing"
+    assert rows.loc[str(images / "broken.jpg"), "error"] == "broken symbolic link"
+    assert "symbolic links" in rows.loc[str(images / "loop.png"), "error"]
+    first = rows.loc[str(images / "ISIC_A.jpg")]
+    assert first["error"] == "" and first["dx_pred"] in DX_CLASSES
     expected = model(decode_image(images / "ISIC_A.jpg")[None]).numpy()[0]
-    np.testing.assert_allclose(rows.loc["ISIC_A", [f"p_{c}" for c in DX_CLASSES]].astype(float), expected, atol=1e-6)
-    assert len(table) == 4
+    np.testing.assert_allclose(first[[f"p_{c}" for c in DX_CLASSES]].astype(float), expected, atol=1e-6)
+
+
+def test_predict_bad_arguments_are_one_line_before_the_model_loads(tmp_path):
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(image)
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "model.keras").write_text("junk\n")
+
+    def refused(match, out="preds.csv"):
+        with pytest.raises(UserError, match=match) as raised:
+            predict_files(model_dir, [image], tmp_path / out)
+        assert "\n" not in str(raised.value) and not (tmp_path / "preds.csv").exists()
+
+    card = re.escape(str(model_dir / "model_card.json")) + ": "
+    (tmp_path / "outdir").mkdir()
+    refused(r"outdir: is a folder; --out names the CSV file to write", out="outdir")
+    refused(card + "missing")
+    (model_dir / "model_card.json").write_text("{bad")
+    refused(card + "(not valid JSON|damaged)")
+    (model_dir / "model_card.json").write_text('{"classes": "nv"}')
+    refused(card + "field classes must be a list")
+    (model_dir / "model_card.json").write_text(json.dumps({"classes": ["benign", "malignant"]}))
+    refused(r"model.keras: not a Keras model file")
+    with zipfile.ZipFile(model_dir / "model.keras", "w") as archive:  # a zip, but not a model
+        archive.writestr("readme.txt", "hello")
+    refused(r"model.keras: cannot load the model")
 
 
 def test_predict_fails_only_when_nothing_is_readable(exported, tmp_path):

@@ -53,7 +53,8 @@ def test_bad_params_name_the_field(params, message):
 def test_too_deep_for_the_image_is_rejected():
     cfg = ModelConfig.from_params({"conv_blocks": 5})
     cfg.check_image_size(64, 64)
-    with pytest.raises(SpecError, match="5 conv blocks with pool_size 2 are too deep for 28x28 images.*at most 4 blocks"):
+    with pytest.raises(SpecError,
+                       match="5 conv blocks with pool_size 2 are too deep for 28x28 images.*at most 4 blocks"):
         cfg.check_image_size(28, 28)
 
 

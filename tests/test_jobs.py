@@ -4,6 +4,7 @@ The cluster runs under its own token and ports; the fixture stops exactly the pr
 """
 
 import os
+import re
 import secrets
 import socket
 import subprocess
@@ -13,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from automl.cli import main
-from automl.jobs import jobs_url, resolve_token
-from automl.store import read_epochs, read_trials
+from automl.errors import UserError
+from automl.jobs import Jobs, check_job_id, jobs_url, resolve_token
+from automl.layout import RunLayout
 
 LOCAL_SH = Path(__file__).resolve().parents[1] / "cluster" / "local.sh"
 TINY_JOB = """
@@ -55,7 +57,8 @@ def cluster(tmp_path_factory):
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     }
     env.pop("RAY_AUTH_TOKEN", None)
-    started = subprocess.run(["bash", str(LOCAL_SH), "start"], env=env, capture_output=True, text=True, timeout=180, check=False)
+    started = subprocess.run(["bash", str(LOCAL_SH), "start"], env=env, capture_output=True, text=True,
+                             timeout=180, check=False)
     try:
         assert started.returncode == 0, started.stderr + started.stdout
         yield f"http://127.0.0.1:{env['DASHBOARD_PORT']}", token, env
@@ -70,6 +73,19 @@ def run_cli(args, capsys):
     code = main(args)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def test_empty_or_malformed_job_ids_are_one_line_before_any_request():
+    assert check_job_id("raysubmit_4LamXRuQpYdSMg7J") == "raysubmit_4LamXRuQpYdSMg7J"
+    for job_id, reason in (("", "empty"), ("  ", "empty"), ("a/b", "must not contain '/'"),
+                           ("a b\n", "must not contain '\\n' ' '")):
+        with pytest.raises(UserError, match=f"job id.*{re.escape(reason)}"):
+            check_job_id(job_id)
+    jobs = object.__new__(Jobs)  # no cluster: the id is refused before the client is touched
+    jobs.client = None
+    for method in (jobs.info, jobs.logs, jobs.stop):
+        with pytest.raises(UserError, match="empty"):
+            method("")
 
 
 def test_jobs_url_and_token_resolution(monkeypatch, tmp_path):
@@ -92,12 +108,13 @@ def test_submit_wait_runs_a_search_on_the_cluster(cluster, tiny_ham, tmp_path, c
                               "--name", "tiny", "--results", str(results), "--search-only", "--wait"], capsys)
     assert code == 0, err
     assert "SUCCEEDED" in out and "[4/4]" in out
-    trials, epochs = read_trials(results / "tiny"), read_epochs(results / "tiny")
+    trials, epochs = RunLayout(results / "tiny").read_trials(), RunLayout(results / "tiny").read_epochs()
     assert len(trials) == 4 and set(trials["status"]) == {"completed"}
     # Every epoch records the Ray node that ran it. (Whether the worker gets a trial is a race
     # between its cold actor and the head's warm, reused one: seconds-long tiny trials lose it.)
     assert epochs["node_id"].str.fullmatch("[0-9a-f]{56}").all()
-    status = subprocess.run(["bash", str(LOCAL_SH), "status"], env=env, capture_output=True, text=True, timeout=60, check=False)
+    status = subprocess.run(["bash", str(LOCAL_SH), "status"], env=env, capture_output=True, text=True,
+                             timeout=60, check=False)
     assert "live nodes: 2" in status.stdout
 
     job_id = next(line.split()[1] for line in out.splitlines() if line.startswith("submitted "))
@@ -148,13 +165,13 @@ def test_bad_spec_fails_before_contacting_the_cluster(tmp_path, capsys):
 
 
 def test_submit_forwards_every_search_setting_under_a_flag_the_cluster_understands():
-    from automl.cli import SEARCH_FLAGS, build_parser
-    from automl.spec import SEARCH_OVERRIDES
+    from automl.cli import SUBMIT_GROUPS, build_parser
+    from automl.spec import settings_with_flags
 
     parser = build_parser()
-    samples = {"engine": "ray", "searcher": "random", "scheduler": "none", "keras_tuner": "bayesian", "metric": "val_auc",
-               "mode": "max"}
-    for key in SEARCH_OVERRIDES:
-        value = samples.get(key, "2")
-        args = parser.parse_args(["run", "s.yaml", "--data", "d", "--name", "n", SEARCH_FLAGS[key], value])
-        assert str(getattr(args, key)) in (value, f"{value}.0"), key
+    samples = {"search.engine": "ray", "search.searcher": "random", "search.scheduler": "none",
+               "search.keras_tuner": "bayesian", "objective.metric": "val_auc", "objective.mode": "max"}
+    for setting in settings_with_flags(*SUBMIT_GROUPS):
+        value = samples.get(setting.key, "2")
+        args = parser.parse_args(["run", "s.yaml", "--data", "d", "--name", "n", setting.flag, value])
+        assert str(getattr(args, setting.dest)) in (value, f"{value}.0"), setting.key

@@ -7,6 +7,7 @@ import pandas as pd
 
 from automl.cli import main
 from automl.data import DX_CLASSES
+from automl.layout import RunLayout
 from automl.retrain import read_members
 from tests.test_search import TINY_SEARCH
 
@@ -15,8 +16,9 @@ def test_run_then_predict(tiny_ham, tmp_path, capsys):
     spec = tmp_path / "tiny.yaml"
     spec.write_text(TINY_SEARCH + "training: {epochs: 4, early_stopping_patience: 2}\n")
     results = tmp_path / "results"
+    # --metric val_auc: one objective for the search, the retrain, the ensemble and the report.
     code = main(["run", str(spec), "--data", str(tiny_ham), "--name", "e2e", "--results", str(results),
-                 "--top-k", "2", "--seeds", "2"])
+                 "--top-k", "2", "--seeds", "2", "--metric", "val_auc"])
     assert code == 0, capsys.readouterr().err
     run_dir = results / "e2e"
 
@@ -26,10 +28,11 @@ def test_run_then_predict(tiny_ham, tmp_path, capsys):
     summary = json.loads((run_dir / "ensemble" / "ensemble.json").read_text())
     assert abs(sum(summary["weights"].values()) - 1) < 1e-9 and summary["method"] == "greedy"
     metrics = json.loads((run_dir / "ensemble" / "metrics.json").read_text())
-    assert metrics["ensemble"]["val"]["balanced_accuracy"] >= metrics[summary["best_member"]]["val"]["balanced_accuracy"]
+    assert summary["objective"] == {"metric": "val_auc", "mode": "max"}
+    assert metrics["ensemble"]["val"]["auc"] >= metrics[summary["best_member"]]["val"]["auc"]
     assert len(metrics["ensemble"]["test_ci95"]["balanced_accuracy"]) == 2
     report = (run_dir / "ensemble" / "report.md").read_text()
-    assert "MedMNIST v2" in report and "(best member on val)" in report
+    assert "MedMNIST v2" in report and "(best member on val)" in report and "val_auc (max)" in report
     # Provenance: the exact command, the machine and each stage's wall time.
     assert f"command: `automl run {spec}" in report and "- machine: " in report
     assert "- search: " in report and "- retrain: top 2 x 2 seed(s) = 4 members" in report
@@ -47,6 +50,37 @@ def test_run_then_predict(tiny_ham, tmp_path, capsys):
 
     # --resume on a finished search skips it and redoes the later stages.
     trials_before = (run_dir / "trials.parquet").stat().st_mtime_ns
-    code = main(["run", str(spec), "--data", str(tiny_ham), "--name", "e2e", "--results", str(results), "--resume", "--top-k", "1"])
+    code = main(["run", str(spec), "--data", str(tiny_ham), "--name", "e2e", "--results", str(results), "--resume",
+                 "--top-k", "1"])
     assert code == 0 and "already finished" in capsys.readouterr().out
     assert (run_dir / "trials.parquet").stat().st_mtime_ns == trials_before and len(read_members(run_dir)) == 1
+
+
+def test_a_metric_to_minimise_is_minimised_by_every_stage(tiny_ham, tmp_path, capsys):
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY_SEARCH + "training: {epochs: 3, early_stopping_patience: 1}\n")
+    results, run_dir = tmp_path / "results", tmp_path / "results" / "loss"
+    code = main(["run", str(spec), "--data", str(tiny_ham), "--name", "loss", "--results", str(results),
+                 "--top-k", "2", "--metric", "val_loss", "--num-samples", "2", "--max-epochs", "2"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    run = RunLayout(run_dir)
+    assert (run.read_info()["metric"], run.read_info()["mode"]) == ("val_loss", "min")
+    # Search: each trial's best epoch is the one with the lowest val_loss.
+    epochs = run.read_epochs()
+    for trial in run.read_trials().to_dict("records"):
+        mine = epochs[epochs["trial_id"] == trial["trial_id"]]
+        assert trial["best_val_loss"] == mine["val_loss"].min()
+    # Retrain: early stopping kept the epoch of the lowest val_loss.
+    for member in read_members(run_dir).to_dict("records"):
+        history = pd.read_csv(run.member_history(run.member(member["member_id"])))
+        assert member["best_epoch"] == history.loc[history["val_loss"].idxmin(), "epoch"]
+        assert "early stopping patience 1 on val_loss (min)" in err
+    # Ensemble: greedy selection lowered val_loss at every pick, the best member has the lowest val_loss.
+    summary, metrics = run.read_ensemble(), run.read_ensemble_metrics()
+    assert summary["objective"] == {"metric": "val_loss", "mode": "min"}
+    assert summary["greedy_scores"] == sorted(summary["greedy_scores"], reverse=True)
+    members = [m for m in metrics if m != "ensemble"]
+    assert summary["best_member"] == min(members, key=lambda m: metrics[m]["val"]["loss"])
+    assert metrics["ensemble"]["val"]["loss"] <= metrics[summary["best_member"]]["val"]["loss"] + 1e-12
+    assert "selected by val_loss (min)" in run.report.read_text()

@@ -5,14 +5,28 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
 import pytest
 
 from automl.cli import main
+from automl.layout import RunLayout
 from automl.search import run_search
-from automl.spec import load_spec
-from automl.store import read_epochs, read_run_info, read_trials
+from automl.search._ray import CandidateTrainable
+from automl.spec import load_spec, search_overrides
+
+
+def read_trials(run_dir):
+    return RunLayout(run_dir).read_trials()
+
+
+def read_epochs(run_dir):
+    return RunLayout(run_dir).read_epochs()
+
+
+def read_run_info(run_dir):
+    return RunLayout(run_dir).read_info()
 
 TINY_SEARCH = """
 name: tiny_search
@@ -69,11 +83,23 @@ def test_optuna_asha_search(tiny_ham, tiny_spec, tmp_path):
     assert trials["status"].isin(["completed", "pruned"]).all()
 
 
-def test_random_asha_search_retries_a_failed_trial_from_its_checkpoint(tiny_ham, tiny_spec, tmp_path, monkeypatch):
-    monkeypatch.setenv("AUTOML_FAULT_EPOCH", "2")
-    monkeypatch.setenv("AUTOML_FAULT_DIR", str(tmp_path / "faults"))
-    spec = load_spec(tiny_spec).with_overrides(search={"searcher": "random", "num_samples": 3, "scheduler": "none"})
-    run_dir = run_search(spec, tiny_ham, "random_fault", tmp_path / "results")
+def test_random_asha_search_retries_a_failed_trial_from_its_checkpoint(tiny_ham, tiny_spec, tmp_path):
+    faults = str(tmp_path / "faults")
+
+    class FailsOnceAtEpoch2(CandidateTrainable):
+        """The engine's trainable, except that each trial raises once at its second epoch (a marker file per trial)."""
+
+        def step(self):
+            marker = Path(faults) / self.trial_id
+            if self.runner is not None and self.runner.epochs_done == 1 and not marker.exists():
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.touch()
+                raise RuntimeError(f"injected fault in trial {self.trial_id} at epoch 2")
+            return super().step()
+
+    spec = load_spec(tiny_spec).with_overrides(search_overrides({"searcher": "random", "num_samples": 3,
+                                                                 "scheduler": "none"}))
+    run_dir = run_search(spec, tiny_ham, "random_fault", tmp_path / "results", trainable=FailsOnceAtEpoch2)
     trials = check_store(run_dir, 3, 3)
     # Every trial failed once at epoch 2, resumed from its epoch-1 checkpoint and still finished.
     assert (trials["status"] == "completed").all()
@@ -110,7 +136,7 @@ def test_driver_killed_then_resumed_keeps_finished_trials(tiny_ham, tiny_spec, t
 
 
 def test_keras_tuner_engine_writes_the_same_store(tiny_ham, tiny_spec, tmp_path):
-    spec = load_spec(tiny_spec).with_overrides(search={"engine": "keras-tuner", "keras_tuner": "hyperband"})
+    spec = load_spec(tiny_spec).with_overrides(search_overrides({"engine": "keras-tuner", "keras_tuner": "hyperband"}))
     run_dir = run_search(spec, tiny_ham, "kt", tmp_path / "results")
     trials, epochs = read_trials(run_dir), read_epochs(run_dir)
     assert len(trials) >= 2 and set(trials["status"]) <= FINISHED
@@ -119,8 +145,8 @@ def test_keras_tuner_engine_writes_the_same_store(tiny_ham, tiny_spec, tmp_path)
 
 
 def test_time_budget_ends_a_search_as_finished(tiny_ham, tiny_spec, tmp_path):
-    spec = load_spec(tiny_spec).with_overrides(search={"num_samples": 1000, "max_epochs": 50, "scheduler": "none",
-                                                       "time_budget_s": 45})
+    spec = load_spec(tiny_spec).with_overrides(search_overrides({"num_samples": 1000, "max_epochs": 50,
+                                                                 "scheduler": "none", "time_budget_s": 45}))
     run_dir = run_search(spec, tiny_ham, "budget", tmp_path / "results")
     trials = read_trials(run_dir)
     assert read_run_info(run_dir)["status"] == "finished"

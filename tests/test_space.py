@@ -62,8 +62,10 @@ def test_keras_tuner_hyperparameters_carry_conditions():
         ({"dense_units": {"int": [16, 64], "stride": 2}}, "unknown key 'stride'"),
         ({"dense_units": {"int": [16, 64], "choice": [1]}}, "give exactly one of"),
         ({"block_dropout_4": {"float": [0, 0.5], "when": "conv_blocks >= 4"}}, "refers to 'conv_blocks', which is not"),
-        ({"block_dropout_4": {"float": [0, 0.5], "when": "conv_blocks >= 4"}, "conv_blocks": 4}, "list 'conv_blocks' before"),
-        ({"conv_blocks": {"choice": [2]}, "block_dropout_4": {"float": [0, 0.5], "when": "conv_blocks is big"}}, "expected 'NAME OP VALUE'"),
+        ({"block_dropout_4": {"float": [0, 0.5], "when": "conv_blocks >= 4"}, "conv_blocks": 4},
+         "list 'conv_blocks' before"),
+        ({"conv_blocks": {"choice": [2]}, "block_dropout_4": {"float": [0, 0.5], "when": "conv_blocks is big"}},
+         "expected 'NAME OP VALUE'"),
     ],
 )
 def test_bad_dimensions_are_spec_errors(space, message):

@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -27,14 +28,52 @@ def test_shipped_seed000_spec_is_the_papers_model():
 
 def test_overrides_are_validated(tmp_path):
     spec = load_spec(write(tmp_path, "hyperparameters: {conv_blocks: 2}\n"))
-    spec = spec.with_overrides(image_size="75x100", epochs=3, split_file="split.csv")
+    spec = spec.with_overrides({"data.image_size": "75x100", "training.epochs": 3, "data.split.file": "split.csv"})
     assert spec.data.image_size == (75, 100)
     assert spec.training.epochs == 3
     assert spec.data.split.method == "file"
-    with pytest.raises(SpecError, match="--epochs: must be at least 1"):
-        spec.with_overrides(epochs=0)
+    with pytest.raises(SpecError, match="--epochs: 0 is below the minimum 1"):
+        spec.with_overrides({"training.epochs": 0})
     with pytest.raises(SpecError, match="--image-size: expected S or HEIGHTxWIDTH"):
-        spec.with_overrides(image_size="big")
+        spec.with_overrides({"data.image_size": "big"})
+    with pytest.raises(SpecError, match="--time-budget: expected a finite number"):
+        spec.with_overrides({"search.time_budget_s": float("nan")})
+    with pytest.raises(SpecError, match="--cpus-per-trial: expected a finite number"):
+        spec.with_overrides({"search.resources.cpu": float("nan")})
+
+
+def test_one_objective_for_every_stage(tmp_path):
+    spec = load_spec(write(tmp_path, "objective: {metric: val_loss}\nhyperparameters: {conv_blocks: 2}\n"))
+    assert (spec.objective.name, spec.objective.direction) == ("val_loss", "min")
+    auc = spec.with_overrides({"objective.metric": "val_auc"})
+    assert (auc.objective.name, auc.objective.direction) == ("val_auc", "max")  # the new metric's own direction
+    # Specs from before the objective section: training.metric and search.metric/mode are the objective.
+    legacy = load_spec(write(tmp_path, "training: {metric: val_auc}\nsearch: {metric: val_auc, mode: max}\n"))
+    assert legacy.objective.name == "val_auc"
+    assert load_spec(write(tmp_path, legacy.to_yaml())) == dataclasses.replace(legacy, source=tmp_path / "spec.yaml")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("training: {metric: val_auc}\nsearch: {metric: val_loss}\n",
+         r"training.metric \(val_auc\) and search.metric \(val_loss\) disagree; a spec has one objective"),
+        ("objective: {metric: val_auc}\nsearch: {metric: val_loss}\n", r"disagree; a spec has one objective"),
+        ("objective: {metric: val_recall}\n", r"objective.metric: 'val_recall' is not one of"),
+        ("hyperparameters:\n  learning_rate: .nan\n", r"learning_rate: expected a finite number"),
+        ("hyperparameters:\n  dense_dropout: .nan\n", r"dense_dropout: expected a finite number"),
+        ("hyperparameters:\n  learning_rate: {float: [.nan, 0.1]}\n", r"learning_rate"),
+        ("data:\n  split: {fractions: [.nan, .5, .5]}\n", r"fractions\[0\]: expected a finite number"),
+        ("training:\n  seed: 10000000000000000000000000000000000000000\n", r"training.seed: .* is above the maximum"),
+        ("search:\n  num_samples: 10000000000000000000000000000000000000000\n", r"num_samples: .* is above the maximum"),
+        ("search:\n  time_budget_s: .inf\n", r"time_budget_s: expected a finite number"),
+        ("training:\n  epochs: 3\ntraining:\n  epochs: 4\n", r"duplicate key 'training'"),
+        ("hyperparameters:\n  conv_blocks: 2\n  conv_blocks: 3\n", r"duplicate key 'conv_blocks'"),
+    ],
+)
+def test_non_finite_out_of_range_duplicate_and_conflicting_values_are_one_clear_error(tmp_path, text, message):
+    with pytest.raises(SpecError, match=message):
+        load_spec(write(tmp_path, text))
 
 
 @pytest.mark.parametrize(

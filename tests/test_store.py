@@ -1,6 +1,16 @@
 import pandas as pd
 
-from automl.store import RunStore, read_epochs, read_trials
+from automl.layout import RunLayout
+from automl.objective import Objective
+from automl.store import RunStore
+
+
+def read_trials(run_dir):
+    return RunLayout(run_dir).read_trials()
+
+
+def read_epochs(run_dir):
+    return RunLayout(run_dir).read_epochs()
 
 
 def metrics(value):
@@ -9,7 +19,7 @@ def metrics(value):
 
 
 def test_schema_statuses_and_best_values(tmp_path):
-    store = RunStore(tmp_path, metric="val_balanced_accuracy", mode="max", max_epochs=3)
+    store = RunStore(tmp_path, Objective.of("val_balanced_accuracy"), max_epochs=3)
     store.trial_started("a", {"conv_blocks": 2, "learning_rate": 1e-3})
     store.trial_started("b", {"conv_blocks": 3, "learning_rate": 3e-3})
     for epoch, value in enumerate([0.3, 0.5, 0.4], start=1):
@@ -30,10 +40,10 @@ def test_schema_statuses_and_best_values(tmp_path):
 
 
 def test_reopened_store_keeps_finished_trials_and_overwrites_repeated_epochs(tmp_path):
-    store = RunStore(tmp_path, metric="val_loss", mode="min", max_epochs=2)
+    store = RunStore(tmp_path, Objective.of("val_loss"), max_epochs=2)
     store.epoch("a", 1, metrics(0.1), 1.0, {})
     store.trial_finished("a", "errored", "boom")
-    again = RunStore(tmp_path, metric="val_loss", mode="min", max_epochs=2)
+    again = RunStore(tmp_path, Objective.of("val_loss"), max_epochs=2)
     again.epoch("b", 1, metrics(0.1), 1.0, {})
     again.epoch("b", 1, metrics(0.3), 1.5, {})  # a retried trial repeats epoch 1
     again.flush(force=True)

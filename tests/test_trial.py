@@ -2,6 +2,7 @@ import numpy as np
 
 from automl.data import load_dataset
 from automl.hparams import ModelConfig
+from automl.objective import Objective
 from automl.spec import TrainingSpec
 from automl.trial import TrainingBatches, balanced_class_weights, evaluate, fit_candidate, resample_indices
 
@@ -34,7 +35,7 @@ def test_short_real_training_run_learns_the_tiny_data(tiny_ham):
     ds = load_dataset(tiny_ham, image_size=(16, 16))
     cfg = ModelConfig.from_params({"conv_blocks": 2, "base_filters": 8, "dense_units": 32, "dense_dropout": 0.0,
                                    "learning_rate": 3e-3, "batch_size": 16, "imbalance": "class_weight"})
-    result = fit_candidate(cfg, ds, TrainingSpec(epochs=12, early_stopping_patience=5))
+    result = fit_candidate(cfg, ds, Objective(), TrainingSpec(epochs=12, early_stopping_patience=5))
     assert 1 <= len(result.history) <= 12
     assert {"loss", "val_balanced_accuracy", "val_macro_f1", "val_auc", "val_loss"} <= set(result.history[0])
     test = evaluate(result.model, ds, "test")

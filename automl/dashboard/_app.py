@@ -87,16 +87,22 @@ def render_page(results_dir: Path, parts: list[str], search: str) -> list:
 
 
 def _file(results_dir: Path, name: str, artifact: str) -> flask.Response:
-    """A run's exported model (zipped on the fly), model card, report or ROC plot; 404 for anything else."""
+    """A run's exported model (zipped on the fly), model card, report or ROC plot; 404 for anything else.
+
+    Only files whose real path (symbolic links resolved) lies inside the results folder are served, and the zip
+    holds only files whose real path lies inside the run's model folder: a link to /etc/passwd is never sent.
+    """
     run_dir = run_path(results_dir, name)
     if run_dir is None:
         flask.abort(404)
-    if artifact == "model.zip" and (run_dir / "model").is_dir():
+    root = Path(results_dir).resolve()
+    model_dir = (run_dir / "model").resolve()
+    if artifact == "model.zip" and model_dir.is_dir() and model_dir.is_relative_to(root):
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-            for path in sorted((run_dir / "model").rglob("*")):
-                if path.is_file():
-                    archive.write(path, Path(f"{name}_model") / path.relative_to(run_dir / "model"))
+            for path in sorted(model_dir.rglob("*")):
+                if path.is_file() and path.resolve().is_relative_to(model_dir):
+                    archive.write(path.resolve(), Path(f"{name}_model") / path.relative_to(model_dir))
         buffer.seek(0)
         return flask.send_file(buffer, mimetype="application/zip", as_attachment=True,
                                download_name=f"{name}_model.zip")
@@ -104,6 +110,6 @@ def _file(results_dir: Path, name: str, artifact: str) -> flask.Response:
         path = model_card(run_dir)
     else:
         path = run_dir / "ensemble" / artifact if artifact in ENSEMBLE_FILES else None
-    if path is None or not path.is_file():
+    if path is None or not path.is_file() or not path.resolve().is_relative_to(root):
         flask.abort(404)
     return flask.send_file(path.resolve(), as_attachment=path.suffix == ".md", download_name=f"{name}_{artifact}")

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from automl.store import hyperparameter_columns
+from automl.layout import best_column, hyperparameter_columns, hyperparameter_name
+from automl.objective import Objective
 
 STATUS_COLOURS = {"completed": "#1f77b4", "pruned": "#8c96a3", "running": "#2ca02c", "errored": "#ff7f0e"}
 STOPPED_COLOUR = "#d62728"
@@ -38,27 +39,28 @@ def note_figure(title: str, text: str) -> go.Figure:
     return fig
 
 
-def best_by_time(epochs: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame | None:
-    """Best-so-far ``metric`` against seconds since the run's first epoch; ``None`` when epochs have no timestamp."""
+def best_by_time(epochs: pd.DataFrame, objective: Objective) -> pd.DataFrame | None:
+    """Best-so-far objective against seconds since the run's first epoch; ``None`` when epochs have no timestamp."""
+    metric = objective.name
     if "timestamp" not in epochs or metric not in epochs:
         return None
     scored = epochs[["timestamp", metric]].dropna().sort_values("timestamp", kind="stable")
     if scored.empty:
         return None
-    best = scored[metric].cummax() if mode == "max" else scored[metric].cummin()
+    best = objective.running_best(scored[metric])
     seconds = scored["timestamp"] - scored["timestamp"].iloc[0]
     return pd.DataFrame({"seconds": seconds.to_numpy(), "best": best.to_numpy()})
 
 
-def best_by_trial(trials: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
+def best_by_trial(trials: pd.DataFrame, objective: Objective) -> pd.DataFrame:
     """Each trial's best value in start order (``started_at`` when recorded, else file order), the best so far,
     and the epochs trained by then (a proxy for compute when wall time was not recorded)."""
-    column = f"best_{metric}"
+    column = best_column(objective.name)
     if column not in trials:
         return pd.DataFrame(columns=["trial", "trial_id", "status", "value", "best", "epochs_so_far"])
     ordered = trials.sort_values("started_at", kind="stable") if "started_at" in trials else trials
     values = ordered[column].astype(float)
-    best = (values.cummax() if mode == "max" else values.cummin()).ffill()
+    best = objective.running_best(values).ffill()
     return pd.DataFrame({"trial": np.arange(1, len(ordered) + 1), "trial_id": ordered["trial_id"].to_numpy(),
                          "status": ordered["status"].to_numpy(), "value": values.to_numpy(), "best": best.to_numpy(),
                          "epochs_so_far": ordered["epochs"].fillna(0).cumsum().to_numpy()})
@@ -110,9 +112,9 @@ def learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame, metric: str, sch
 
 def parallel_coordinates(trials: pd.DataFrame, metric: str, order: list[str], log_scaled: frozenset[str]) -> go.Figure:
     """Hyperparameters (``order`` first, at most ``MAX_AXES``; ``log_scaled`` in log10) against the best ``metric``."""
-    column = f"best_{metric}"
+    column = best_column(metric)
     scored = trials[trials[column].notna()] if column in trials else trials.iloc[:0]
-    varying = [c[3:] for c in hyperparameter_columns(scored) if scored[c].nunique(dropna=False) > 1]
+    varying = [hyperparameter_name(c) for c in hyperparameter_columns(scored) if scored[c].nunique(dropna=False) > 1]
     names = ([n for n in order if n in varying] + sorted(n for n in varying if n not in order))[:MAX_AXES]
     title = f"hyperparameters vs {column}"
     if len(varying) > len(names):

@@ -8,15 +8,16 @@ import optuna
 import optuna.importance  # pulls in scipy and scikit-learn (seconds): paid at start-up, not on the first page
 import pandas as pd
 
-from automl.store import hyperparameter_columns
+from automl.layout import best_column, hp_column, hyperparameter_columns, hyperparameter_name
+from automl.objective import Objective
 
 # Numeric hyperparameters with at most this many values seen are treated as choices (e.g. conv_blocks).
 MAX_CHOICES = 5
 
 
-def param_importances(trials: pd.DataFrame, metric: str, mode: str,
+def param_importances(trials: pd.DataFrame, objective: Objective,
                       log_scaled: frozenset[str] = frozenset()) -> tuple[dict[str, float], list[str]]:
-    """Optuna's importances (PED-ANOVA) of every searched hyperparameter for ``best_<metric>``.
+    """Optuna's importances (PED-ANOVA) of every searched hyperparameter for the trials' best objective.
 
     Uses completed and pruned trials (a pruned trial's value is its best epoch before it was
     stopped); ``log_scaled`` names the ranges the spec samples on a log scale. Returns the
@@ -24,25 +25,26 @@ def param_importances(trials: pd.DataFrame, metric: str, mode: str,
     when there is too little to go on.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one "study created" line per page view otherwise
-    column = f"best_{metric}"
+    column = best_column(objective.name)
     if trials.empty or column not in trials or "status" not in trials:
         return {}, ["no trial has a value of the metric yet"]
     usable = trials[trials["status"].isin(["completed", "pruned"]) & trials[column].notna()]
     if len(usable) < 2:
         return {}, [f"needs at least 2 completed or pruned trials with a value; this run has {len(usable)}"]
     distributions, fixed = {}, []
-    for name in hyperparameter_columns(usable):
-        values = usable[name].dropna()
+    for column_name in hyperparameter_columns(usable):
+        values, name = usable[column_name].dropna(), hyperparameter_name(column_name)
         if values.nunique() < 2:
-            fixed.append(name[3:])
+            fixed.append(name)
         else:
-            distributions[name[3:]] = _distribution(values, name[3:] in log_scaled)
+            distributions[name] = _distribution(values, name in log_scaled)
     if not distributions:
         return {}, ["every hyperparameter has one value in these trials"]
-    conditional = [n for n in distributions if usable[f"hp_{n}"].isna().any()]
-    study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
+    conditional = [n for n in distributions if usable[hp_column(n)].isna().any()]
+    study = optuna.create_study(direction=f"{objective.direction}imize")
     for row in usable.to_dict("records"):
-        params = {n: _value(distributions[n], row[f"hp_{n}"]) for n in distributions if not _missing(row[f"hp_{n}"])}
+        params = {n: _value(distributions[n], row[hp_column(n)]) for n in distributions
+                  if not _missing(row[hp_column(n)])}
         study.add_trial(optuna.trial.create_trial(
             params=params, distributions={n: distributions[n] for n in params}, value=float(row[column])))
     try:

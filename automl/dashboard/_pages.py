@@ -15,10 +15,11 @@ from dash.dash_table.Format import Format, Scheme, Trim
 from automl.dashboard import _figures as figures
 from automl.dashboard._importance import param_importances
 from automl.dashboard._runs import Models, Run, cached, load_models, load_run, model_card, run_names
+from automl.layout import best_column, hyperparameter_columns, hyperparameter_name
+from automl.objective import HEADLINE, METRICS, Objective
 from automl.published import PUBLISHED
-from automl.store import STATUSES, hyperparameter_columns
+from automl.store import STATUSES
 
-TEST_METRICS = ("balanced_accuracy", "macro_f1", "accuracy", "auc")
 BINARY_METRICS = ("sensitivity", "specificity")
 NO_WALL_TIME = "wall-time data not recorded<br>(epochs.parquet without timestamps, written before they were added)"
 NUMBER = Format(precision=4, scheme=Scheme.decimal_or_exponent).trim(Trim.yes)
@@ -114,15 +115,15 @@ def experiment_page(results_dir: Path, name: str) -> list:
     content = [_run_header(run), *[note(m, "warn") for m in run.messages]]
     if run.trials.empty:
         return [*content, note("No trial has reported yet. This page refreshes on its own while the search runs.")]
-    metric, mode = run.metric, run.mode
-    by_time = figures.best_by_time(run.epochs, metric, mode)
+    metric, objective = run.metric, run.objective
+    by_time = figures.best_by_time(run.epochs, objective)
     time_figure = (figures.best_so_far({name: by_time}, "seconds", "wall time", "seconds since the first epoch", metric)
                    if by_time is not None else figures.note_figure("best so far vs wall time", NO_WALL_TIME))
     order_note = "" if "started_at" in run.trials else "no start times recorded: trials in the order of trials.parquet"
-    trial_figure = figures.best_so_far({name: figures.best_by_trial(run.trials, metric, mode)}, "trial", "trials",
+    trial_figure = figures.best_so_far({name: figures.best_by_trial(run.trials, objective)}, "trial", "trials",
                                        "trials in start order", metric, note=order_note)
-    importances, importance_notes = cached(f"importance:{run.path}", (run.version, metric, mode),
-                                           lambda: param_importances(run.trials, metric, mode, run.log_scaled))
+    importances, importance_notes = cached(f"importance:{run.path}", (run.version, objective),
+                                           lambda: param_importances(run.trials, objective, run.log_scaled))
     importance = (_graph(figures.importance_bars(importances), "importance") if importances
                   else note("Hyperparameter importance: " + importance_notes[0]))
     return [
@@ -146,7 +147,7 @@ def _run_header(run: Run) -> html.Div:
     search = f"{info.get('engine', '-')}: {info.get('searcher', '-')} searcher, {info.get('scheduler', '-')} scheduler"
     facts = [
         ("search", search),
-        ("metric", f"{run.metric} ({run.mode})"),
+        ("objective", str(run.objective)),
         ("trials", ", ".join(f"{counts.get(s, 0)} {s}" for s in ("completed", "pruned", "errored", "running"))
          + f" of {info.get('num_samples', '?')} planned, up to {info.get('max_epochs', '?')} epochs each"),
         ("best", _fmt(run.best(), 4)),
@@ -165,8 +166,8 @@ def _best_trial(run: Run) -> html.Div:
     best = _best_row(run)
     if not best:
         return note("No trial has a value of the metric yet.")
-    scores = [(c.removeprefix("best_"), _fmt(best[c], 4)) for c in best if c.startswith("best_val_")]
-    params = [(c[3:], f"{best[c]:.4g}" if isinstance(best[c], float) else str(best[c]))
+    scores = [(m, _fmt(best.get(best_column(m)), 4)) for m in METRICS if best_column(m) in best]
+    params = [(hyperparameter_name(c), f"{best[c]:.4g}" if isinstance(best[c], float) else str(best[c]))
               for c in hyperparameter_columns(run.trials) if not _missing(best[c])]
     status = f"{best.get('status')}, {best.get('epochs')} epochs, best at epoch {_fmt(best.get('best_epoch'), 0)}"
     return html.Div([html.H3(f"Best trial: {best['trial_id']}"), _facts([("status", status), *scores, *params])],
@@ -177,17 +178,17 @@ def _leaderboard(run: Run) -> dash_table.DataTable:
     """Every trial and every hyperparameter, best first; sorting and filtering happen in the browser."""
     trials, score = run.trials, run.score_column
     if score in trials:
-        trials = trials.sort_values(score, ascending=run.mode == "min", na_position="last", kind="stable")
+        trials = run.objective.sort(trials, score)
     ranked = trials.assign(rank=range(1, len(trials) + 1))
     groups = [("trial", ["rank", "trial_id", "status", "epochs", "best_epoch"]),
-              ("best on validation", [score] + sorted(c for c in trials if c.startswith("best_val_") and c != score)),
+              ("best on validation", [score] + [best_column(m) for m in METRICS if best_column(m) != score]),
               ("hyperparameters", hyperparameter_columns(trials)),
               ("where", ["wall_time_s", "started_at", "hostname", "error"])]
     columns, shown = [], []
     for group, names in groups:
         for column in (c for c in names if c in ranked):
             numeric = pd.api.types.is_numeric_dtype(ranked[column]) and not pd.api.types.is_bool_dtype(ranked[column])
-            label = column.removeprefix("hp_").removeprefix("best_val_")
+            label = hyperparameter_name(column).removeprefix(best_column("val_"))
             columns.append({"id": column, "name": [group, label], "type": "numeric" if numeric else "text",
                             **({"format": NUMBER} if numeric and column != "started_at" else {})})
             shown.append(column)
@@ -223,11 +224,11 @@ def models_page(results_dir: Path, name: str) -> list:
                              "automl run) write them. This page refreshes on its own.")]
     models = load_models(run)
     content = [*title, *[note(m, "warn") for m in models.messages]]
-    rows = _model_rows(models)
+    rows = _model_rows(models, run.objective)
     if not rows:
         return [*content, note("No member has test metrics yet.")]
     task = run.info.get("task") or (models.ensemble or {}).get("task") or "multiclass"
-    metrics = TEST_METRICS + (BINARY_METRICS if task == "binary" else ())
+    metrics = HEADLINE + (BINARY_METRICS if task == "binary" else ())
     if ensemble := models.ensemble or {}:
         content.append(html.P(
             f"{ensemble.get('method', '?')} ensemble, chosen on validation only; greedy picks: "
@@ -239,8 +240,8 @@ def models_page(results_dir: Path, name: str) -> list:
             _per_class(models, rows), _roc(run, task), _downloads(run, models)]
 
 
-def _model_rows(models: Models) -> list[dict]:
-    """One row per model, ensemble first: test metrics, validation balanced accuracy, source trial, weight."""
+def _model_rows(models: Models, objective: Objective) -> list[dict]:
+    """One row per model, ensemble first: test metrics, the validation objective, source trial, weight."""
     weights = (models.ensemble or {}).get("weights") or {}
     members = {}
     if models.members is not None and "member_id" in models.members:
@@ -255,9 +256,9 @@ def _model_rows(models: Models) -> list[dict]:
         member, test = members.get(model, {}), result.get("test") or {}
         rows.append({"model": model, "trial": member.get("trial_id", "-"), "seed": member.get("seed", "-"),
                      "epochs": member.get("epochs", "-"), "weight": weights.get(model),
-                     "val": (result.get("val") or {}).get("balanced_accuracy"), "ci": result.get("test_ci95") or {},
+                     "val": (result.get("val") or {}).get(objective.key), "ci": result.get("test_ci95") or {},
                      "per_class": test.get("per_class"), "confusion_matrix": test.get("confusion_matrix"),
-                     **{m: test.get(m) for m in TEST_METRICS + BINARY_METRICS}})
+                     **{m: test.get(m) for m in HEADLINE + BINARY_METRICS}})
     return rows
 
 
@@ -270,7 +271,7 @@ def _comparison_table(run: Run, rows: list[dict], metrics: tuple[str, ...], task
         return [text, html.Br(), html.Small(f"[{low_high[0]:.3f},\u00a0{low_high[1]:.3f}]")]
 
     split, size = run.info.get("split", "-"), _size(run.info)
-    header = ["model", "source trial", "seed", "epochs", "weight", "val balanced acc.",
+    header = ["model", "source trial", "seed", "epochs", "weight", f"val {run.objective.key.replace('_', ' ')}",
               *[f"test {m.replace('_', ' ')}" for m in metrics], "resolution", "split"]
     table = [[r["model"], r["trial"], r["seed"], r["epochs"], _fmt(r["weight"], 2), _fmt(r["val"]),
               *[value(r, m) for m in metrics], size, split] for r in rows]
@@ -305,7 +306,7 @@ def _roc(run: Run, task: str) -> html.Div:
     if task != "binary":
         return note(f"ROC curves are drawn for the binary task; this run is {task} (its macro one-vs-rest AUC is in "
                     "the table).")
-    if not (run.path / "ensemble" / "roc.png").is_file():
+    if not run.layout.roc_png.is_file():
         return note("No ROC plot: automl ensemble writes ensemble/roc.png for binary runs.", "warn")
     return html.Div([html.H3("ROC, test split"), html.Img(src=f"/files/{quote(run.name)}/roc.png", className="plot")],
                     className="card")
@@ -315,10 +316,10 @@ def _downloads(run: Run, models: Models) -> html.Div:
     files = f"/files/{quote(run.name)}"
     items = [html.A("exported model (zip of model/: model.keras, saved_model/, model card)", href=f"{files}/model.zip",
                     id="download-model") if models.model_dir
-             else f"No exported model: automl export {run.name} --out {run.path / 'model'} writes one."]
+             else f"No exported model: automl export {run.name} --out {run.layout.model.root} writes one."]
     if model_card(run.path):
         items.append(html.A("model card (markdown)", href=f"{files}/model_card.md", id="download-card"))
-    if (run.path / "ensemble" / "report.md").is_file():
+    if run.layout.report.is_file():
         items.append(html.A("ensemble report (markdown)", href=f"{files}/report.md"))
     return html.Div([html.H3("Downloads"), html.Ul([html.Li(item) for item in items])], className="card")
 
@@ -337,8 +338,8 @@ def compare_page(results_dir: Path, selected: list[str]) -> list:
     if len(metrics) > 1:
         content.append(note(f"These runs optimise different metrics ({', '.join(metrics)}): each curve is its own "
                             "run's metric.", "warn"))
-    by_trial = {r.name: figures.best_by_trial(r.trials, r.metric, r.mode).drop(columns="status") for r in runs}
-    by_time = {r.name: figures.best_by_time(r.epochs, r.metric, r.mode) for r in runs}
+    by_trial = {r.name: figures.best_by_trial(r.trials, r.objective).drop(columns="status") for r in runs}
+    by_time = {r.name: figures.best_by_time(r.epochs, r.objective) for r in runs}
     untimed = [n for n, curve in by_time.items() if curve is None]
     timed = {n: curve for n, curve in by_time.items() if curve is not None}
     time_note = f"wall time not recorded for: {', '.join(untimed)}" if untimed else ""
@@ -353,13 +354,13 @@ def compare_page(results_dir: Path, selected: list[str]) -> list:
         counts, best_row = run.counts(), _best_row(run)
         rows.append([dcc.Link(run.name, href=_run_href(run.name)), _status(run.status), run.info.get("searcher", "-"),
                      run.info.get("scheduler", "-"), "/".join(str(counts.get(s, 0)) for s in STATUSES[1:]),
-                     len(run.epochs), run.metric, _fmt(run.best()), _fmt(best_row.get("best_val_macro_f1")),
+                     len(run.epochs), run.metric, _fmt(run.best()), _fmt(best_row.get(best_column("val_macro_f1"))),
                      _duration(run.duration_s())])
-        bars.append({"model": run.name, **{m: best_row.get(f"best_val_{m}") for m in TEST_METRICS}})
+        bars.append({"model": run.name, **{m: best_row.get(best_column(f"val_{m}")) for m in HEADLINE}})
     by_trials = figures.best_so_far(by_trial, "trial", "trials", "trials in start order", metrics[0])
     by_epochs = figures.best_so_far(by_trial, "epochs_so_far", "epochs trained",
                                     "epochs trained by all trials so far (in start order)", metrics[0])
-    bests = figures.metric_bars(bars, TEST_METRICS, "best trial of each run, validation split")
+    bests = figures.metric_bars(bars, HEADLINE, "best trial of each run, validation split")
     return [*content, _table(header, rows, "compare"),
             html.Div([_graph(by_trials, "compare-trials"), _graph(by_epochs, "compare-epochs"),
                       _graph(time_figure, "compare-time"), _graph(bests, "compare-bars")], className="grid2")]
@@ -368,5 +369,4 @@ def compare_page(results_dir: Path, selected: list[str]) -> list:
 def _best_row(run: Run) -> dict:
     if run.score_column not in run.trials or run.trials[run.score_column].isna().all():
         return {}
-    values = run.trials[run.score_column]
-    return run.trials.loc[values.idxmax() if run.mode == "max" else values.idxmin()].to_dict()
+    return run.objective.sort(run.trials, run.score_column).iloc[0].to_dict()

@@ -8,7 +8,6 @@ the files a running search rewrote. Cached frames are shared between requests: n
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 import time
 from collections.abc import Callable
@@ -19,15 +18,10 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from automl.store import EPOCHS_FILE, RUN_FILE, SPEC_FILE, TRIALS_FILE, read_epochs, read_trials
+from automl.errors import UserError
 
-MEMBERS_FILE = Path("retrain") / "members.parquet"
-ENSEMBLE_FILE = Path("ensemble") / "ensemble.json"
-METRICS_FILE = Path("ensemble") / "metrics.json"
-MODEL_DIR = "model"
-# What a refresh looks at: a change in any of these re-renders the page showing the run.
-WATCHED = (RUN_FILE, TRIALS_FILE, EPOCHS_FILE, MEMBERS_FILE, ENSEMBLE_FILE, METRICS_FILE,
-           Path(MODEL_DIR) / "model_card.json")
+from automl.layout import RunLayout, best_column, json_object
+from automl.objective import Objective
 
 _cache: dict[str, tuple[Any, Any]] = {}
 
@@ -82,15 +76,20 @@ class Run:
     log_scaled: frozenset[str] = frozenset()  # hyperparameters the spec samples on a log scale
 
     def __post_init__(self):
-        self.metric = self.info.get("metric") or "val_balanced_accuracy"
-        self.mode = self.info.get("mode") or "max"
+        self.layout = RunLayout(self.path)
+        try:
+            self.objective = Objective.from_record(self.info)
+        except UserError as exc:
+            self.messages.append(f"run.json names no known objective ({exc}); ranking by the default")
+            self.objective = Objective()
+        self.metric = self.objective.name
         self.status = self.info.get("status") or "unknown"
-        self.score_column = f"best_{self.metric}"
+        self.score_column = best_column(self.metric)
 
     @property
     def version(self) -> tuple:
         """Changes whenever the run's trials or epochs change on disk."""
-        return _stamp(self.path / TRIALS_FILE), _stamp(self.path / EPOCHS_FILE)
+        return _stamp(self.layout.trials), _stamp(self.layout.epochs)
 
     def counts(self) -> dict[str, int]:
         """Trials by status."""
@@ -100,10 +99,7 @@ class Run:
         """The best value of the run's metric over all trials (NaN before any epoch)."""
         if self.score_column not in self.trials:
             return math.nan
-        values = self.trials[self.score_column].dropna()
-        if values.empty:
-            return math.nan
-        return float(values.max() if self.mode == "max" else values.min())
+        return self.objective.best(self.trials[self.score_column])
 
     def started(self) -> dt.datetime | None:
         return _parse_time(self.info.get("started"))
@@ -124,7 +120,7 @@ class Run:
         return (end - start).total_seconds()
 
     def has_models(self) -> bool:
-        return (self.path / METRICS_FILE).is_file() or (self.path / MEMBERS_FILE).is_file()
+        return self.layout.ensemble_metrics.is_file() or self.layout.members.is_file()
 
 
 @dataclass
@@ -151,8 +147,8 @@ def run_names(results_dir: Path) -> list[str]:
         folders = [p for p in Path(results_dir).iterdir() if p.is_dir() and not p.name.startswith(".")]
     except OSError:
         return []
-    runs = [p for p in folders if (p / RUN_FILE).is_file() or (p / TRIALS_FILE).is_file()]
-    return [p.name for p in sorted(runs, key=lambda p: (_stamp(p / RUN_FILE) or (0,))[0], reverse=True)]
+    runs = [p for p in folders if RunLayout(p).is_run()]
+    return [p.name for p in sorted(runs, key=lambda p: (_stamp(RunLayout(p).info_file) or (0,))[0], reverse=True)]
 
 
 def run_path(results_dir: Path, name: str) -> Path | None:
@@ -165,11 +161,12 @@ def load_run(results_dir: Path, name: str) -> Run | None:
     path = run_path(results_dir, name)
     if path is None:
         return None
-    messages = [] if (path / RUN_FILE).is_file() else [f"no {RUN_FILE} yet"]
-    info = _read(path / RUN_FILE, _json_object, messages)
-    trials = _read(path / TRIALS_FILE, lambda p: _checked(read_trials(p.parent), "trial_id", "status"), messages)
-    epochs = _read(path / EPOCHS_FILE, lambda p: _checked(read_epochs(p.parent), "trial_id", "epoch"), messages)
-    log_scaled = _read(path / SPEC_FILE, _log_scaled, messages)
+    run = RunLayout(path)
+    messages = [] if run.info_file.is_file() else [f"no {run.info_file.name} yet"]
+    info = _read(run.info_file, json_object, messages)
+    trials = _read(run.trials, lambda p: _checked(pd.read_parquet(p), "trial_id", "status"), messages)
+    epochs = _read(run.epochs, lambda p: _checked(pd.read_parquet(p), "trial_id", "epoch"), messages)
+    log_scaled = _read(run.spec, _log_scaled, messages)
     return Run(name, path, info or {}, pd.DataFrame() if trials is None else trials,
                pd.DataFrame() if epochs is None else epochs, messages, log_scaled or frozenset())
 
@@ -182,30 +179,21 @@ def _log_scaled(path: Path) -> frozenset[str]:
 def load_models(run: Run) -> Models:
     """The run's retrained members, ensemble summary and test metrics, and its exported model folder."""
     messages: list[str] = []
-    members = _read(run.path / MEMBERS_FILE, pd.read_parquet, messages)
-    ensemble = _read(run.path / ENSEMBLE_FILE, _json_object, messages)
-    metrics = _read(run.path / METRICS_FILE, _json_object, messages)
-    model_dir = run.path / MODEL_DIR
+    members = _read(run.layout.members, pd.read_parquet, messages)
+    ensemble = _read(run.layout.ensemble_json, json_object, messages)
+    metrics = _read(run.layout.ensemble_metrics, json_object, messages)
+    model_dir = run.layout.model.root
     return Models(members, ensemble, metrics, model_dir if model_dir.is_dir() else None, messages)
 
 
-def _json_object(path: Path) -> dict:
-    data = json.loads(path.read_text())
-    if not isinstance(data, dict):
-        raise TypeError("not a JSON object")
-    return data
-
-
 def model_card(run_dir: Path) -> Path | None:
-    """The exported model's card, else the one the ensemble stage wrote."""
-    for path in (run_dir / MODEL_DIR / "model_card.md", run_dir / "ensemble" / "model_card.md"):
-        if path.is_file():
-            return path
-    return None
+    """The exported model's card (Markdown), if the run has been exported."""
+    path = RunLayout(run_dir).model.card_md
+    return path if path.is_file() else None
 
 
 def signature(results_dir: Path, name: str | None = None) -> str:
     """A fingerprint of the watched files of one run (or of every run): it changes when a page would."""
     names = [name] if name else run_names(results_dir)
-    parts = [f"{n}/{f}:{_stamp(Path(results_dir) / n / f)}" for n in names for f in WATCHED]
+    parts = [f"{path}:{_stamp(path)}" for n in names for path in RunLayout(Path(results_dir) / n).watched]
     return "|".join(parts)

@@ -16,7 +16,7 @@ import numpy as np
 from automl.files import atomic_write
 
 # Bump when decoding or resizing changes, so stale caches are never read.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: 16-bit, float and alpha images decoded without clipping
 
 
 def default_cache_dir() -> Path:

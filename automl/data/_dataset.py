@@ -72,51 +72,82 @@ def load_dataset(
     table = read_metadata(data_dir)
     files = index_images(data_dir)
     paths = [files.get(image_id) for image_id in table["image_id"]]
-    fingerprint = data_fingerprint((data_dir / METADATA_FILE).read_bytes(), list(zip(table["image_id"], paths)))
-    key = cache_key(fingerprint, list(zip(table["image_id"], paths)), image_size)
+    located = list(zip(table["image_id"], paths))
+    fingerprint = data_fingerprint((data_dir / METADATA_FILE).read_bytes(), located)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    images, failures = _cached_or_decoded(table, paths, image_size, cache_dir,
+                                          cache_key(fingerprint, located, image_size))
+    table, images, notes = _without_failures(data_dir, table, images, failures, skip_bad_images)
+    table = table.copy()
+    table["label"] = _labels(table, task)
+    table["split"], protocol, split_notes = _split(table, data_dir, split_method, split_file, fractions, split_seed)
+    return Dataset(images, table, task, class_names(task), tuple(image_size), fingerprint, protocol,
+                   notes + split_notes)
 
+
+def _cached_or_decoded(
+    table: pd.DataFrame, paths: list[Path | None], image_size: tuple[int, int], cache_dir: Path, key: str
+) -> tuple[np.ndarray, dict[str, str]]:
+    """The images in table order and ``{image_id: reason}`` of those that failed, from the cache if it has them."""
     cached = read_cache(cache_dir, key)
     if cached is not None:
-        images, failures = cached
-    else:
-        started = time.monotonic()
-        present = [i for i, p in enumerate(paths) if p is not None]
-        with console.progress(len(present), f"decoding {len(present)} images to {image_size[0]}x{image_size[1]}") as bar:
-            decoded, failed_at = load_images([paths[i] for i in present], image_size, progress=bar)
-        images = np.zeros((len(table), *image_size, 3), dtype=np.uint8)
-        images[present] = decoded
-        failures = {table["image_id"][i]: "missing" for i, p in enumerate(paths) if p is None}
-        failures |= {table["image_id"][present[j]]: reason for j, reason in failed_at.items()}
-        write_cache(cache_dir, key, images, failures)
-        console.info(f"decoded {len(present)} images in {time.monotonic() - started:.1f}s; cached as {cache_dir / key}.npy")
+        return cached
+    started = time.monotonic()
+    present = [i for i, p in enumerate(paths) if p is not None]
+    with console.progress(len(present), f"decoding {len(present)} images to {image_size[0]}x{image_size[1]}") as bar:
+        decoded, failed_at = load_images([paths[i] for i in present], image_size, progress=bar)
+    # Missing and undecodable images keep a black placeholder so rows and images stay aligned.
+    images = np.zeros((len(table), *image_size, 3), dtype=np.uint8)
+    images[present] = decoded
+    failures = {table["image_id"][i]: "missing" for i, p in enumerate(paths) if p is None}
+    failures |= {table["image_id"][present[j]]: reason for j, reason in failed_at.items()}
+    write_cache(cache_dir, key, images, failures)
+    console.info(f"decoded {len(present)} images in {time.monotonic() - started:.1f}s; "
+                 f"cached as {cache_dir / key}.npy")
+    return images, failures
 
-    notes = []
-    if failures:
-        first = ", ".join(f"{image_id} ({reason})" for image_id, reason in list(failures.items())[:5])
-        summary = f"{len(failures)} of {len(table)} images (first: {first})"
-        if not skip_bad_images:
-            raise DataError(
-                f"{data_dir}: {len(failures)} of {len(table)} images are missing or unreadable (first: {first}); "
-                "fix them or pass --skip-bad-images to leave them out"
-            )
-        keep = ~table["image_id"].isin(failures).to_numpy()
-        table, images = table[keep].reset_index(drop=True), images[keep]
-        notes.append(f"skipped {summary} that are missing or unreadable")
-        if table.empty:
-            raise DataError(f"{data_dir}: no readable image is left after skipping the bad ones")
 
-    table = table.copy()
+def _without_failures(
+    data_dir: Path, table: pd.DataFrame, images: np.ndarray, failures: dict[str, str], skip_bad_images: bool
+) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
+    """Raise on bad images, or with ``skip_bad_images`` leave them out and say how many in a note."""
+    if not failures:
+        return table, images, []
+    first = ", ".join(f"{image_id} ({reason})" for image_id, reason in list(failures.items())[:5])
+    if not skip_bad_images:
+        raise DataError(
+            f"{data_dir}: {len(failures)} of {len(table)} images are missing or unreadable (first: {first}); "
+            "fix them or pass --skip-bad-images to leave them out"
+        )
+    note = f"skipped {len(failures)} of {len(table)} images (first: {first}) that are missing or unreadable"
+    keep = ~table["image_id"].isin(failures).to_numpy()
+    table, images = table[keep].reset_index(drop=True), images[keep]
+    if table.empty:
+        raise DataError(f"{data_dir}: no readable image is left after skipping the bad ones")
+    return table, images, [note]
+
+
+def _labels(table: pd.DataFrame, task: str) -> pd.Series:
+    """Class indices in :func:`class_names` order: the dx code's, or 1 for malignant dx codes."""
     if task == "multiclass":
-        table["label"] = table["dx"].map({dx: i for i, dx in enumerate(DX_CLASSES)}).astype(np.int64)
-    else:
-        table["label"] = table["dx"].isin(MALIGNANT).astype(np.int64)
+        return table["dx"].map({dx: i for i, dx in enumerate(DX_CLASSES)}).astype(np.int64)
+    return table["dx"].isin(MALIGNANT).astype(np.int64)
 
+
+def _split(
+    table: pd.DataFrame,
+    data_dir: Path,
+    split_method: str,
+    split_file: str | Path | None,
+    fractions: tuple[float, float, float],
+    split_seed: int,
+) -> tuple[np.ndarray, str, list[str]]:
+    """Each row's split, the protocol in words, and a note when a split file leaks lesions."""
     if split_method == "file" or split_file is not None:
         split_path = _resolve_split_file(Path(split_file), data_dir)
-        table["split"] = file_split(table, split_path)
-        leaks = lesion_leaks(table, table["split"].to_numpy())
-        protocol = f"split file {split_path.name}"
+        split = file_split(table, split_path)
+        leaks = lesion_leaks(table, split)
+        protocol, notes = f"split file {split_path.name}", []
         if any(leaks.values()):
             notes.append(
                 f"split file {split_path.name} leaks lesions: {leaks['val']} val and {leaks['test']} test images "
@@ -124,14 +155,13 @@ def load_dataset(
                 "with numbers published on it)"
             )
             protocol += f" (image-level; {leaks['test']} test images share a lesion with train)"
-    else:
-        _check_enough_lesions(table)
-        table["split"] = grouped_split(table, fractions, split_seed)
-        protocol = (
-            f"lesion-grouped, stratified by dx, {'/'.join(f'{f:.0%}' for f in fractions)} "
-            f"train/val/test, seed {split_seed}"
-        )
-    return Dataset(images, table, task, class_names(task), tuple(image_size), fingerprint, protocol, notes)
+        return split, protocol, notes
+    _check_enough_lesions(table)
+    protocol = (
+        f"lesion-grouped, stratified by dx, {'/'.join(f'{f:.0%}' for f in fractions)} "
+        f"train/val/test, seed {split_seed}"
+    )
+    return grouped_split(table, fractions, split_seed), protocol, []
 
 
 def _resolve_split_file(path: Path, data_dir: Path) -> Path:

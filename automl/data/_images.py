@@ -37,18 +37,71 @@ def index_images(data_dir: Path) -> dict[str, Path]:
 
 
 def decode_image(path: Path) -> np.ndarray:
-    """An image file as an (H, W, 3) uint8 RGB array; raises ``ValueError`` saying why it is unreadable."""
+    """An image file as an (H, W, 3) uint8 RGB array; raises ``ValueError`` saying why it is unreadable.
+
+    Every colour mode PIL opens is converted without clipping, after the EXIF orientation is applied:
+
+    - 8-bit modes (greyscale, palette, RGB, CMYK, YCbCr, LAB, HSV) as PIL converts them to RGB.
+    - 16-bit greyscale (``I;16`` and its byte orders): divided by 257, so 65535 becomes 255.
+    - 32-bit integer (``I``): as 16-bit when every value is within 0-65535 (PIL hands 16-bit PNG and TIFF data over
+      in this mode too); otherwise the image's own range, its minimum to 0 and its maximum to 255.
+    - 32-bit float (``F``): the image's own range, minimum to 0 and maximum to 255 (float files have no agreed
+      scale); NaN or infinite values are an error. A constant image of either kind becomes black.
+    - Transparency (``RGBA``, ``LA``, ``PA``, palette or greyscale/RGB with a transparent colour) is composited
+      over black: the area outside a dermatoscope's round field of view is black in ordinary dermoscopy photos, so a
+      cut-out lesion looks like the images the models were trained on.
+    """
     try:
         with Image.open(path) as image:
             image.load()
             image = ImageOps.exif_transpose(image)
-            return np.asarray(image.convert("RGB"), dtype=np.uint8)
     except FileNotFoundError:
-        raise ValueError("missing") from None
+        raise ValueError("broken symbolic link" if os.path.islink(path) else "missing") from None
     except UnidentifiedImageError:
         raise ValueError("not an image PIL can read") from None
-    except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"too large: {exc}") from None
+    except OSError as exc:
+        if exc.errno is not None:  # the file system's error (a folder, no permission, a symlink loop), not PIL's
+            raise ValueError(f"cannot read: {exc.strerror}") from None
         raise ValueError(f"corrupt: {exc}") from None
+    except MemoryError:
+        raise  # this machine's limit, not the file's fault
+    except Exception as exc:  # noqa: BLE001 - PIL's parsers raise many types on damaged files (struct.error, ...)
+        raise ValueError(f"corrupt: {type(exc).__name__}: {exc}") from None
+    if image.width == 0 or image.height == 0:
+        raise ValueError("empty: the image has no pixels")
+    return _to_rgb(image)
+
+
+_PLAIN_MODES = ("1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
+def _to_rgb(image: Image.Image) -> np.ndarray:
+    mode = image.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        values = np.asarray(image).astype(np.float64)
+        if mode == "F" and not np.isfinite(values).all():
+            raise ValueError("float image with NaN or infinite values")
+        lo, hi = values.min(), values.max()
+        if mode != "F" and lo >= 0 and hi <= 65535:
+            grey = values / 257
+        else:
+            grey = (values - lo) * (255 / (hi - lo)) if hi > lo else np.zeros_like(values)
+        rgb = np.repeat(np.round(grey).astype(np.uint8)[..., None], 3, axis=2)
+        transparent = image.info.get("transparency")
+        if isinstance(transparent, int) and mode != "F":  # a 16-bit PNG's tRNS: one grey value means "transparent"
+            rgb[np.asarray(image) == transparent] = 0
+        return rgb
+    if mode in _ALPHA_MODES or (mode in _PLAIN_MODES and "transparency" in image.info):
+        straight = image.convert("LA") if mode == "La" else image  # PIL converts premultiplied La only to LA
+        rgba = np.asarray(straight.convert("RGBA"), dtype=np.float64)
+        # Over black: each colour times its opacity. A product over 255 is never exactly a half, so rounding is exact.
+        return np.round(rgba[..., :3] * rgba[..., 3:] / 255).astype(np.uint8)
+    if mode in _PLAIN_MODES:
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    raise ValueError(f"unsupported colour mode {mode}")
 
 
 def resize_tensor(images, size: tuple[int, int]):

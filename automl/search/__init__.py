@@ -14,21 +14,13 @@ import time
 from pathlib import Path
 
 from automl import console
-from automl.data import load_dataset
+from automl.data import Dataset, load_dataset
 from automl.errors import UserError
 from automl.files import atomic_write
+from automl.layout import RunLayout
 from automl.search._report import Report
 from automl.spec import Spec, load_spec
-from automl.store import (
-    RUN_FILE,
-    SPEC_FILE,
-    RunStore,
-    machine_info,
-    read_run_info,
-    read_trials,
-    utc_now,
-    write_run_info,
-)
+from automl.store import RunStore, machine_info, utc_now, write_run_info
 
 __all__ = ["check_storage", "run_search", "start_ray"]
 
@@ -43,53 +35,27 @@ def run_search(
     skip_bad_images: bool = False,
     cache_dir: Path | None = None,
     storage: str | None = None,
+    trainable=None,
 ) -> Path:
     """Run (or resume) the search a spec describes; returns the run folder.
 
     ``storage`` (a shared path or a ``s3://``/``gs://`` URI) is where Ray Tune keeps trial
     checkpoints, which a multi-node cluster needs; the results store stays in ``results_dir``.
+    ``trainable`` replaces the Ray engine's :class:`~automl.search._ray.CandidateTrainable` (a
+    subclass, e.g. one that injects faults in tests or sleeps in benchmarks).
     """
-    run_dir = Path(results_dir) / name
-    if resume:
-        if not (run_dir / SPEC_FILE).is_file():
-            raise UserError(f"{run_dir}: no search to resume here (no {SPEC_FILE}); start it without --resume")
-        spec = load_spec(run_dir / SPEC_FILE)  # the space and settings the run started with
-        storage = read_run_info(run_dir).get("storage")
-    elif (run_dir / RUN_FILE).is_file():
-        raise UserError(
-            f"{run_dir}: a search named {name!r} already exists; pass --resume to continue it, or another --name"
-        )
+    run = RunLayout(Path(results_dir) / name)
+    spec, storage = _starting_spec(run, spec, resume, storage)
     settings, space = spec.search, spec.space
-    if not space.searched:
-        raise UserError(f"{spec.source or 'spec'}: hyperparameters: nothing to search (every value is fixed); use automl train")
-
     dataset = load_dataset(data_dir, skip_bad_images=skip_bad_images, cache_dir=cache_dir, **spec.data.dataset_args())
     for note in dataset.notes:
         console.info(f"note: {note}")
     storage = check_storage(storage)
     if settings.engine == "ray":
         start_ray(address)  # before anything is written: an unreachable cluster leaves no half-made run
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        atomic_write(run_dir / SPEC_FILE, spec.to_yaml())
-    started = read_run_info(run_dir).get("started") or utc_now()
-    write_run_info(
-        run_dir, name=name, status="running", engine=settings.engine, searcher=settings.searcher,
-        scheduler=settings.scheduler if settings.engine == "ray" else settings.keras_tuner,
-        metric=settings.metric, mode=settings.mode, num_samples=settings.num_samples,
-        max_epochs=settings.max_epochs, started=started, ended=None, data_dir=str(data_dir),
-        data_fingerprint=dataset.fingerprint, split=dataset.split_protocol, task=dataset.task,
-        image_size=list(dataset.image_size), hyperparameters=[d.name for d in space.searched], machine=machine_info(),
-        storage=storage,
-    )
-    engine = settings.engine if settings.engine == "keras-tuner" else f"ray ({settings.searcher} + {settings.scheduler})"
-    console.info(
-        f"{'resuming' if resume else 'starting'} search {name}: {engine}, {settings.num_samples} trials of up to "
-        f"{settings.max_epochs} epochs, {len(space.searched)} hyperparameters searched, metric {settings.metric}; "
-        f"{len(dataset.table)} images at {dataset.image_size[0]}x{dataset.image_size[1]}, split {dataset.split_protocol}"
-    )
-    report = Report(settings.metric, settings.num_samples, [d.name for d in space.searched])
-    store_args = {"run_dir": run_dir, "metric": settings.metric, "mode": settings.mode, "max_epochs": settings.max_epochs}
+    _record_start(run, spec, dataset, data_dir, resume, storage)
+    report = Report(spec.objective, settings.num_samples, [d.name for d in space.searched])
+    store_args = {"run_dir": run.root, "objective": spec.objective, "max_epochs": settings.max_epochs}
     wall = time.monotonic()
     interrupted = False
     try:
@@ -97,26 +63,64 @@ def run_search(
             from automl.search._keras_tuner import run_keras_tuner
 
             store = RunStore(**store_args)
-            run_keras_tuner(dataset, space, settings, run_dir, store, report, resume)
+            run_keras_tuner(dataset, spec, run.root, store, report, resume)
             store.flush(force=True)
         else:
-            interrupted = _run_ray(spec, dataset, space, run_dir, name, store_args, report, resume, storage)
+            interrupted = _run_ray(spec, dataset, run, store_args, report, resume, storage, trainable)
     except KeyboardInterrupt:
         interrupted = True
-    status = "interrupted" if interrupted else "finished"
     # wall_s adds up every sitting of a resumed search; started..ended would count the pause too.
-    wall_s = read_run_info(run_dir).get("wall_s", 0) + round(time.monotonic() - wall, 1)
-    write_run_info(run_dir, status=status, ended=utc_now(), wall_s=wall_s)
-    trials = read_trials(run_dir) if (run_dir / "trials.parquet").is_file() else None
-    if trials is not None:
-        report.leaderboard(trials, settings.mode)
-    console.out.print(f"results: {run_dir}  ({time.monotonic() - wall:.0f}s)")
+    wall_s = run.read_info().get("wall_s", 0) + round(time.monotonic() - wall, 1)
+    write_run_info(run.root, status="interrupted" if interrupted else "finished", ended=utc_now(), wall_s=wall_s)
+    if run.trials.is_file():
+        report.leaderboard(run.read_trials())
+    console.out.print(f"results: {run.root}  ({time.monotonic() - wall:.0f}s)")
     if interrupted:
         console.info(
-            f"search interrupted; finished trials are kept. Resume with: automl search {spec.source or SPEC_FILE} "
+            f"search interrupted; finished trials are kept. Resume with: automl search {spec.source or run.spec.name} "
             f"--data {data_dir} --name {name} --results {results_dir} --resume"
         )
-    return run_dir
+    return run.root
+
+
+def _starting_spec(run: RunLayout, spec: Spec, resume: bool, storage: str | None) -> tuple[Spec, str | None]:
+    """The spec and storage to run: the given ones for a new search, the recorded ones to resume."""
+    if resume:
+        if not run.spec.is_file():
+            raise UserError(f"{run.root}: no search to resume here (no {run.spec.name}); start it without --resume")
+        # The space and settings the run started with.
+        return load_spec(run.spec), run.read_info(required=True).get("storage")
+    if run.info_file.is_file():
+        raise UserError(
+            f"{run.root}: a search named {run.name!r} already exists; pass --resume to continue it, or another --name"
+        )
+    if not spec.space.searched:
+        raise UserError(f"{spec.source or 'spec'}: hyperparameters: nothing to search (every value is fixed); "
+                        "use automl train")
+    return spec, storage
+
+
+def _record_start(run: RunLayout, spec: Spec, dataset: Dataset, data_dir: Path, resume: bool, storage) -> None:
+    """Write the resolved spec and ``run.json``'s start record, and say what is about to run."""
+    settings, space = spec.search, spec.space
+    run.root.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        atomic_write(run.spec, spec.to_yaml())
+    write_run_info(
+        run.root, name=run.name, status="running", engine=settings.engine, searcher=settings.searcher,
+        scheduler=settings.scheduler if settings.engine == "ray" else settings.keras_tuner,
+        **spec.objective.to_record(), num_samples=settings.num_samples,
+        max_epochs=settings.max_epochs, started=run.read_info().get("started") or utc_now(), ended=None,
+        data_dir=str(data_dir), data_fingerprint=dataset.fingerprint, split=dataset.split_protocol, task=dataset.task,
+        image_size=list(dataset.image_size), hyperparameters=[d.name for d in space.searched], machine=machine_info(),
+        storage=storage,
+    )
+    engine = settings.engine if settings.engine == "keras-tuner" else f"ray ({settings.searcher} + {settings.scheduler})"
+    console.info(
+        f"{'resuming' if resume else 'starting'} search {run.name}: {engine}, {settings.num_samples} trials of up to "
+        f"{settings.max_epochs} epochs, {len(space.searched)} hyperparameters searched, objective {spec.objective}; "
+        f"{len(dataset.table)} images at {dataset.image_size[0]}x{dataset.image_size[1]}, split {dataset.split_protocol}"
+    )
 
 
 def start_ray(address: str | None) -> None:
@@ -179,7 +183,8 @@ def _check_reachable(address: str) -> None:
         ) from None
 
 
-def _run_ray(spec, dataset, space, run_dir, name, store_args, report, resume, storage) -> bool:
+def _run_ray(spec: Spec, dataset: Dataset, run: RunLayout, store_args: dict, report: Report, resume: bool,
+             storage: str | None, trainable) -> bool:
     """Run the Ray Tune engine on the Ray started by :func:`start_ray`; True if it stopped early."""
     import ray
 
@@ -189,21 +194,19 @@ def _run_ray(spec, dataset, space, run_dir, name, store_args, report, resume, st
     started = time.monotonic()
     try:
         if resume:
-            tuner = restore_tuner(dataset, space, settings, run_dir, storage)
+            tuner = restore_tuner(dataset, spec, run.root, storage, trainable)
         else:
-            callback = StoreCallback(store_args, space, report)
-            tuner = build_tuner(dataset, space, settings, run_dir, name, [callback], storage)
+            callback = StoreCallback(store_args, spec.space, report)
+            tuner = build_tuner(dataset, spec, run.root, [callback], storage, trainable)
         tuner.fit()
     finally:
         ray.shutdown()
+    store = RunStore(**store_args)
     if settings.time_budget_s is not None and time.monotonic() - started >= settings.time_budget_s:
         # The budget ended the search: trials cut short count as pruned, and the run is finished.
-        store = RunStore(**store_args)
         for trial_id, row in store.trials.items():
             if row.get("status") == "running":
                 store.trial_finished(trial_id, "pruned")
         return False
-    trials = read_trials(run_dir) if (run_dir / "trials.parquet").is_file() else None
-    finished = 0 if trials is None else int(trials["status"].isin(["completed", "pruned", "errored"]).sum())
-    still_running = trials is not None and (trials["status"] == "running").any()
-    return bool(still_running or finished < settings.num_samples)
+    still_running = any(row.get("status") == "running" for row in store.trials.values())
+    return still_running or store.finished_count() < settings.num_samples

@@ -15,21 +15,19 @@ import keras_tuner as kt
 from automl.data import Dataset
 from automl.errors import SpecError
 from automl.hparams import ModelConfig
+from automl.layout import RunLayout
 from automl.model import build_model
-from automl.space import SearchSpace
-from automl.spec import SearchSettings
+from automl.spec import Spec
 from automl.store import RunStore
-from automl.trial import TrainingBatches, ValidationMetrics
-
-PROJECT_DIR = "keras_tuner"
+from automl.trial import candidate_callbacks, training_batches
 
 
 class SpaceHyperModel(kt.HyperModel):
     """Builds candidates through :func:`automl.model.build_model` and fits them on our batches."""
 
-    def __init__(self, space: SearchSpace, dataset: Dataset, store: RunStore, seed: int):
+    def __init__(self, spec: Spec, dataset: Dataset, store: RunStore):
         super().__init__(name="automl")
-        self.space, self.dataset, self.store, self.seed = space, dataset, store, seed
+        self.spec, self.space, self.dataset, self.store, self.seed = spec, spec.space, dataset, store, spec.search.seed
         self.trial_id: str | None = None
         self.trial_started = 0.0
 
@@ -45,13 +43,11 @@ class SpaceHyperModel(kt.HyperModel):
         return build_model(self.config(hp), self.dataset.image_size, len(self.dataset.class_names))
 
     def fit(self, hp, model, *args, callbacks=(), epochs=1, initial_epoch=0, **kwargs):
-        config = self.config(hp)
-        x, y = self.dataset.subset("train")
-        batches = TrainingBatches(x, y, config, len(self.dataset.class_names), self.seed + initial_epoch)
-        validation = ValidationMetrics(*self.dataset.subset("val"), self.dataset.class_names)
-        # Validation metrics first: KerasTuner's own callbacks read the objective from the logs.
+        batches = training_batches(self.config(hp), self.dataset, self.seed + initial_epoch)
+        # Ours first (validation metrics, lr schedule): KerasTuner's own callbacks read the objective from the logs.
+        ours = candidate_callbacks(self.dataset, self.spec.objective, self.spec.training)
         return model.fit(batches, epochs=epochs, initial_epoch=initial_epoch, verbose=0,
-                         callbacks=[validation, *callbacks, _StoreEpochs(self)])
+                         callbacks=[*ours, *callbacks, _StoreEpochs(self)])
 
 
 class _StoreEpochs(keras.callbacks.Callback):
@@ -67,11 +63,10 @@ class _StoreEpochs(keras.callbacks.Callback):
                        {"hostname": socket.gethostname(), "node_ip": "127.0.0.1"})
 
 
-def run_keras_tuner(
-    dataset: Dataset, space: SearchSpace, settings: SearchSettings, run_dir: Path, store: RunStore, report, resume: bool
-) -> None:
+def run_keras_tuner(dataset: Dataset, spec: Spec, run_dir: Path, store: RunStore, report, resume: bool) -> None:
     """Run KerasTuner's Hyperband, BayesianOptimization or RandomSearch over the space."""
-    hypermodel = SpaceHyperModel(space, dataset, store, settings.seed)
+    settings, space = spec.search, spec.space
+    hypermodel = SpaceHyperModel(spec, dataset, store)
     started = time.monotonic()
     base = {"hyperband": kt.Hyperband, "bayesian": kt.BayesianOptimization, "random": kt.RandomSearch}[settings.keras_tuner]
 
@@ -98,12 +93,12 @@ def run_keras_tuner(
     )
     tuner = Tuner(
         hypermodel=hypermodel,
-        objective=kt.Objective(settings.metric, direction=settings.mode),
+        objective=kt.Objective(spec.objective.name, direction=spec.objective.direction),
         hyperparameters=space.keras_tuner_hyperparameters(),
         tune_new_entries=False,
         seed=settings.seed,
         directory=str(run_dir),
-        project_name=PROJECT_DIR,
+        project_name=RunLayout.keras_tuner_dir_name,
         overwrite=not resume,
         max_consecutive_failed_trials=max(3, settings.num_samples),
         **budget,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -14,16 +13,12 @@ from automl import console
 from automl.data import Dataset
 from automl.errors import SpecError, UserError
 from automl.hparams import ModelConfig
+from automl.layout import RunLayout
+from automl.objective import Objective
 from automl.space import SearchSpace
-from automl.spec import SearchSettings
+from automl.spec import SearchSettings, Spec, TrainingSpec
 from automl.store import RunStore
 from automl.trial import EpochRunner, configure_tensorflow
-
-EXPERIMENT_DIR = "ray"
-OPTUNA_DB = "optuna.db"
-# Test-only fault hook: a trial raises once at this epoch (a marker file per trial in
-# AUTOML_FAULT_DIR makes it once), so tests and the closing demo can watch a retry from checkpoint.
-FAULT_EPOCH_ENV, FAULT_DIR_ENV = "AUTOML_FAULT_EPOCH", "AUTOML_FAULT_DIR"
 
 
 class CandidateTrainable(tune.Trainable):
@@ -33,13 +28,15 @@ class CandidateTrainable(tune.Trainable):
     and warm across trials. The dataset arrives once, through the object store, as a setup argument.
     """
 
-    def setup(self, config: dict, dataset: Dataset = None, space: SearchSpace = None, seed: int = 0, cpus: float = 1):
+    def setup(self, config: dict, dataset: Dataset = None, space: SearchSpace = None, objective: Objective = None,
+              training: TrainingSpec = None, seed: int = 0, cpus: float = 1):
         import ray
 
         configure_tensorflow(cpus)
         # Hostname and IP do not tell apart two nodes on one machine; the node id does.
         self.node_id = ray.get_runtime_context().get_node_id()
         self.dataset, self.space, self.base_seed = dataset, space, seed
+        self.objective, self.training = objective, training
         self._start(config)
 
     def _start(self, config: dict) -> None:
@@ -53,14 +50,12 @@ class CandidateTrainable(tune.Trainable):
             self.infeasible, self.runner = str(exc), None
             return
         # One seed for every trial: candidates differ by their hyperparameters, not by luck of the draw.
-        self.runner = EpochRunner(model_config, self.dataset, seed=self.base_seed)
+        self.runner = EpochRunner(model_config, self.dataset, self.objective, self.training, seed=self.base_seed)
 
     def step(self) -> dict[str, Any]:
         if self.runner is None:
             # Infeasible for the image size: report the worst score once so the searcher learns.
-            return {"infeasible": self.infeasible, "val_balanced_accuracy": 0.0, "val_macro_f1": 0.0,
-                    "val_accuracy": 0.0, "val_auc": 0.5, "val_loss": 1e9, "done": True}
-        _maybe_inject_fault(self.trial_id, self.runner.epochs_done + 1)
+            return {"infeasible": self.infeasible, self.objective.name: self.objective.worst, "done": True}
         metrics = self.runner.run_epoch()
         extra = {"epoch": self.runner.epochs_done, "elapsed_s": time.monotonic() - self.started, "node_id": self.node_id}
         if self.restored_from_epoch is not None:
@@ -70,18 +65,18 @@ class CandidateTrainable(tune.Trainable):
     def save_checkpoint(self, checkpoint_dir: str) -> dict | None:
         if self.runner is None:
             return None
-        self.runner.save(Path(checkpoint_dir) / "model.keras")
+        self.runner.save(Path(checkpoint_dir))
         elapsed = time.monotonic() - self.started
-        (Path(checkpoint_dir) / "state.json").write_text(json.dumps({"epochs_done": self.runner.epochs_done, "elapsed_s": elapsed}))
+        (Path(checkpoint_dir) / "state.json").write_text(json.dumps({"elapsed_s": elapsed}))
         return None
 
     def load_checkpoint(self, checkpoint: str | dict | None) -> None:
         if self.runner is None or not checkpoint:
             return
         state = json.loads((Path(checkpoint) / "state.json").read_text())
-        self.runner.restore(Path(checkpoint) / "model.keras", state["epochs_done"])
+        self.runner.restore(Path(checkpoint))
         self.started = time.monotonic() - state["elapsed_s"]
-        self.restored_from_epoch = state["epochs_done"]
+        self.restored_from_epoch = self.runner.epochs_done
 
     def reset_config(self, new_config: dict) -> bool:
         import keras
@@ -97,24 +92,24 @@ def experiment_root(run_dir: Path, storage: str | None) -> str:
 
 
 def build_tuner(
-    dataset: Dataset, space: SearchSpace, settings: SearchSettings, run_dir: Path, name: str, callbacks: list,
-    storage: str | None = None,
+    dataset: Dataset, spec: Spec, run_dir: Path, callbacks: list, storage: str | None = None, trainable=None,
 ) -> tune.Tuner:
     """A fresh Tuner for the spec's searcher, scheduler and resources; Ray's folder goes to :func:`experiment_root`."""
+    settings, space = spec.search, spec.space
     return tune.Tuner(
-        _trainable(dataset, space, settings),
+        _trainable(dataset, spec, trainable),
         param_space=space.ray_param_space() if settings.searcher == "random" else None,
         tune_config=tune.TuneConfig(
-            metric=settings.metric,
-            mode=settings.mode,
-            search_alg=_searcher(space, settings, run_dir, name),
+            metric=spec.objective.name,
+            mode=spec.objective.direction,
+            search_alg=_searcher(spec, run_dir),
             scheduler=_scheduler(settings),
             num_samples=settings.num_samples,
             time_budget_s=settings.time_budget_s,
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
-            name=EXPERIMENT_DIR,
+            name=RunLayout.ray_dir_name,
             storage_path=experiment_root(run_dir, storage),
             stop={"training_iteration": settings.max_epochs},
             checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1, num_to_keep=1, checkpoint_at_end=False),
@@ -125,17 +120,15 @@ def build_tuner(
     )
 
 
-def restore_tuner(
-    dataset: Dataset, space: SearchSpace, settings: SearchSettings, run_dir: Path, storage: str | None = None
-) -> tune.Tuner:
+def restore_tuner(dataset: Dataset, spec: Spec, run_dir: Path, storage: str | None = None, trainable=None) -> tune.Tuner:
     """The interrupted experiment of ``run_dir``, with finished trials kept and the searcher's state."""
-    path = f"{experiment_root(run_dir, storage)}/{EXPERIMENT_DIR}"
+    path = f"{experiment_root(run_dir, storage)}/{RunLayout.ray_dir_name}"
     if not tune.Tuner.can_restore(path):
         raise UserError(f"{run_dir}: no interrupted Ray experiment to resume here; start it without --resume")
     return tune.Tuner.restore(
         path,
-        trainable=_trainable(dataset, space, settings),
-        param_space=space.ray_param_space() if settings.searcher == "random" else None,
+        trainable=_trainable(dataset, spec, trainable),
+        param_space=spec.space.ray_param_space() if spec.search.searcher == "random" else None,
         resume_unfinished=True,
         resume_errored=True,
     )
@@ -196,16 +189,20 @@ class StoreCallback(tune.Callback):
             self.store.flush(force=True)
 
 
-def _trainable(dataset: Dataset, space: SearchSpace, settings: SearchSettings):
+def _trainable(dataset: Dataset, spec: Spec, trainable=None):
     # with_parameters puts the dataset into the object store once; every trial gets that copy.
-    trainable = tune.with_parameters(CandidateTrainable, dataset=dataset, space=space, seed=settings.seed, cpus=settings.cpu)
+    settings = spec.search
+    trainable = tune.with_parameters(trainable or CandidateTrainable, dataset=dataset, space=spec.space,
+                                     objective=spec.objective, training=spec.training, seed=settings.seed,
+                                     cpus=settings.cpu)
     return tune.with_resources(trainable, {"cpu": settings.cpu, "gpu": settings.gpu})
 
 
-def _searcher(space: SearchSpace, settings: SearchSettings, run_dir: Path, name: str):
+def _searcher(spec: Spec, run_dir: Path):
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
+    settings = spec.search
     if settings.searcher == "random":
         return BasicVariantGenerator(random_state=settings.seed, max_concurrent=settings.max_concurrent)
     import optuna
@@ -213,14 +210,14 @@ def _searcher(space: SearchSpace, settings: SearchSettings, run_dir: Path, name:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # The study lives in the run folder: `optuna-dashboard sqlite:///RUN/optuna.db` opens it.
-    storage = optuna.storages.RDBStorage(f"sqlite:///{(run_dir / OPTUNA_DB).resolve()}")
+    storage = optuna.storages.RDBStorage(f"sqlite:///{RunLayout(run_dir).optuna_db.resolve()}")
     searcher = OptunaSearch(
-        space=space.optuna_define_by_run(),
-        metric=settings.metric,
-        mode=settings.mode,
+        space=spec.space.optuna_define_by_run(),
+        metric=spec.objective.name,
+        mode=spec.objective.direction,
         sampler=optuna.samplers.TPESampler(seed=settings.seed),
         storage=storage,
-        study_name=name,
+        study_name=run_dir.name,
     )
     return ConcurrencyLimiter(searcher, max_concurrent=settings.max_concurrent)
 
@@ -236,18 +233,6 @@ def _scheduler(settings: SearchSettings):
         grace_period=settings.grace_period,
         reduction_factor=settings.reduction_factor,
     )
-
-
-def _maybe_inject_fault(trial_id: str, epoch: int) -> None:
-    fault_epoch, fault_dir = os.environ.get(FAULT_EPOCH_ENV), os.environ.get(FAULT_DIR_ENV)
-    if not (fault_epoch and fault_dir) or epoch != int(fault_epoch):
-        return
-    marker = Path(fault_dir) / trial_id
-    if marker.exists():
-        return
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.touch()
-    raise RuntimeError(f"injected fault in trial {trial_id} at epoch {epoch} ({FAULT_EPOCH_ENV})")
 
 
 def _last_error_line(trial) -> str:

@@ -7,7 +7,9 @@ import math
 import pandas as pd
 
 from automl import console
-from automl.store import RunStore, hyperparameter_columns
+from automl.layout import best_column, hp_column, hyperparameter_columns, hyperparameter_name
+from automl.objective import Objective
+from automl.store import RunStore
 
 # Shown in progress lines when they are searched: the hyperparameters that matter most in the seeds.
 KEY_HYPERPARAMETERS = ("conv_blocks", "base_filters", "filters", "dense_units", "optimizer", "learning_rate",
@@ -15,41 +17,42 @@ KEY_HYPERPARAMETERS = ("conv_blocks", "base_filters", "filters", "dense_units", 
 
 
 class Report:
-    def __init__(self, metric: str, num_samples: int, searched: list[str]):
-        self.metric, self.num_samples = metric, num_samples
+    def __init__(self, objective: Objective, num_samples: int, searched: list[str]):
+        self.objective, self.num_samples = objective, num_samples
         self.shown = [n for n in KEY_HYPERPARAMETERS if n in searched][:5] or searched[:5]
 
     def trial_line(self, store: RunStore, trial_id: str) -> None:
-        done = sum(1 for r in store.trials.values() if r.get("status") in ("completed", "pruned", "errored"))
         row = store.trials[trial_id]
-        value = row.get(f"best_{self.metric}")
-        params = ", ".join(f"{n}={_short(row.get(f'hp_{n}'))}" for n in self.shown if row.get(f"hp_{n}") is not None)
+        value = row.get(best_column(self.objective.name))
+        params = ", ".join(f"{n}={_short(row.get(hp_column(n)))}" for n in self.shown if row.get(hp_column(n)) is not None)
         status = row.get("status")
         what = f"{status} after {int(row.get('epochs') or 0)} epochs" if status != "errored" else f"errored: {row.get('error')}"
         console.info(
-            f"[{done}/{self.num_samples}] {trial_id} {what}  {self.metric} {_fmt(value)}  "
+            f"[{store.finished_count()}/{self.num_samples}] {trial_id} {what}  {self.objective.name} {_fmt(value)}  "
             f"best so far {_fmt(store.best_value())}  ({params})"
         )
 
-    def leaderboard(self, trials: pd.DataFrame, mode: str, top: int = 10) -> None:
+    def leaderboard(self, trials: pd.DataFrame, top: int = 10) -> None:
         from rich.table import Table
 
-        column = f"best_{self.metric}"
+        column = best_column(self.objective.name)
         if trials.empty or column not in trials:
             console.out.print("no trial finished an epoch")
             return
-        ranked = trials.sort_values(column, ascending=(mode == "min"), na_position="last").head(top)
+        ranked = self.objective.sort(trials, column).head(top)
         varying = [c for c in hyperparameter_columns(trials) if trials[c].nunique(dropna=True) > 1]
         # Key hyperparameters first and at most 10 in all, so the table stays readable;
         # trials.parquet has every one.
-        hps = sorted(varying, key=lambda c: (c[3:] not in KEY_HYPERPARAMETERS, c))[:10]
+        hps = sorted(varying, key=lambda c: (hyperparameter_name(c) not in KEY_HYPERPARAMETERS, c))[:10]
         table = Table(title=f"leaderboard by {column} (top {len(ranked)} of {len(trials)} trials)")
-        for name in ("trial", "status", "epochs", self.metric.removeprefix("val_"), "macro_f1", *[h[3:] for h in hps]):
+        second = best_column("val_macro_f1") if self.objective.name != "val_macro_f1" else best_column("val_auc")
+        for name in ("trial", "status", "epochs", self.objective.key, second.removeprefix("best_val_"),
+                     *map(hyperparameter_name, hps)):
             table.add_column(name, justify="left" if name in ("trial", "status") else "right")
         for row in ranked.to_dict("records"):
             table.add_row(
                 row["trial_id"], str(row.get("status")), str(int(row.get("epochs") or 0)), _fmt(row.get(column)),
-                _fmt(row.get("best_val_macro_f1")), *[_short(row.get(h)) for h in hps],
+                _fmt(row.get(second)), *[_short(row.get(h)) for h in hps],
             )
         console.out.print(table)
 

@@ -1,6 +1,6 @@
 """Side analysis, not part of the product: the official-split ensemble with a Bayes prior correction.
 
-    python results/reference-official-split/prior_correction.py [RUN_DIR] [--data ../shared/data/ham10000_28]
+    python benchmarks/prior_correction.py [RUN_DIR] [--data ../shared/data/ham10000_28]
 
 Every member was trained on a re-balanced class mix (oversampling to ``oversample_to`` per class, or
 class weights, which make the effective mix uniform), so its probabilities answer "which class, if the
@@ -9,7 +9,8 @@ correction (Saerens et al., Neural Computation 2002) multiplies each member's pr
 train prior / effective training mix and renormalises, before the ensemble's own weights average
 them. Nothing is fitted or chosen on validation or test: the factors follow from the training
 split's class counts and each member's imbalance setting. Needs the retrained members' probabilities
-(``RUN_DIR/retrain/members/``, kept local) and writes ``prior_correction.md`` beside this script.
+(``RUN_DIR/retrain/members/`` and ``RUN_DIR/retrain/labels.npz``, kept local) and writes
+``RUN_DIR/prior_correction.md``. RUN_DIR defaults to ``results/reference-official-split``.
 """
 
 import argparse
@@ -22,7 +23,8 @@ import pandas as pd
 from automl.evaluate import bootstrap_ci
 from automl.metrics import HEADLINE, classification_metrics
 
-HERE = Path(__file__).resolve().parent
+# Defaults from this file, not the working directory, so the script runs from anywhere in the checkout.
+REPO = Path(__file__).resolve().parents[1]
 
 
 def effective_mix(counts: np.ndarray, imbalance: str, oversample_to: int) -> np.ndarray:
@@ -36,13 +38,14 @@ def effective_mix(counts: np.ndarray, imbalance: str, oversample_to: int) -> np.
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", type=Path, nargs="?", default=Path("results/reference-dermamnist"))
-    parser.add_argument("--data", type=Path, default=Path("../shared/data/ham10000_28"))
+    parser.add_argument("run", type=Path, nargs="?", default=REPO / "results" / "reference-official-split")
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "ham10000_28")
     args = parser.parse_args()
     info = json.loads((args.run / "run.json").read_text())
     summary = json.loads((args.run / "ensemble" / "ensemble.json").read_text())
     classes = tuple(summary["classes"])
-    split = pd.read_csv(args.data / "dermamnist_split.csv").merge(pd.read_csv(args.data / "HAM10000_metadata.csv"), on="image_id")
+    split = pd.read_csv(args.data / "dermamnist_split.csv").merge(
+        pd.read_csv(args.data / "HAM10000_metadata.csv"), on="image_id")
     counts = split[split["split"] == "train"]["dx"].value_counts().reindex(classes).to_numpy(dtype=float)
     prior = counts / counts.sum()
     members = pd.read_parquet(args.run / "retrain" / "members.parquet").set_index("member_id")
@@ -55,14 +58,16 @@ def main() -> None:
             if not weight:
                 continue
             probs = np.load(args.run / "retrain" / "members" / member / f"{part}_probs.npy")
-            mix = effective_mix(counts, members.loc[member, "hp_imbalance"], int(members.loc[member, "hp_oversample_to"]))
+            mix = effective_mix(counts, members.loc[member, "hp_imbalance"],
+                                int(members.loc[member, "hp_oversample_to"]))
             shifted = probs * (prior / mix)
             as_trained = as_trained + weight * probs
             corrected = corrected + weight * shifted / shifted.sum(axis=1, keepdims=True)
         for label, probs in (("as trained (shipped)", as_trained), ("prior-corrected", corrected)):
             metrics = classification_metrics(y, probs, classes)
             ci = bootstrap_ci(y, probs, classes, rounds=1000, seed=0) if part == "test" else {}
-            cells = [f"{metrics[m]:.3f}" + (f" [{ci[m][0]:.3f}, {ci[m][1]:.3f}]" if m in ci else "") for m in HEADLINE]
+            cells = [f"{metrics[m]:.3f}" + (f" [{ci[m][0]:.3f}, {ci[m][1]:.3f}]" if m in ci else "")
+                     for m in HEADLINE]
             share = float(np.mean(probs.argmax(axis=1) == classes.index("nv")))
             rows.append(f"| {part} | {label} | {' | '.join(cells)} | {share:.2f} |")
 
@@ -77,10 +82,10 @@ def main() -> None:
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
         *rows,
         "",
-        ("Brackets: 95% bootstrap intervals over test images. Made by `python results/reference-official-split/"
-         "prior_correction.py`; the exported model and `report.md` use the probabilities as trained."),
+        ("Brackets: 95% bootstrap intervals over test images. Made by `python benchmarks/prior_correction.py`; "
+         "the exported model and `report.md` use the probabilities as trained."),
     ])
-    (HERE / "prior_correction.md").write_text(text + "\n")
+    (args.run / "prior_correction.md").write_text(text + "\n")
     print(text)
 
 
