@@ -161,7 +161,8 @@ def _submit_parser(commands) -> None:
     submit.add_argument("--split-file", dest=SPLIT_FILE_DEST,
                         help="split CSV: a local file is sent with the job, otherwise a path on the cluster")
     submit.add_argument("--search-only", action="store_true", help="run automl search, not the whole automl run")
-    submit.add_argument("--resume", action="store_true", help="continue the run of this name (e.g. after automl jobs stop)")
+    submit.add_argument("--resume", action="store_true",
+                        help="continue the run of this name (e.g. after automl jobs stop)")
     submit.add_argument("--wait", action="store_true", help="follow the job's log until it ends; exit 2 if it fails")
     _cluster_args(submit)
     _setting_args(submit, *SUBMIT_GROUPS)
@@ -185,7 +186,9 @@ def _jobs_parser(commands) -> None:
 def _cluster_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", default=os.environ.get("RAY_API_SERVER_ADDRESS"),
                         help="the cluster's Jobs API, e.g. http://127.0.0.1:8265 (default: $RAY_API_SERVER_ADDRESS)")
-    parser.add_argument("--token", help="the cluster's auth token (default: $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token)")
+    parser.add_argument("--token",
+                        help="the cluster's auth token "
+                             "(default: $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token)")
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -376,7 +379,8 @@ def _connect(args: argparse.Namespace):
     from automl.jobs import Jobs
 
     if not args.address:
-        raise UserError("--address: give the cluster's Jobs API (e.g. http://127.0.0.1:8265) or set RAY_API_SERVER_ADDRESS")
+        raise UserError("--address: give the cluster's Jobs API (e.g. http://127.0.0.1:8265) "
+                        "or set RAY_API_SERVER_ADDRESS")
     return Jobs(args.address, args.token)
 
 
@@ -388,7 +392,8 @@ def _follow(jobs, job_id: str) -> None:
     job = jobs.info(job_id)
     print(status_line(job))
     if getattr(job.status, "value", job.status) != "SUCCEEDED":
-        raise UserError(f"job {job_id} {getattr(job.status, 'value', job.status).lower()}: {job.message or 'see its log above'}")
+        raise UserError(f"job {job_id} {getattr(job.status, 'value', job.status).lower()}: "
+                        f"{job.message or 'see its log above'}")
 
 
 def main(argv: list[str] | None = None) -> int:

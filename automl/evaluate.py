@@ -105,7 +105,8 @@ def report_markdown(name: str, info: dict, summary: dict, results: dict) -> str:
          f"Ensemble method: {summary['method']}, selected by {_objective_text(summary)} on validation only; "
          "the test split was used for nothing but this report."),
         "", "## Test split", "",
-        "| model | weight | balanced accuracy | macro-F1 | accuracy | AUC |", "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| model | weight | balanced accuracy | macro-F1 | accuracy | AUC |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for model in ["ensemble", *summary["members"]]:
         m, ci = results[model]["test"], results[model].get("test_ci95", {})
@@ -120,11 +121,13 @@ def report_markdown(name: str, info: dict, summary: dict, results: dict) -> str:
     key = Objective.from_record(summary.get("objective") or {}).key
     lines += ["", (f"Validation {key.replace('_', ' ')} (the objective): ensemble {ens_val[key]:.3f}, best member "
                    f"{best_val[key]:.3f}. Brackets: 95% bootstrap intervals over test images."), "",
-              "## Per class (ensemble, test)", "", "| class | precision | recall | F1 | support |", "| --- | ---: | ---: | ---: | ---: |"]
+              "## Per class (ensemble, test)", "", "| class | precision | recall | F1 | support |",
+              "| --- | ---: | ---: | ---: | ---: |"]
     for cls, row in results["ensemble"]["test"]["per_class"].items():
         lines.append(f"| {cls} | {row['precision']:.2f} | {row['recall']:.2f} | {row['f1']:.2f} | {row['support']} |")
     lines += ["", "## Published numbers, for scale", "",
-              "None of these used a lesion-grouped split; image-level splits put images of one lesion on both sides.", "",
+              "None of these used a lesion-grouped split; image-level splits put images of one lesion on both sides.",
+              "",
               "| source | resolution | split | accuracy | macro-F1 | AUC |", "| --- | --- | --- | ---: | ---: | ---: |"]
     for row in (p for p in PUBLISHED if p["task"] == info.get("task")):
         cells = " | ".join(f"{row[k]:.3f}" if k in row else "-" for k in ("accuracy", "macro_f1", "auc"))
@@ -145,16 +148,17 @@ def _provenance(info: dict) -> list[str]:
     if info.get("command"):
         lines.append(f"- command: `{info['command']}`")
     if machine:
-        lines.append(f"- machine: {machine.get('cpus')} CPUs, {machine.get('memory_gib')} GiB, {machine.get('platform')}, "
-                     f"Python {machine.get('python')}, automl {machine.get('automl')}")
+        lines.append(f"- machine: {machine.get('cpus')} CPUs, {machine.get('memory_gib')} GiB, "
+                     f"{machine.get('platform')}, Python {machine.get('python')}, automl {machine.get('automl')}")
     if info.get("wall_s") is not None:
         lines.append(f"- search: {info.get('num_samples')} trials ({info.get('searcher')} + {info.get('scheduler')}), "
                      f"{info['wall_s'] / 60:.1f} min wall, {info.get('started')} to {info.get('ended')}")
     if info.get("search_copied_from"):
         lines.append(f"- search stage reused from run {info['search_copied_from']}")
     if retrain:
-        lines.append(f"- retrain: top {retrain.get('top_k')} x {retrain.get('seeds')} seed(s) = {retrain.get('members')} members, "
-                     f"up to {retrain.get('epochs')} epochs, {retrain['wall_s'] / 60:.1f} min wall, {retrain.get('started')} to {retrain.get('ended')}")
+        lines.append(f"- retrain: top {retrain.get('top_k')} x {retrain.get('seeds')} seed(s) = "
+                     f"{retrain.get('members')} members, up to {retrain.get('epochs')} epochs, "
+                     f"{retrain['wall_s'] / 60:.1f} min wall, {retrain.get('started')} to {retrain.get('ended')}")
     return lines or ["- not recorded (run made before automl recorded provenance)"]
 
 

@@ -23,7 +23,6 @@ from automl.layout import ModelLayout, RunLayout
 from automl.objective import HEADLINE, Objective
 
 
-
 @keras.saving.register_keras_serializable(package="automl")
 class ResizeImages(keras.layers.Layer):
     """Resizes a batch of raw images to the members' input size, exactly as the training cache did."""
@@ -102,15 +101,18 @@ def card_markdown(card: dict) -> str:
                 "ensemble_method"):
         if key in card:
             value = card[key]
-            lines.append(f"- **{key.replace('_', ' ')}**: {', '.join(map(str, value)) if isinstance(value, list) else value}")
+            lines.append(f"- **{key.replace('_', ' ')}**: "
+                         f"{', '.join(map(str, value)) if isinstance(value, list) else value}")
     if card.get("members"):
         lines += ["", "| member | weight | search trial | seed |", "| --- | ---: | --- | ---: |"]
-        lines += [f"| {m['member_id']} | {m['weight']:.2f} | {m['search_trial']} | {m['seed']} |" for m in card["members"]]
+        lines += [f"| {m['member_id']} | {m['weight']:.2f} | {m['search_trial']} | {m['seed']} |"
+                  for m in card["members"]]
     if "metrics" in card:
         ci = card.get("metrics_ci95", {})
         lines += ["", "| test metric | value | 95% bootstrap interval |", "| --- | ---: | --- |"]
         lines += [f"| {k.removeprefix('test_').replace('_', ' ')} | {v:.3f} | "
-                  + (f"{ci[k][0]:.3f} to {ci[k][1]:.3f}" if k in ci else "-") + " |" for k, v in card["metrics"].items()]
+                  + (f"{ci[k][0]:.3f} to {ci[k][1]:.3f}" if k in ci else "-") + " |"
+                  for k, v in card["metrics"].items()]
     if card.get("versions"):
         lines += ["", "Made with " + ", ".join(f"{k} {v}" for k, v in card["versions"].items()) + "."]
     if card.get("search_spec"):

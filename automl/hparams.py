@@ -103,22 +103,28 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
         # Convolutional trunk: conv_blocks blocks of convs_per_block convolutions, then pooling.
         Hyperparameter("conv_blocks", int, 3, "number of conv blocks (each ends in a pooling layer)", low=1, high=10),
         Hyperparameter("convs_per_block", int, 2, "convolutions per block", low=1, high=6, per="block"),
-        Hyperparameter("filters", int, None, "filters per block (default: base_filters * filter_growth**i)", low=1, high=2048, per="block"),
+        Hyperparameter("filters", int, None, "filters per block (default: base_filters * filter_growth**i)",
+                       low=1, high=2048, per="block"),
         Hyperparameter("base_filters", int, 32, "filters of the first block", low=1, high=2048),
-        Hyperparameter("filter_growth", float, 2.0, "factor between the filters of consecutive blocks", low=1.0, high=4.0),
+        Hyperparameter("filter_growth", float, 2.0, "factor between the filters of consecutive blocks",
+                       low=1.0, high=4.0),
         Hyperparameter("kernel_size", int, 3, "square kernel size of the convolutions", low=1, high=11, per="block"),
         Hyperparameter("padding", str, "same", "convolution padding", choices=("same", "valid")),
         Hyperparameter("pool_type", str, "max", "pooling at the end of each block", choices=("max", "avg")),
         Hyperparameter("pool_size", int, 2, "pooling window and stride", low=2, high=4),
         Hyperparameter("batch_norm", bool, False, "batch normalisation after every convolution"),
-        Hyperparameter("block_dropout", float, 0.0, "dropout after each block's pooling", low=0.0, high=0.9, per="block"),
+        Hyperparameter("block_dropout", float, 0.0, "dropout after each block's pooling",
+                       low=0.0, high=0.9, per="block"),
         # Head.
-        Hyperparameter("head", str, "flatten", "how the trunk's maps reach the dense layers", choices=("flatten", "gap")),
+        Hyperparameter("head", str, "flatten", "how the trunk's maps reach the dense layers",
+                       choices=("flatten", "gap")),
         Hyperparameter("dense_layers", int, 1, "hidden dense layers before the output", low=0, high=4),
         Hyperparameter("dense_units", int, 128, "units of each hidden dense layer", low=1, high=8192, per="dense"),
-        Hyperparameter("dense_dropout", float, 0.5, "dropout after each hidden dense layer", low=0.0, high=0.9, per="dense"),
+        Hyperparameter("dense_dropout", float, 0.5, "dropout after each hidden dense layer",
+                       low=0.0, high=0.9, per="dense"),
         Hyperparameter("activation", str, "relu", "activation of hidden layers", choices=ACTIVATIONS),
-        Hyperparameter("initializer", str, "glorot_uniform", "kernel initializer of conv and dense layers", choices=INITIALIZERS),
+        Hyperparameter("initializer", str, "glorot_uniform", "kernel initializer of conv and dense layers",
+                       choices=INITIALIZERS),
         # Optimisation.
         Hyperparameter("optimizer", str, "adam", "optimizer", choices=OPTIMIZERS),
         Hyperparameter("learning_rate", float, 1e-3, "initial learning rate", low=1e-7, high=1.0),
@@ -126,14 +132,18 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
         Hyperparameter("batch_size", int, 64, "training batch size", low=1, high=4096),
         # Class imbalance (seed 003's five strategies: none; oversample to 1000; oversample to the
         # majority; class weights; class weights + oversample to 1000).
-        Hyperparameter("imbalance", str, "none", "none | class_weight | oversample | both", choices=IMBALANCE_STRATEGIES),
-        Hyperparameter("oversample_to", int, 0, "oversample classes smaller than this up to it; 0 = up to the majority class", low=0, high=10**7),
+        Hyperparameter("imbalance", str, "none", "none | class_weight | oversample | both",
+                       choices=IMBALANCE_STRATEGIES),
+        Hyperparameter("oversample_to", int, 0,
+                       "oversample classes smaller than this up to it; 0 = up to the majority class",
+                       low=0, high=10**7),
         # Augmentation: Keras preprocessing layers, active only while training.
         Hyperparameter("flip_horizontal", bool, False, "random horizontal flips"),
         Hyperparameter("flip_vertical", bool, False, "random vertical flips"),
         Hyperparameter("rotation", float, 0.0, "random rotation range in degrees (0 = off)", low=0.0, high=180.0),
         Hyperparameter("zoom", float, 0.0, "random zoom range as a fraction (0 = off)", low=0.0, high=0.9),
-        Hyperparameter("shift", float, 0.0, "random shift range as a fraction of width and height (0 = off)", low=0.0, high=0.5),
+        Hyperparameter("shift", float, 0.0, "random shift range as a fraction of width and height (0 = off)",
+                       low=0.0, high=0.5),
     ]
 }
 

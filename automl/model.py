@@ -32,7 +32,9 @@ class TwoClassProbabilities(keras.layers.Layer):
         return (*input_shape[:-1], 2)
 
 
-def build_model(config: ModelConfig, image_size: tuple[int, int], n_classes: int, name: str = "candidate") -> keras.Model:
+def build_model(
+    config: ModelConfig, image_size: tuple[int, int], n_classes: int, name: str = "candidate"
+) -> keras.Model:
     """A compiled model for ``n_classes`` (2 means a single sigmoid unit) at ``image_size`` = (h, w)."""
     config.check_image_size(*image_size)
     init = config.initializer
@@ -99,9 +101,11 @@ def _augmentation(config: ModelConfig) -> list[keras.layers.Layer]:
         layers.append(keras.layers.RandomFlip(mode, name="augment_flip"))
     # "nearest" fill, as Keras' ImageDataGenerator used in the seed papers.
     if config.rotation > 0:
-        layers.append(keras.layers.RandomRotation(config.rotation / 360.0, fill_mode="nearest", name="augment_rotation"))
+        layers.append(keras.layers.RandomRotation(config.rotation / 360.0, fill_mode="nearest",
+                                                  name="augment_rotation"))
     if config.zoom > 0:
         layers.append(keras.layers.RandomZoom(config.zoom, fill_mode="nearest", name="augment_zoom"))
     if config.shift > 0:
-        layers.append(keras.layers.RandomTranslation(config.shift, config.shift, fill_mode="nearest", name="augment_shift"))
+        layers.append(keras.layers.RandomTranslation(config.shift, config.shift, fill_mode="nearest",
+                                                     name="augment_shift"))
     return layers

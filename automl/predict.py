@@ -19,8 +19,8 @@ import pandas as pd
 from automl import console
 from automl.data import IMAGE_SUFFIXES, decode_image
 from automl.errors import UserError
-from automl.layout import ModelLayout
 from automl.files import atomic_write
+from automl.layout import ModelLayout
 
 #: The model card's file name inside an exported folder (automl.export writes it).
 
@@ -102,6 +102,9 @@ def _classes(model_dir: Path) -> list[str]:
 def _load_model(model_dir: Path, n_classes: int):
     """The Keras model of an exported folder, or a UserError naming the file when it cannot be loaded."""
     import keras
+
+    import automl.export  # registers the exported graph's own layers (resize, ensemble)
+    import automl.model  # noqa: F401 - and the members' (a binary model's two-column output)
 
     path = ModelLayout(model_dir).keras_file
     if not zipfile.is_zipfile(path):  # Keras's own message for this says "File not found"

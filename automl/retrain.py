@@ -97,7 +97,8 @@ def retrain(
     with tempfile.TemporaryDirectory(prefix="automl-retrain-") as scratch:
         results = _train_members(spec, dataset, members, epochs, address, info.get("storage"), run.name, scratch)
         rows = _collect(run, dataset, members, results)
-    write_run_info(run.root, retrain={"started": started, "ended": utc_now(), "wall_s": round(time.monotonic() - wall, 1),
+    write_run_info(run.root, retrain={"started": started, "ended": utc_now(),
+                                      "wall_s": round(time.monotonic() - wall, 1),
                                       "top_k": top_k, "seeds": seeds, "epochs": epochs, "members": rows})
     console.info(f"retrained {rows} members into {run.retrain}")
     return run.retrain
@@ -233,7 +234,8 @@ class _MemberLines(tune.Callback):
         )
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        console.info(f"member {self.members[trial.config['member']]['member_id']} failed (traceback: {trial.error_file})")
+        console.info(f"member {self.members[trial.config['member']]['member_id']} failed "
+                     f"(traceback: {trial.error_file})")
 
 
 def _param(name: str, value):

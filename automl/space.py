@@ -32,7 +32,8 @@ import numpy as np
 from automl.errors import SpecError
 from automl.hparams import check_value
 
-_OPERATORS = {"==": operator.eq, "!=": operator.ne, "<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}
+_OPERATORS = {"==": operator.eq, "!=": operator.ne, "<=": operator.le, ">=": operator.ge,
+              "<": operator.lt, ">": operator.gt}
 _CONDITION = re.compile(r"^\s*([a-z_][a-z0-9_]*)\s*(==|!=|<=|>=|<|>|in)\s*(.+?)\s*$")
 
 
@@ -141,7 +142,8 @@ class SearchSpace:
             elif d.kind == "int":
                 # Tune's randint upper bound is exclusive; qrandint's is inclusive.
                 if d.log:
-                    space[d.name] = tune.qlograndint(int(d.low), int(d.high), int(d.step or 1)) if d.step else tune.lograndint(int(d.low), int(d.high) + 1)
+                    space[d.name] = (tune.qlograndint(int(d.low), int(d.high), int(d.step or 1)) if d.step
+                                     else tune.lograndint(int(d.low), int(d.high) + 1))
                 else:
                     space[d.name] = tune.qrandint(int(d.low), int(d.high), int(d.step or 1))
             elif d.log:
@@ -209,7 +211,8 @@ def _parse_dimension(name: str, value: Any, where: str) -> Dimension:
     condition = _parse_condition(entry.pop("when"), f"{where}.when") if "when" in entry else None
     kinds = [k for k in ("choice", "int", "float", "fixed") if k in entry]
     if len(kinds) != 1:
-        raise SpecError(f"{where}: give exactly one of choice: [...], int: [low, high], float: [low, high], fixed: VALUE")
+        raise SpecError(f"{where}: give exactly one of choice: [...], int: [low, high], float: [low, high], "
+                        "fixed: VALUE")
     kind = kinds[0]
     body = entry.pop(kind)
     step, log = entry.pop("step", None), entry.pop("log", False)

@@ -13,8 +13,8 @@ One folder per run, ``RESULTS/NAME/``:
     stopped before ``max_epochs`` by ASHA, Hyperband or the time budget),
     ``epochs``, every hyperparameter as ``hp_NAME`` (missing when its condition did not hold),
     ``best_epoch``, ``best_val_*`` (at the epoch best by the run's metric), ``last_val_*``,
-    ``wall_time_s``, ``started_at`` (Unix time), ``hostname``, ``node_ip``, ``error``; ``retries`` and ``restored_from_epoch``
-    when a failed trial was resumed from its checkpoint.
+    ``wall_time_s``, ``started_at`` (Unix time), ``hostname``, ``node_ip``, ``error``; ``retries`` and
+    ``restored_from_epoch`` when a failed trial was resumed from its checkpoint.
 ``epochs.parquet``
     one row per trial and epoch: ``trial_id``, ``epoch``, ``loss``, ``accuracy``, every
     ``val_*`` metric, ``learning_rate``, ``elapsed_s`` since the trial started, ``timestamp``

@@ -30,7 +30,8 @@ def train_command(
         console.info(f"note: {note}")
     counts = dataset.counts()
     console.info(
-        f"data ready in {data_seconds:.2f}s: {len(dataset.table)} images at {dataset.image_size[0]}x{dataset.image_size[1]}, "
+        f"data ready in {data_seconds:.2f}s: {len(dataset.table)} images at "
+        f"{dataset.image_size[0]}x{dataset.image_size[1]}, "
         f"{dataset.task} ({len(dataset.class_names)} classes); train/val/test = "
         f"{'/'.join(str(int(counts[s].sum())) for s in ('train', 'val', 'test'))}; split: {dataset.split_protocol}"
     )
@@ -74,7 +75,8 @@ def train_command(
 def _print_summary(metrics: dict, out: Path) -> None:
     from rich.table import Table
 
-    table = Table(title=f"best epoch {metrics['best_epoch']} of {metrics['epochs_run']} ({metrics['train_seconds']:.0f}s)")
+    table = Table(title=f"best epoch {metrics['best_epoch']} of {metrics['epochs_run']} "
+                        f"({metrics['train_seconds']:.0f}s)")
     table.add_column("split")
     for name in HEADLINE:
         table.add_column(name.replace("_", " "), justify="right")
@@ -85,6 +87,7 @@ def _print_summary(metrics: dict, out: Path) -> None:
     for column in ("class", "precision", "recall", "f1", "support"):
         per_class.add_column(column, justify="left" if column == "class" else "right")
     for name, row in metrics["per_class"]["test"].items():
-        per_class.add_row(name, f"{row['precision']:.2f}", f"{row['recall']:.2f}", f"{row['f1']:.2f}", str(row["support"]))
+        per_class.add_row(name, f"{row['precision']:.2f}", f"{row['recall']:.2f}", f"{row['f1']:.2f}",
+                          str(row["support"]))
     console.out.print(per_class)
     console.out.print(f"wrote {out}/metrics.json and {out}/model.keras")

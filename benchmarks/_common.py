@@ -26,8 +26,8 @@ import pandas as pd
 
 from automl import console
 from automl.files import atomic_write, write_json
-from automl.spec import Spec
 from automl.layout import RunLayout
+from automl.spec import Spec
 from automl.store import machine_info, utc_now, write_run_info
 
 REPO = Path(__file__).resolve().parents[1]

@@ -75,7 +75,8 @@ def test_a_metric_to_minimise_is_minimised_by_every_stage(tiny_ham, tmp_path, ca
     for member in read_members(run_dir).to_dict("records"):
         history = pd.read_csv(run.member_history(run.member(member["member_id"])))
         assert member["best_epoch"] == history.loc[history["val_loss"].idxmin(), "epoch"]
-        assert "early stopping patience 1 on val_loss (min)" in err
+    assert "early stopping patience 1 on val_loss (min)" in err
+    assert "member m01 epoch   1/3" in err and "best val_loss" in err  # retrain shows every member epoch
     # Ensemble: greedy selection lowered val_loss at every pick, the best member has the lowest val_loss.
     summary, metrics = run.read_ensemble(), run.read_ensemble_metrics()
     assert summary["objective"] == {"metric": "val_loss", "mode": "min"}

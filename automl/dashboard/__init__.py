@@ -31,7 +31,8 @@ def serve(results_dir: Path | str, host: str = "127.0.0.1", port: int = 8050) ->
         with socket.create_server((host, port)):
             pass
     except OSError as exc:
-        raise UserError(f"--host {host} --port {port}: cannot listen there ({os.strerror(exc.errno) if exc.errno else exc}); choose another --port") from None
+        raise UserError(f"--host {host} --port {port}: cannot listen there "
+                        f"({os.strerror(exc.errno) if exc.errno else exc}); choose another --port") from None
     app = create_app(results_dir)
     if host not in LOOPBACK:
         console.info(f"warning: serving on {host}: anyone who can reach it can read these results (there is no login)")

@@ -19,7 +19,6 @@ import pandas as pd
 import yaml
 
 from automl.errors import UserError
-
 from automl.layout import RunLayout, best_column, json_object
 from automl.objective import Objective
 

@@ -115,11 +115,13 @@ def _record_start(run: RunLayout, spec: Spec, dataset: Dataset, data_dir: Path, 
         image_size=list(dataset.image_size), hyperparameters=[d.name for d in space.searched], machine=machine_info(),
         storage=storage,
     )
-    engine = settings.engine if settings.engine == "keras-tuner" else f"ray ({settings.searcher} + {settings.scheduler})"
+    engine = (settings.engine if settings.engine == "keras-tuner"
+              else f"ray ({settings.searcher} + {settings.scheduler})")
     console.info(
         f"{'resuming' if resume else 'starting'} search {run.name}: {engine}, {settings.num_samples} trials of up to "
         f"{settings.max_epochs} epochs, {len(space.searched)} hyperparameters searched, objective {spec.objective}; "
-        f"{len(dataset.table)} images at {dataset.image_size[0]}x{dataset.image_size[1]}, split {dataset.split_protocol}"
+        f"{len(dataset.table)} images at {dataset.image_size[0]}x{dataset.image_size[1]}, "
+        f"split {dataset.split_protocol}"
     )
 
 
@@ -137,11 +139,13 @@ def start_ray(address: str | None) -> None:
         try:
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise UserError(f"--address {address}: cannot connect to the Ray cluster: {str(exc).splitlines()[0]}") from None
+            raise UserError(f"--address {address}: cannot connect to the Ray cluster: "
+                            f"{str(exc).splitlines()[0]}") from None
     else:
         # Embedded local Ray; its dashboard stays off (nothing listens beyond Ray's own token-protected ports).
         # address="local": a new instance even when `ray start` left a cluster (or its address file) behind.
-        ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING, configure_logging=True)
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+                 configure_logging=True)
     # A failed trial is one line of ours (with the path of its traceback), not Tune's full traceback.
     logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
     if threading.current_thread() is threading.main_thread():
@@ -161,7 +165,8 @@ def check_storage(storage: str | None) -> str | None:
     try:
         fs.FileSystem.from_uri(storage)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several types (no credentials, unknown scheme)
-        raise UserError(f"--storage {storage}: cannot open it ({str(exc).splitlines()[0]}); check the URI and credentials") from None
+        raise UserError(f"--storage {storage}: cannot open it ({str(exc).splitlines()[0]}); "
+                        "check the URI and credentials") from None
     return storage
 
 

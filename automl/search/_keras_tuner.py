@@ -68,7 +68,8 @@ def run_keras_tuner(dataset: Dataset, spec: Spec, run_dir: Path, store: RunStore
     settings, space = spec.search, spec.space
     hypermodel = SpaceHyperModel(spec, dataset, store)
     started = time.monotonic()
-    base = {"hyperband": kt.Hyperband, "bayesian": kt.BayesianOptimization, "random": kt.RandomSearch}[settings.keras_tuner]
+    base = {"hyperband": kt.Hyperband, "bayesian": kt.BayesianOptimization,
+            "random": kt.RandomSearch}[settings.keras_tuner]
 
     class Tuner(base):
         def run_trial(self, trial, *args, **kwargs):

@@ -57,7 +57,8 @@ class CandidateTrainable(tune.Trainable):
             # Infeasible for the image size: report the worst score once so the searcher learns.
             return {"infeasible": self.infeasible, self.objective.name: self.objective.worst, "done": True}
         metrics = self.runner.run_epoch()
-        extra = {"epoch": self.runner.epochs_done, "elapsed_s": time.monotonic() - self.started, "node_id": self.node_id}
+        extra = {"epoch": self.runner.epochs_done, "elapsed_s": time.monotonic() - self.started,
+                 "node_id": self.node_id}
         if self.restored_from_epoch is not None:
             extra["restored_from_epoch"] = self.restored_from_epoch
         return metrics | extra
@@ -120,7 +121,9 @@ def build_tuner(
     )
 
 
-def restore_tuner(dataset: Dataset, spec: Spec, run_dir: Path, storage: str | None = None, trainable=None) -> tune.Tuner:
+def restore_tuner(
+    dataset: Dataset, spec: Spec, run_dir: Path, storage: str | None = None, trainable=None
+) -> tune.Tuner:
     """The interrupted experiment of ``run_dir``, with finished trials kept and the searcher's state."""
     path = f"{experiment_root(run_dir, storage)}/{RunLayout.ray_dir_name}"
     if not tune.Tuner.can_restore(path):

@@ -24,9 +24,11 @@ class Report:
     def trial_line(self, store: RunStore, trial_id: str) -> None:
         row = store.trials[trial_id]
         value = row.get(best_column(self.objective.name))
-        params = ", ".join(f"{n}={_short(row.get(hp_column(n)))}" for n in self.shown if row.get(hp_column(n)) is not None)
+        params = ", ".join(f"{n}={_short(row.get(hp_column(n)))}"
+                           for n in self.shown if row.get(hp_column(n)) is not None)
         status = row.get("status")
-        what = f"{status} after {int(row.get('epochs') or 0)} epochs" if status != "errored" else f"errored: {row.get('error')}"
+        what = (f"{status} after {int(row.get('epochs') or 0)} epochs" if status != "errored"
+                else f"errored: {row.get('error')}")
         console.info(
             f"[{store.finished_count()}/{self.num_samples}] {trial_id} {what}  {self.objective.name} {_fmt(value)}  "
             f"best so far {_fmt(store.best_value())}  ({params})"
