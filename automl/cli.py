@@ -43,6 +43,9 @@ def _overrides(args: argparse.Namespace, *groups: str) -> dict:
 TRAIN_GROUPS, SEARCH_GROUPS = ("data", "objective", "train"), ("data", "objective", "search")
 SUBMIT_GROUPS = ("objective", "search")
 METHODS = ("greedy", "mean", "weighted")  # automl.ensemble.METHODS, without importing its numpy here
+DECISIONS = ("balanced", "prior")  # automl.posthoc.DECISIONS
+DECISION_HELP = ("balanced: members' probabilities as trained (favours balanced accuracy); prior: Bayes-corrected "
+                 "to the training class prior (favours accuracy). Default balanced")
 SPLIT_FILE_DEST = "data__split__file"
 
 
@@ -50,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="automl", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_train_parser, _search_parser, _retrain_parser, _ensemble_parser, _export_parser, _predict_parser,
-                _run_parser, _dashboard_parser, _submit_parser, _jobs_parser):
+                _evaluate_parser, _run_parser, _dashboard_parser, _submit_parser, _jobs_parser):
         add(commands)
     return parser
 
@@ -90,9 +93,12 @@ def _retrain_parser(commands) -> None:
     retrain.add_argument("name", help="search run name")
     retrain.add_argument("--results", type=Path, default=Path("results"))
     retrain.add_argument("--data", type=Path, help="HAM10000 folder (default: the one the search used)")
-    retrain.add_argument("--top-k", type=int, default=5, help="configurations to retrain (default 5)")
-    retrain.add_argument("--seeds", type=int, default=1, help="seeds per configuration (default 1)")
+    retrain.add_argument("--top-k", type=int, help="configurations to retrain (default 5)")
+    retrain.add_argument("--seeds", type=int, help="seeds per configuration (default 1)")
     retrain.add_argument("--epochs", type=int, help="epoch budget (default: the spec's training.epochs)")
+    retrain.add_argument("--refit", action="store_true",
+                         help="train the ensemble's members again on train+val, each for its best epoch count, into "
+                              "RESULTS/NAME/refit/, and add their test figures to the ensemble report")
     retrain.add_argument("--address", help="Ray cluster address (default: embedded local Ray)")
     retrain.add_argument("--skip-bad-images", action="store_true")
     retrain.add_argument("--cache-dir", type=Path)
@@ -104,6 +110,7 @@ def _ensemble_parser(commands) -> None:
     ensemble.add_argument("name", help="search run name")
     ensemble.add_argument("--results", type=Path, default=Path("results"))
     ensemble.add_argument("--method", choices=METHODS, default="greedy")
+    ensemble.add_argument("--decision", choices=DECISIONS, default="balanced", help=DECISION_HELP)
     ensemble.set_defaults(run=_ensemble)
 
 
@@ -113,6 +120,9 @@ def _export_parser(commands) -> None:
     export.add_argument("--results", type=Path, default=Path("results"))
     export.add_argument("--out", type=Path, required=True, help="model folder to write")
     export.add_argument("--overwrite", action="store_true", help="replace --out even if automl did not write it")
+    export.add_argument("--refit", action="store_true",
+                        help="export the members refit on train+val (automl retrain --refit), with the ensemble's "
+                             "weights, TTA, temperature and decision")
     export.set_defaults(run=_export)
 
 
@@ -123,6 +133,18 @@ def _predict_parser(commands) -> None:
     predict.add_argument("--out", type=Path, default=Path("preds.csv"), help="CSV to write (default preds.csv)")
     predict.add_argument("--batch-size", type=int, default=64)
     predict.set_defaults(run=_predict)
+
+
+def _evaluate_parser(commands) -> None:
+    evaluate = commands.add_parser("evaluate", help="measure an exported model on a labelled image folder "
+                                                    "(metrics with intervals, report; never chooses anything)")
+    evaluate.add_argument("model_dir", type=Path, help="folder written by automl export")
+    evaluate.add_argument("--data", required=True, type=Path,
+                          help="labelled folder: images, and labels.csv or HAM10000_metadata.csv (image_id,dx)")
+    evaluate.add_argument("--labels", type=Path, help="labels CSV with image_id and dx columns (default: in --data)")
+    evaluate.add_argument("--name", help="evaluation name (default: the data folder's name)")
+    evaluate.add_argument("--out", type=Path, help="output folder (default: MODEL_DIR/evaluations/NAME)")
+    evaluate.set_defaults(run=_evaluate)
 
 
 def _run_parser(commands) -> None:
@@ -136,6 +158,7 @@ def _run_parser(commands) -> None:
     run.add_argument("--top-k", type=int, default=5)
     run.add_argument("--seeds", type=int, default=1)
     run.add_argument("--method", choices=METHODS, default="greedy")
+    run.add_argument("--decision", choices=DECISIONS, default="balanced", help=DECISION_HELP)
     _setting_args(run, *SEARCH_GROUPS)
     run.set_defaults(run=_run)
 
@@ -249,20 +272,34 @@ def _run_data_dir(args: argparse.Namespace, run) -> Path:
 def _retrain(args: argparse.Namespace) -> None:
     from automl.console import import_tensorflow_quietly
 
+    if args.refit:
+        given = [flag for flag, value in (("--top-k", args.top_k), ("--seeds", args.seeds), ("--epochs", args.epochs))
+                 if value is not None]
+        if given:
+            raise UserError(f"{', '.join(given)}: --refit retrains the ensemble's members for their own best epochs; "
+                            f"drop {'them' if len(given) > 1 else 'it'}")
     with _run_folder(args) as run:
         data_dir = _run_data_dir(args, run)
+        summary = run.read_ensemble() if args.refit else {}  # a run without an ensemble fails before the import
         import_tensorflow_quietly()
-        from automl.retrain import retrain
+        from automl.evaluate import evaluate_run
+        from automl.retrain import refit, retrain
 
-        retrain(run.root, data_dir, top_k=args.top_k, seeds=args.seeds, epochs=args.epochs, address=args.address,
-                skip_bad_images=args.skip_bad_images, cache_dir=args.cache_dir)
+        if not args.refit:
+            retrain(run.root, data_dir, top_k=args.top_k or 5, seeds=args.seeds or 1, epochs=args.epochs,
+                    address=args.address, skip_bad_images=args.skip_bad_images, cache_dir=args.cache_dir)
+            return
+        refit(run.root, data_dir, address=args.address, skip_bad_images=args.skip_bad_images,
+              cache_dir=args.cache_dir)
+        # The same choices again (all made on validation, deterministically), now with the refit's test figures.
+        evaluate_run(run.root, method=summary["method"], decision=summary.get("decision", "balanced"))
 
 
 def _ensemble(args: argparse.Namespace) -> None:
     with _run_folder(args) as run:
         from automl.evaluate import evaluate_run
 
-        evaluate_run(run.root, method=args.method)
+        evaluate_run(run.root, method=args.method, decision=args.decision)
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -275,8 +312,9 @@ def _export(args: argparse.Namespace) -> None:
         import_tensorflow_quietly()
         from automl.export import export_run
 
-        out = export_run(run.root, args.out, overwrite=args.overwrite)
-    print(f"exported {out}: model.keras, saved_model/, model_card.json, model_card.md")
+        out = export_run(run.root, args.out, overwrite=args.overwrite, refit=args.refit)
+    print(f"exported {out}{' (refit on train+val)' if args.refit else ''}: model.keras, saved_model/, "
+          "model_card.json, model_card.md")
 
 
 def _predict(args: argparse.Namespace) -> None:
@@ -286,6 +324,15 @@ def _predict(args: argparse.Namespace) -> None:
     from automl.predict import predict_files
 
     predict_files(args.model_dir, args.inputs, args.out, batch_size=args.batch_size)
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from automl.console import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
+    from automl.assess import evaluate_model
+
+    evaluate_model(args.model_dir, args.data, out=args.out, name=args.name, labels=args.labels)
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -310,7 +357,7 @@ def _run(args: argparse.Namespace) -> None:
         write_run_info(run.root, command=args.command_line)
         retrain(run.root, args.data, top_k=args.top_k, seeds=args.seeds, address=args.address,
                 skip_bad_images=args.skip_bad_images, cache_dir=args.cache_dir)
-        evaluate_run(run.root, method=args.method)
+        evaluate_run(run.root, method=args.method, decision=args.decision)
         out = export_run(run.root, run.model.root)
     print(f"done: report {run.report}, model {out}")
 

@@ -2,8 +2,10 @@
 
 :func:`assemble` wraps one or more trained members into one Keras graph: a resize layer that
 calls :func:`automl.data.resize_tensor` (the very function the training cache used), every
-member, and the weighted average of their probabilities. :func:`export_model` writes it as a
-``.keras`` file and as a TensorFlow SavedModel that plain TensorFlow loads without this package::
+member averaged over its test-time views, the prior correction per member (decision ``prior``),
+the weighted average of their probabilities and the temperature, each layer calling the one
+definition in :mod:`automl.posthoc` that the ensemble stage measured. :func:`export_model` writes it
+as a ``.keras`` file and as a TensorFlow SavedModel that plain TensorFlow loads without this package::
 
     import tensorflow as tf
     model = tf.saved_model.load("MODEL_DIR/saved_model")
@@ -17,9 +19,10 @@ from pathlib import Path
 
 import keras
 
+from automl import posthoc
 from automl.data import resize_tensor
 from automl.files import atomic_write, staged_dir, write_json
-from automl.layout import ModelLayout, RunLayout
+from automl.layout import ModelLayout, RunFolderError, RunLayout, hp_column
 from automl.objective import HEADLINE, Objective
 
 
@@ -60,20 +63,112 @@ class WeightedAverage(keras.layers.Layer):
         return super().get_config() | {"member_weights": self.member_weights}
 
 
-def assemble(members: Sequence[keras.Model], weights: Sequence[float], image_size: tuple[int, int]) -> keras.Model:
-    """One model over raw uint8 images of any size; members with zero weight are left out."""
-    kept = [(m, w) for m, w in zip(members, weights, strict=True) if w > 0]
+@keras.saving.register_keras_serializable(package="automl")
+class TTAViews(keras.layers.Layer):
+    """A batch (N, H, W, 3) to its test-time views stacked view-major, (V * N, H, W, 3) (:func:`posthoc.views`)."""
+
+    def __init__(self, mode: str, **kwargs):
+        super().__init__(**kwargs)
+        self.mode = mode
+
+    def call(self, images):
+        return keras.ops.concatenate(posthoc.views(images, self.mode), axis=0)
+
+    def compute_output_shape(self, input_shape):
+        return (None, *input_shape[1:])  # the views are square when they turn, so H and W keep their sizes
+
+    def get_config(self):
+        return super().get_config() | {"mode": self.mode}
+
+
+@keras.saving.register_keras_serializable(package="automl")
+class ViewMean(keras.layers.Layer):
+    """A member's probabilities on (V * N) stacked views back to (N, K): the mean over its ``views`` views."""
+
+    def __init__(self, views: int, **kwargs):
+        super().__init__(**kwargs)
+        self.views = int(views)
+
+    def call(self, probs):
+        return keras.ops.mean(keras.ops.reshape(probs, (self.views, -1, probs.shape[-1])), axis=0)
+
+    def compute_output_shape(self, input_shape):
+        return (None, input_shape[-1])
+
+    def get_config(self):
+        return super().get_config() | {"views": self.views}
+
+
+@keras.saving.register_keras_serializable(package="automl")
+class PriorCorrection(keras.layers.Layer):
+    """One member's probabilities times its training prior / effective class mix, renormalised
+    (:func:`posthoc.correct_prior`)."""
+
+    def __init__(self, factor: Sequence[float], **kwargs):
+        super().__init__(**kwargs)
+        self.factor = [float(f) for f in factor]
+
+    def call(self, probs):
+        return posthoc.correct_prior(probs, keras.ops.convert_to_tensor(self.factor, dtype=probs.dtype), xp=keras.ops)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return super().get_config() | {"factor": self.factor}
+
+
+@keras.saving.register_keras_serializable(package="automl")
+class Temperature(keras.layers.Layer):
+    """The ensemble's probabilities at a temperature fitted on validation (:func:`posthoc.apply_temperature`)."""
+
+    def __init__(self, temperature: float, **kwargs):
+        super().__init__(**kwargs)
+        self.temperature = float(temperature)
+
+    def call(self, probs):
+        return posthoc.apply_temperature(probs, self.temperature, xp=keras.ops)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return super().get_config() | {"temperature": self.temperature}
+
+
+def assemble(
+    members: Sequence[keras.Model],
+    weights: Sequence[float],
+    image_size: tuple[int, int],
+    tta: str = "none",
+    prior_factors: Sequence[Sequence[float]] | None = None,
+    temperature: float = 1.0,
+) -> keras.Model:
+    """One model over raw uint8 images of any size: resize, each member averaged over its ``tta`` views, its
+    prior correction (given ``prior_factors``, one per member), the weighted average, the ``temperature``.
+    Members with zero weight are left out."""
+    if tta not in posthoc.tta_modes(image_size):
+        raise ValueError(f"TTA mode {tta!r} needs a square input; use one of {posthoc.tta_modes(image_size)}")
+    factors = [None] * len(members) if prior_factors is None else list(prior_factors)
+    kept = [(m, w, f) for m, w, f in zip(members, weights, factors, strict=True) if w > 0]
     if not kept:
         raise ValueError("an ensemble needs at least one member with a positive weight")
     images = keras.Input(shape=(None, None, 3), dtype="uint8", name="image")
     resized = ResizeImages(*image_size, name="resize")(images)
-    outputs = [
+    views = resized if tta == "none" else TTAViews(tta, name="tta_views")(resized)  # made once, shared by members
+    outputs = []
+    for i, (member, _, factor) in enumerate(kept):
         # Each member gets its own name (trained members share layer and model names), and runs in
         # inference mode even when the model is called directly: no augmentation, frozen batch norm.
-        keras.Model(m.inputs, m.output, name=f"member_{i + 1}")(resized, training=False)
-        for i, (m, _) in enumerate(kept)
-    ]
-    probs = WeightedAverage([w for _, w in kept], name="ensemble")(outputs) if len(kept) > 1 else outputs[0]
+        probs = keras.Model(member.inputs, member.output, name=f"member_{i + 1}")(views, training=False)
+        if tta != "none":
+            probs = ViewMean(posthoc.VIEW_COUNT[tta], name=f"member_{i + 1}_tta")(probs)
+        if factor is not None:
+            probs = PriorCorrection(factor, name=f"member_{i + 1}_prior")(probs)
+        outputs.append(probs)
+    probs = WeightedAverage([w for _, w, _ in kept], name="ensemble")(outputs) if len(kept) > 1 else outputs[0]
+    if temperature != 1.0:
+        probs = Temperature(temperature, name="temperature")(probs)
     return keras.Model(images, probs, name="skin_automl")
 
 
@@ -97,22 +192,28 @@ def card_markdown(card: dict) -> str:
     """A human-readable model card from its JSON form."""
     lines = [f"# {card.get('name', 'skin-automl model')}", "",
              f"Intended use: {card.get('intended_use', 'research only, not diagnosis')}.", ""]
-    for key in ("task", "classes", "input", "image_size", "resize", "data_fingerprint", "split", "objective",
-                "ensemble_method"):
+    for key in ("task", "classes", "input", "image_size", "resize", "data_fingerprint", "split", "trained_on",
+                "objective", "ensemble_method", "tta", "decision", "temperature"):
         if key in card:
             value = card[key]
             lines.append(f"- **{key.replace('_', ' ')}**: "
                          f"{', '.join(map(str, value)) if isinstance(value, list) else value}")
     if card.get("members"):
-        lines += ["", "| member | weight | search trial | seed |", "| --- | ---: | --- | ---: |"]
-        lines += [f"| {m['member_id']} | {m['weight']:.2f} | {m['search_trial']} | {m['seed']} |"
-                  for m in card["members"]]
+        lines += ["", "| member | family | weight | search trial | seed |", "| --- | --- | ---: | --- | ---: |"]
+        lines += [f"| {m['member_id']} | {' '.join(filter(None, [m.get('family', 'cnn'), m.get('backbone')]))} "
+                  f"| {m['weight']:.2f} | {m['search_trial']} | {m['seed']} |" for m in card["members"]]
     if "metrics" in card:
         ci = card.get("metrics_ci95", {})
         lines += ["", "| test metric | value | 95% bootstrap interval |", "| --- | ---: | --- |"]
         lines += [f"| {k.removeprefix('test_').replace('_', ' ')} | {v:.3f} | "
                   + (f"{ci[k][0]:.3f} to {ci[k][1]:.3f}" if k in ci else "-") + " |"
                   for k, v in card["metrics"].items()]
+    if card.get("calibration"):
+        lines += ["", "Calibration on the test split (the temperature changes no prediction, only the probabilities):",
+                  "", "| test split | log loss | ECE (15 bins, top label) | Brier score |",
+                  "| --- | ---: | ---: | ---: |"]
+        lines += [f"| {when.removeprefix('test_').replace('_', ' ')} | {m['loss']:.3f} | {m['ece']:.3f} | "
+                  f"{m['brier']:.3f} |" for when, m in card["calibration"].items()]
     if card.get("versions"):
         lines += ["", "Made with " + ", ".join(f"{k} {v}" for k, v in card["versions"].items()) + "."]
     if card.get("search_spec"):
@@ -120,58 +221,96 @@ def card_markdown(card: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def export_run(run_dir: Path, out_dir: Path, overwrite: bool = False) -> Path:
-    """Export a run's ensemble (after retrain and ensemble) as one self-contained model folder."""
-    import yaml
+def export_run(run_dir: Path, out_dir: Path, overwrite: bool = False, refit: bool = False) -> Path:
+    """Export a run's ensemble (after retrain and ensemble) as one self-contained model folder.
 
-    from automl.data import RESIZE_METHOD
+    The graph applies what the ensemble stage chose on validation (weights, TTA mode, temperature) and the
+    decision rule it was run with. With ``refit`` the members are the ones ``automl retrain --refit`` trained
+    on train+val, with those same choices, each with its own prior factor (its own training data's).
+    """
     from automl.files import check_output_dir
 
     run = RunLayout(run_dir)
     check_output_dir(out_dir, overwrite=overwrite)  # before minutes of loading and tracing
     info, summary, metrics = run.read_info(required=True), run.read_ensemble(), run.read_ensemble_metrics()
-    members = run.read_members().set_index("member_id")
     chosen = [m for m, w in summary["weights"].items() if w > 0]
-    models = [_load_member(run, m) for m in chosen]
+    shipped = metrics["ensemble"]
+    if refit:
+        shipped = metrics.get("refit_ensemble") or {}
+        if shipped.get("members") != chosen:
+            raise RunFolderError(f"{run.ensemble_metrics}: no refit of this ensemble's members; "
+                                 f"run automl retrain {run.name} --refit first (it adds the refit to the report)")
+    members = run.read_members(refit=refit)
+    factors = None
+    if summary.get("decision", "balanced") == "prior":
+        factors = posthoc.prior_factors(members, run.refit_members if refit else run.members)
+    models = [_load_member(run, m, refit) for m in chosen]
     image_size = tuple(info["image_size"])
-    model = assemble(models, [summary["weights"][m] for m in chosen], image_size)
-    test, ci = metrics["ensemble"]["test"], metrics["ensemble"].get("test_ci95", {})
-    card = {
+    model = assemble(models, [summary["weights"][m] for m in chosen], image_size, tta=summary.get("tta", "none"),
+                     prior_factors=[factors[m] for m in chosen] if factors else None,
+                     temperature=float(summary.get("temperature") or 1.0))
+    card = _card(run, info, summary, members.set_index("member_id"), chosen, shipped, factors, refit)
+    return export_model(model, out_dir, card, overwrite=overwrite)
+
+
+def _card(run: RunLayout, info: dict, summary: dict, members, chosen: list[str], shipped: dict,
+          factors: dict | None, refit: bool) -> dict:
+    """The model card: what the model is, how it was chosen and trained, and what it scored on test."""
+    import yaml
+
+    from automl.data import RESIZE_METHOD
+
+    test, ci = shipped["test"], shipped.get("test_ci95", {})
+    calibration = (shipped.get("calibration") or {}).get("test") or {}
+    return {
         "name": f"skin-automl {run.name}",
         "intended_use": "research on dermoscopy image classification; not a medical device and not for diagnosis",
         "task": summary["task"],
         "classes": summary["classes"],
         "input": "raw uint8 RGB images of any size, batch of one size at a time (N, H, W, 3)",
-        "image_size": list(image_size),
+        "image_size": list(info["image_size"]),
         "resize": RESIZE_METHOD,
         "data_fingerprint": info.get("data_fingerprint"),
         "split": summary["split"],
+        "trained_on": "train+val (refit; choices carried over from the validation run)" if refit else "train",
         "objective": str(Objective.from_record(summary.get("objective") or info)),
         "ensemble_method": summary["method"],
+        "tta": summary.get("tta", "none"),
+        "decision": summary.get("decision", "balanced"),
+        "temperature": float(summary.get("temperature") or 1.0),
         "members": [
             {"member_id": m, "weight": summary["weights"][m], "search_trial": members.loc[m, "trial_id"],
-             "seed": int(members.loc[m, "seed"])}
+             "seed": int(members.loc[m, "seed"]), "epochs": int(members.loc[m, "epochs"])}
+            | ({} if refit else {"best_epoch": int(members.loc[m, "best_epoch"])})  # the epoch whose weights ship
+            | member_family(members.loc[m])
+            | ({"prior_factor": [float(f) for f in factors[m]]} if factors else {})
             for m in chosen
         ],
         "metrics": {f"test_{k}": test[k] for k in HEADLINE},
         "metrics_ci95": {f"test_{k}": v for k, v in ci.items()},
+        "calibration": {f"test_{when}_temperature": values for when, values in calibration.items()},
         "search_spec": yaml.safe_load(run.spec.read_text()) if run.spec.is_file() else None,
         "versions": _versions(),
     }
-    return export_model(model, out_dir, card, overwrite=overwrite)
 
 
-def _load_member(run: RunLayout, member_id: str) -> keras.Model:
-    from automl.layout import RunFolderError
+def member_family(row) -> dict:
+    """A member's model family from its ``hp_*`` columns, and its backbone if it has one (a mixed ensemble's
+    card says which member is which); runs from before the families were all ``cnn``."""
+    family, backbone = row.get(hp_column("family")), row.get(hp_column("backbone"))
+    family = family if isinstance(family, str) else "cnn"
+    return {"family": family} | ({"backbone": backbone} if family == "backbone" and isinstance(backbone, str) else {})
 
-    path = run.member_model(run.member(member_id))
+
+def _load_member(run: RunLayout, member_id: str, refit: bool = False) -> keras.Model:
+    again = f"run automl retrain {run.name}{' --refit' if refit else ''} again"
+    path = run.member_model(run.member(member_id, refit))
     if not path.is_file():
-        raise RunFolderError(f"{path}: missing; run automl retrain {run.name} again")
+        raise RunFolderError(f"{path}: missing; {again}")
     try:
         return keras.saving.load_model(path)
     except Exception as exc:  # noqa: BLE001 - a damaged .keras file raises zip, HDF5 or Keras errors
-        raise RunFolderError(f"{path}: damaged ({str(exc).splitlines()[0][:200]}); "
-                             f"run automl retrain {run.name} again") from None
+        raise RunFolderError(f"{path}: damaged ({str(exc).splitlines()[0][:200]}); {again}") from None
 
 
 def _versions() -> dict:

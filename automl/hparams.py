@@ -1,4 +1,8 @@
-"""The hyperparameters of one candidate CNN: their names, domains and defaults, validated in one place.
+"""The hyperparameters of one candidate: their names, domains and defaults, validated in one place.
+
+A candidate is one of three families (``family``): a plain CNN, a residual network from scratch, or a
+``keras.applications`` backbone; each reads its own hyperparameters, and all share the head, the
+optimiser, the imbalance handling and the augmentation.
 
 A candidate is described by a flat mapping of hyperparameter names to values, the form a search
 space samples and a spec file writes. :func:`ModelConfig.from_params` checks that mapping against
@@ -21,10 +25,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from automl.backbones import BACKBONES
 from automl.errors import SpecError
 
 OPTIMIZERS = ("adam", "nadam", "rmsprop", "sgd", "adamax")
@@ -41,13 +46,34 @@ INITIALIZERS = (
     "orthogonal",
 )
 IMBALANCE_STRATEGIES = ("none", "class_weight", "oversample", "both")
+FAMILIES = ("cnn", "resnet", "backbone")
+COLOUR_CONSTANCY = ("none", "shades_of_gray")
+#: How many values a per-layer hyperparameter has: the hyperparameter that counts its layers.
+PER = {"block": "conv_blocks", "dense": "dense_layers", "stage": "resnet_stages"}
+
+
+def _weights(value: Any, where: str) -> str:
+    """``imagenet``, ``none`` (YAML's null too) or the path of a ``.h5`` weights file."""
+    if value is None:
+        return "none"
+    if not isinstance(value, str) or not (value in ("imagenet", "none") or value.endswith(".h5")):
+        raise SpecError(f"{where}: expected imagenet, none or the path of a .h5 weights file (e.g. "
+                        f"resnet50_notop.weights.h5), got {value!r}")
+    return value
+
+
+def _trainable_layers(value: Any, where: str) -> int:
+    """A layer count, or ``all`` (stored as -1, so that the column stays numeric)."""
+    return check_domain(-1 if value == "all" else value, int, where, low=-1, high=100_000)
 
 
 @dataclass(frozen=True)
 class Hyperparameter:
     """The domain of one hyperparameter.
 
-    ``per`` is ``"block"`` or ``"dense"`` for values that may differ per conv block or dense layer.
+    ``per`` is ``"block"``, ``"dense"`` or ``"stage"`` for values that may differ per conv block, dense
+    layer or residual stage (:data:`PER`). ``parse`` replaces the plain domain check for values with a
+    form of their own.
     """
 
     name: str
@@ -58,9 +84,12 @@ class Hyperparameter:
     low: float | None = None
     high: float | None = None
     per: str | None = None
+    parse: Callable[[Any, str], Any] | None = None
 
     def check(self, value: Any, where: str) -> Any:
         """Return ``value`` coerced to this hyperparameter's type, or raise :class:`SpecError`."""
+        if self.parse is not None:
+            return self.parse(value, where)
         return check_domain(value, self.type, where, self.choices, self.low, self.high)
 
 
@@ -100,7 +129,10 @@ def check_domain(
 HYPERPARAMETERS: dict[str, Hyperparameter] = {
     hp.name: hp
     for hp in [
-        # Convolutional trunk: conv_blocks blocks of convs_per_block convolutions, then pooling.
+        # The model family: a trunk of its own (the hyperparameters below that name it), then the same head.
+        Hyperparameter("family", str, "cnn", "cnn (plain conv blocks) | resnet (residual, from scratch) | "
+                       "backbone (a keras.applications model)", choices=FAMILIES),
+        # cnn: conv_blocks blocks of convs_per_block convolutions, then pooling.
         Hyperparameter("conv_blocks", int, 3, "number of conv blocks (each ends in a pooling layer)", low=1, high=10),
         Hyperparameter("convs_per_block", int, 2, "convolutions per block", low=1, high=6, per="block"),
         Hyperparameter("filters", int, None, "filters per block (default: base_filters * filter_growth**i)",
@@ -115,7 +147,32 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
         Hyperparameter("batch_norm", bool, False, "batch normalisation after every convolution"),
         Hyperparameter("block_dropout", float, 0.0, "dropout after each block's pooling",
                        low=0.0, high=0.9, per="block"),
-        # Head.
+        # resnet: a stem, then stages of basic blocks (two 3x3 convolutions and a shortcut, batch norm after each
+        # convolution); every stage after the first halves the maps and doubles the width. MedMNIST's ResNet-18
+        # for 28 px is the defaults with head: gap and dense_layers: 0.
+        Hyperparameter("resnet_stages", int, 4, "resnet: stages", low=1, high=6),
+        Hyperparameter("resnet_blocks", int, 2, "resnet: basic blocks per stage", low=1, high=16, per="stage"),
+        Hyperparameter("resnet_width", int, 64, "resnet: filters of the stem and the first stage", low=4, high=512),
+        Hyperparameter("resnet_stem_kernel", int, 3, "resnet: kernel of the stem convolution (7 in ImageNet ResNets)",
+                       low=1, high=7),
+        Hyperparameter("resnet_stem_stride", int, 1, "resnet: stride of the stem convolution (2 quarters the cost)",
+                       low=1, high=2),
+        Hyperparameter("resnet_stem_pool", bool, False, "resnet: 3x3 max-pool with stride 2 after the stem"),
+        # backbone: a keras.applications model without its top, its preprocess_input inside the graph.
+        Hyperparameter("backbone", str, None, "backbone: the keras.applications model", choices=tuple(BACKBONES)),
+        Hyperparameter("backbone_input_size", int, 0, "backbone: square size the images are resized to inside the "
+                       "model (0 = the run's image size)", low=0, high=2048),
+        Hyperparameter("weights", str, "imagenet", "backbone: imagenet | none | PATH of a .h5 file of the model's "
+                       "weights without top (what keras.applications' *_notop.h5 and save_weights hold)",
+                       parse=_weights),
+        Hyperparameter("trainable_layers", int, -1, "backbone: how many of its last layers train (0 = frozen, "
+                       "all or -1 = every layer); batch norm in the frozen part runs in inference mode",
+                       parse=_trainable_layers),
+        Hyperparameter("warmup_epochs", int, 0, "backbone: first epochs train the head alone, then trainable_layers "
+                       "unfreeze at learning_rate * finetune_lr_factor (0 = no warm-up)", low=0, high=10_000),
+        Hyperparameter("finetune_lr_factor", float, 0.1, "backbone: learning-rate factor after the warm-up",
+                       low=1e-4, high=1.0),
+        # Head, shared by every family.
         Hyperparameter("head", str, "flatten", "how the trunk's maps reach the dense layers",
                        choices=("flatten", "gap")),
         Hyperparameter("dense_layers", int, 1, "hidden dense layers before the output", low=0, high=4),
@@ -129,6 +186,8 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
         Hyperparameter("optimizer", str, "adam", "optimizer", choices=OPTIMIZERS),
         Hyperparameter("learning_rate", float, 1e-3, "initial learning rate", low=1e-7, high=1.0),
         Hyperparameter("momentum", float, 0.9, "momentum (sgd only)", low=0.0, high=0.999),
+        Hyperparameter("clipnorm", float, 0.0, "clip each gradient to this norm, for every optimizer (0 = off)",
+                       low=0.0, high=1e6),
         Hyperparameter("batch_size", int, 64, "training batch size", low=1, high=4096),
         # Class imbalance (seed 003's five strategies: none; oversample to 1000; oversample to the
         # majority; class weights; class weights + oversample to 1000).
@@ -144,6 +203,19 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
         Hyperparameter("zoom", float, 0.0, "random zoom range as a fraction (0 = off)", low=0.0, high=0.9),
         Hyperparameter("shift", float, 0.0, "random shift range as a fraction of width and height (0 = off)",
                        low=0.0, high=0.5),
+        Hyperparameter("brightness", float, 0.0, "random brightness shift up to this fraction of the pixel range "
+                       "(0 = off)", low=0.0, high=1.0),
+        Hyperparameter("contrast", float, 0.0, "random contrast factor in [1 - c, 1 + c] (0 = off)",
+                       low=0.0, high=1.0),
+        Hyperparameter("saturation", float, 0.0, "random saturation factor in [1 - s, 1 + s] (0 = off)",
+                       low=0.0, high=1.0),
+        Hyperparameter("hue", float, 0.0, "random hue rotation up to this fraction of the colour wheel either way "
+                       "(0 = off)", low=0.0, high=0.5),
+        # Colour constancy: a layer of the model, so training, export and predict apply the same transform.
+        Hyperparameter("colour_constancy", str, "none", "none | shades_of_gray (per-image white balance, in "
+                       "training and inference)", choices=COLOUR_CONSTANCY),
+        Hyperparameter("sog_p", float, 6.0, "shades of gray: Minkowski norm p (1 = grey world, large = max-RGB)",
+                       low=1.0, high=20.0),
     ]
 }
 
@@ -175,8 +247,12 @@ def check_value(name: str, value: Any, where: str) -> Any:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """One fully resolved candidate: every per-block value expanded to one entry per block."""
+    """One fully resolved candidate: every per-layer value expanded to one entry per block, layer or stage.
 
+    Every family's fields are present (with their defaults); the builder reads those of ``family``.
+    """
+
+    family: str
     conv_blocks: int
     convs_per_block: tuple[int, ...]
     filters: tuple[int, ...]
@@ -186,6 +262,18 @@ class ModelConfig:
     pool_size: int
     batch_norm: bool
     block_dropout: tuple[float, ...]
+    resnet_stages: int
+    resnet_blocks: tuple[int, ...]
+    resnet_width: int
+    resnet_stem_kernel: int
+    resnet_stem_stride: int
+    resnet_stem_pool: bool
+    backbone: str | None
+    backbone_input_size: int
+    weights: str
+    trainable_layers: int
+    warmup_epochs: int
+    finetune_lr_factor: float
     head: str
     dense_layers: int
     dense_units: tuple[int, ...]
@@ -195,6 +283,7 @@ class ModelConfig:
     optimizer: str
     learning_rate: float
     momentum: float
+    clipnorm: float
     batch_size: int
     imbalance: str
     oversample_to: int
@@ -203,6 +292,12 @@ class ModelConfig:
     rotation: float
     zoom: float
     shift: float
+    brightness: float
+    contrast: float
+    saturation: float
+    hue: float
+    colour_constancy: str
+    sog_p: float
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], where: str = "hyperparameters") -> ModelConfig:
@@ -213,21 +308,21 @@ class ModelConfig:
         scalars = {
             name: checked.get(name, hp.default) for name, hp in HYPERPARAMETERS.items() if hp.per is None
         }
-        n_blocks, n_dense = scalars["conv_blocks"], scalars["dense_layers"]
+        if scalars["family"] == "backbone" and scalars["backbone"] is None:
+            raise SpecError(f"{where}: family backbone needs backbone: NAME (one of {', '.join(BACKBONES)})")
         overrides = {}
         for name, value in checked.items():
             hp, index = parse_name(name)
             if index is not None:
                 overrides[hp.name, index] = value
-        default_filters = [
-            max(1, round(scalars["base_filters"] * scalars["filter_growth"] ** i)) for i in range(n_blocks)
-        ]
+        growth = scalars["filter_growth"]
+        default_filters = [max(1, round(scalars["base_filters"] * growth**i)) for i in range(scalars["conv_blocks"])]
 
-        def expand(name: str, length: int, default: Any) -> tuple:
-            value = checked.get(name, default)
+        def expand(name: str, default: Any) -> tuple:
+            count = PER[HYPERPARAMETERS[name].per]
+            length, value = scalars[count], checked.get(name, default)
             if isinstance(value, list):
                 if len(value) != length:
-                    count = "conv_blocks" if HYPERPARAMETERS[name].per == "block" else "dense_layers"
                     raise SpecError(
                         f"{where}.{name}: has {len(value)} values but {count} is {length}; give one per "
                         "layer or a single value"
@@ -243,12 +338,8 @@ class ModelConfig:
             return tuple(values)
 
         per_values = {
-            "convs_per_block": expand("convs_per_block", n_blocks, HYPERPARAMETERS["convs_per_block"].default),
-            "filters": expand("filters", n_blocks, default_filters),
-            "kernel_size": expand("kernel_size", n_blocks, HYPERPARAMETERS["kernel_size"].default),
-            "block_dropout": expand("block_dropout", n_blocks, HYPERPARAMETERS["block_dropout"].default),
-            "dense_units": expand("dense_units", n_dense, HYPERPARAMETERS["dense_units"].default),
-            "dense_dropout": expand("dense_dropout", n_dense, HYPERPARAMETERS["dense_dropout"].default),
+            name: expand(name, default_filters if name == "filters" else hp.default)
+            for name, hp in HYPERPARAMETERS.items() if hp.per
         }
         fields = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in scalars.items() if k in fields} | per_values
@@ -256,10 +347,21 @@ class ModelConfig:
 
     def to_params(self) -> dict[str, Any]:
         """The flat, JSON-friendly form (lists for per-layer values); ``from_params`` reads it back."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        # None (no backbone) and empty lists (no dense layers) are what from_params makes of a missing name.
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+                if v is not None and v != ()}
 
     def check_image_size(self, height: int, width: int, where: str = "hyperparameters") -> None:
-        """Reject a trunk whose convolutions and poolings shrink the image to nothing."""
+        """Reject a candidate that cannot run on ``height`` x ``width`` images (of any family)."""
+        {"cnn": self._check_cnn, "resnet": self._check_resnet, "backbone": self._check_backbone}[self.family](
+            height, width, where)
+
+    def backbone_size(self, height: int, width: int) -> tuple[int, int]:
+        """The size a backbone sees: ``backbone_input_size`` squared, or the image's own size when it is 0."""
+        return (self.backbone_input_size,) * 2 if self.backbone_input_size else (height, width)
+
+    def _check_cnn(self, height: int, width: int, where: str) -> None:
+        """A trunk whose convolutions and poolings shrink the image to nothing."""
         h, w = height, width
         for block in range(self.conv_blocks):
             if self.padding == "valid":
@@ -278,3 +380,29 @@ class ModelConfig:
                     f"{block} blocks, a smaller pool_size or a larger image_size"
                 )
 
+    def _check_resnet(self, height: int, width: int, where: str) -> None:
+        """A stem and stages that halve a map already down to one pixel ('same' padding never reaches 0)."""
+        steps = ["stem"] * (self.resnet_stem_stride == 2) + ["stem pool"] * self.resnet_stem_pool
+        steps += [f"stage {s + 1}" for s in range(1, self.resnet_stages)]
+        size = min(height, width)
+        for step in steps:
+            if size == 1:
+                raise SpecError(
+                    f"{where}: a resnet with {self.resnet_stages} stages (stem stride {self.resnet_stem_stride}, "
+                    f"stem pool {str(self.resnet_stem_pool).lower()}) is too deep for {height}x{width} images "
+                    f"({step} halves a 1x1 map); use fewer stages, no stem stride or pool, or a larger image_size"
+                )
+            size = math.ceil(size / 2)
+
+    def _check_backbone(self, height: int, width: int, where: str) -> None:
+        """A backbone fed images below the smallest input it accepts."""
+        backbone = BACKBONES[self.backbone]
+        h, w = self.backbone_size(height, width)
+        if min(h, w) < backbone.min_size:
+            given = f"backbone_input_size {self.backbone_input_size}" if self.backbone_input_size else (
+                f"{height}x{width} images")
+            raise SpecError(
+                f"{where}: {self.backbone} needs inputs of at least {backbone.min_size}x{backbone.min_size}, got "
+                f"{given}; set backbone_input_size (the images are resized inside the model) to at least "
+                f"{backbone.min_size}, e.g. its ImageNet size {backbone.default_size}"
+            )

@@ -12,7 +12,9 @@ objective; plain accuracy rewards predicting nv (67% of HAM10000) and is reporte
 
 from __future__ import annotations
 
+import math
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 from sklearn.metrics import (
@@ -27,7 +29,12 @@ from sklearn.metrics import (
 
 from automl.objective import HEADLINE
 
-__all__ = ["HEADLINE", "SCORERS", "classification_metrics", "metric_value", "prefixed"]
+__all__ = ["ECE_BINS", "HEADLINE", "SCORERS", "bootstrap_intervals", "brier_score", "calibration_bins",
+           "calibration_metrics", "classification_metrics", "expected_calibration_error", "metric_value", "prefixed",
+           "sensitivity_at_specificity"]
+
+#: Equal-width confidence bins of the expected calibration error and the reliability diagrams.
+ECE_BINS = 15
 
 
 def _balanced_accuracy(y_true, y_pred, probs, labels) -> float:
@@ -105,3 +112,98 @@ def _macro_auc(y_true: np.ndarray, probs: np.ndarray, labels: np.ndarray) -> flo
 def prefixed(metrics: dict, prefix: str) -> dict:
     """The scalar metrics with a split prefix, e.g. ``val_balanced_accuracy``."""
     return {f"{prefix}_{k}": v for k, v in metrics.items() if isinstance(v, int | float)}
+
+
+def bootstrap_intervals(n: int, statistics: Callable[[np.ndarray], dict[str, float]], rounds: int = 1000,
+                        seed: int = 0) -> dict[str, list[float]]:
+    """95% percentile intervals of ``statistics(rows)`` over image-level bootstrap resamples of ``n`` images.
+
+    Each round draws ``n`` row indices with replacement from one seeded generator, so two calls with the same ``n``,
+    ``rounds`` and ``seed`` see the same resamples. A value that is undefined in a resample (NaN, e.g. an AUC
+    without positives) is left out of its percentiles; one never defined has the interval ``[nan, nan]``.
+    """
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for name, value in statistics(rng.integers(0, n, n)).items():
+            draws.setdefault(name, []).append(value)
+    intervals = {}
+    for name, values in draws.items():
+        values = np.asarray(values, dtype=np.float64)
+        values = values[~np.isnan(values)]
+        intervals[name] = ([float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))] if len(values)
+                           else [math.nan, math.nan])
+    return intervals
+
+
+def sensitivity_at_specificity(y_true: np.ndarray, score: np.ndarray, specificity: float) -> dict[str, float]:
+    """Sensitivity at the threshold the negatives' scores give for a fixed specificity.
+
+    The threshold is the smallest negative score with at least ``specificity`` of the negatives at or below it
+    (their ``specificity`` quantile, numpy's ``inverted_cdf``); an image is called positive when its score is above
+    it. Returns ``sensitivity``, ``threshold`` and the ``specificity`` reached (at least the one asked for, more with
+    few negatives or ties); NaN without positives or negatives.
+
+    >>> sensitivity_at_specificity(np.array([0, 0, 0, 0, 1, 1]), np.array([.1, .2, .3, .4, .25, .5]), 0.75)
+    {'sensitivity': 0.5, 'threshold': 0.3, 'specificity': 0.75}
+    """
+    y_true, score = np.asarray(y_true).astype(bool), np.asarray(score, dtype=np.float64)
+    negatives, positives = score[~y_true], score[y_true]
+    if not len(negatives) or not len(positives):
+        return dict.fromkeys(("sensitivity", "threshold", "specificity"), math.nan)
+    threshold = float(np.quantile(negatives, specificity, method="inverted_cdf"))
+    return {"sensitivity": float(np.mean(positives > threshold)), "threshold": threshold,
+            "specificity": float(np.mean(negatives <= threshold))}
+
+
+def calibration_bins(hits: np.ndarray, confidence: np.ndarray,
+                     bins: int = ECE_BINS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per equal-width bin of ``confidence`` over [0, 1]: images, mean confidence, share of hits (NaN when empty).
+
+    Bin ``b`` holds the confidences in [b/bins, (b+1)/bins); the last bin also holds 1.
+    """
+    confidence = np.clip(np.asarray(confidence, dtype=np.float64), 0.0, 1.0)
+    hits = np.asarray(hits, dtype=np.float64)
+    index = np.minimum((confidence * bins).astype(int), bins - 1)
+    counts = np.bincount(index, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_confidence = np.bincount(index, weights=confidence, minlength=bins) / counts
+        hit_rate = np.bincount(index, weights=hits, minlength=bins) / counts
+    return counts, mean_confidence, hit_rate
+
+
+def expected_calibration_error(hits: np.ndarray, confidence: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Sum over bins of (images in bin / images) x |share of hits - mean confidence| (Naeini et al., 2015).
+
+    For a multiclass model: hits = the top class is right, confidence = its probability (Guo et al., 2017). For a
+    yes/no probability: hits = the image is positive, confidence = the probability. NaN without images.
+    """
+    counts, mean_confidence, hit_rate = calibration_bins(hits, confidence, bins)
+    if not counts.sum():
+        return math.nan
+    filled = counts > 0
+    return float(np.sum(counts[filled] * np.abs(hit_rate[filled] - mean_confidence[filled])) / counts.sum())
+
+
+def brier_score(y_true: np.ndarray, probs: np.ndarray) -> float:
+    """Mean over images of the squared distance between the probability vector and the one-hot label.
+
+    Brier's (1950) multi-category form: 0 is perfect, 2 the worst; for two classes it is twice the
+    yes/no form ``mean((p - y) ** 2)``. NaN without images.
+    """
+    y_true, probs = np.asarray(y_true).astype(int), np.asarray(probs, dtype=np.float64)
+    if not len(y_true):
+        return math.nan
+    return float(np.mean(np.sum((probs - np.eye(probs.shape[1])[y_true]) ** 2, axis=1)))
+
+
+def calibration_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """Top-label expected calibration error (:data:`ECE_BINS` bins), Brier score and log loss of probabilities (N, K).
+
+    >>> round(calibration_metrics(np.array([0, 1]), np.array([[.9, .1], [.6, .4]]))["ece"], 6)  # (.1 + .6) / 2
+    0.35
+    """
+    y_true, probs = np.asarray(y_true).astype(int), np.asarray(probs, dtype=np.float64)
+    hits = probs.argmax(axis=1) == y_true
+    return {"ece": expected_calibration_error(hits, probs.max(axis=1)), "brier": brier_score(y_true, probs),
+            "loss": metric_value("loss", y_true, probs, probs.shape[1])}

@@ -31,6 +31,19 @@ DIRECTIONS: dict[str, str] = {**dict.fromkeys(HEADLINE, "max"), "loss": "min"}
 METRICS = tuple(f"val_{name}" for name in DIRECTIONS)
 DEFAULT_METRIC = "val_balanced_accuracy"  # mean recall, ISIC 2018's ranking metric
 MODES = ("min", "max")
+#: The fixed specificities ``automl evaluate`` reads sensitivity at.
+SPECIFICITIES = (0.8, 0.9)
+
+
+def sensitivity_at(specificity: float) -> str:
+    """The name of the sensitivity at a fixed specificity, e.g. ``sensitivity_at_spec_0.8``."""
+    return f"sensitivity_at_spec_{specificity:g}"
+
+
+#: What ``automl evaluate`` adds on an external set, with the direction that is better: ROC-AUC of a yes/no question,
+#: sensitivity at fixed specificities, expected calibration error and Brier score. Measured there, never objectives.
+EXTERNAL_DIRECTIONS: dict[str, str] = {"auc": "max", **{sensitivity_at(s): "max" for s in SPECIFICITIES},
+                                       "ece": "min", "brier": "min"}
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,10 @@ import numpy as np
 import pandas as pd
 
 from automl import console
-from automl.data import IMAGE_SUFFIXES, decode_image
+from automl.data import BINARY_CLASSES, IMAGE_SUFFIXES, decode_image
 from automl.errors import UserError
 from automl.files import atomic_write
 from automl.layout import ModelLayout
-
-#: The model card's file name inside an exported folder (automl.export writes it).
 
 
 def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
@@ -51,14 +49,28 @@ def predict_files(model_dir: Path, inputs: Sequence[str | Path], out_csv: Path, 
         raise UserError(f"{out_csv}: is a folder; --out names the CSV file to write, e.g. {out_csv / 'preds.csv'}")
     if out_csv.parent.exists() and not out_csv.parent.is_dir():
         raise UserError(f"{out_csv}: {out_csv.parent} is a file, not a folder; choose another --out")
-    if not ModelLayout(model_dir).keras_file.is_file():
-        raise UserError(f"{model_dir}: not an exported model folder (no {ModelLayout(model_dir).keras_file.name}); "
-                        "make one with automl export")
-    classes = _classes(model_dir)
+    table = classify_files(model_dir, inputs, batch_size)
+    buffer = io.StringIO()
+    table.to_csv(buffer, index=False)
+    atomic_write(out_csv, buffer.getvalue())
+    readable = int((table["error"] == "").sum())
+    console.info(f"wrote {out_csv}: {readable} of {len(table)} images classified, {len(table) - readable} with errors")
+    if readable == 0:
+        raise UserError(f"none of the {len(table)} inputs could be read as an image "
+                        f"(see the error column of {out_csv})")
+    return table
+
+
+def classify_files(model_dir: Path, inputs: Sequence[str | Path], batch_size: int = 64) -> pd.DataFrame:
+    """The table :func:`predict_files` writes, without writing it: one row per input file, unreadable ones with
+    their error. A folder that is not an exported model is a :class:`UserError` before any image is read.
+    """
+    model_dir = Path(model_dir)
+    classes = model_classes(model_dir)
     files = collect_inputs(inputs)
     if not files:
         raise UserError(f"no image files found in {', '.join(map(str, inputs))}")
-    model = _load_model(model_dir, len(classes))
+    model = load_model(model_dir, len(classes))
     probs = np.full((len(files), len(classes)), np.nan)
     errors = [""] * len(files)
     with console.progress(len(files), f"classifying {len(files)} images") as advance:
@@ -76,21 +88,25 @@ def predict_files(model_dir: Path, inputs: Sequence[str | Path], out_csv: Path, 
                 rows = [i for i, _ in group]
                 probs[rows] = model(np.stack([image for _, image in group]), training=False).numpy()
             advance(min(start + batch_size, len(files)))
-    table = _table(files, probs, errors, classes)
-    buffer = io.StringIO()
-    table.to_csv(buffer, index=False)
-    atomic_write(out_csv, buffer.getvalue())
-    readable = int((table["error"] == "").sum())
-    console.info(f"wrote {out_csv}: {readable} of {len(files)} images classified, {len(files) - readable} with errors")
-    if readable == 0:
-        raise UserError(f"none of the {len(files)} inputs could be read as an image "
-                        f"(see the error column of {out_csv})")
-    return table
+    return _table(files, probs, errors, classes)
 
 
-def _classes(model_dir: Path) -> list[str]:
-    """The class names of the model card, or a UserError naming the card and what is wrong with it."""
+def probabilities(table: pd.DataFrame, classes: Sequence[str]) -> np.ndarray:
+    """The (N, n_classes) probabilities of a table :func:`classify_files` made (NaN on error rows)."""
+    if list(classes) == list(BINARY_CLASSES):
+        malignant = table["p_malignant"].to_numpy(dtype=np.float64)
+        return np.stack([1 - malignant, malignant], axis=1)
+    return table[[f"p_{name}" for name in classes]].to_numpy(dtype=np.float64)
+
+
+def model_classes(model_dir: Path) -> list[str]:
+    """The class names of an exported model folder's card; a UserError if the folder is not one (no model file, a
+    missing or damaged card), naming the file and what is wrong with it.
+    """
     layout = ModelLayout(model_dir)
+    if not layout.keras_file.is_file():
+        raise UserError(f"{model_dir}: not an exported model folder (no {layout.keras_file.name}); "
+                        "make one with automl export")
     card = layout.read_card()  # a missing or damaged card is one line naming it
     classes = card.get("classes")
     if not (isinstance(classes, list) and len(classes) >= 2 and all(isinstance(c, str) for c in classes)):
@@ -99,7 +115,7 @@ def _classes(model_dir: Path) -> list[str]:
     return classes
 
 
-def _load_model(model_dir: Path, n_classes: int):
+def load_model(model_dir: Path, n_classes: int):
     """The Keras model of an exported folder, or a UserError naming the file when it cannot be loaded."""
     import keras
 
@@ -125,7 +141,7 @@ def _table(files: list[Path], probs: np.ndarray, errors: list[str], classes: lis
     ok = np.array([e == "" for e in errors])
     predicted = np.where(ok, np.array(classes, dtype=object)[np.nan_to_num(probs).argmax(axis=1)], "")
     table = pd.DataFrame({"image_id": [f.stem for f in files], "path": [str(f) for f in files], "dx_pred": predicted})
-    if classes == ["benign", "malignant"]:
+    if list(classes) == list(BINARY_CLASSES):
         table["p_malignant"] = probs[:, 1]
     else:
         for k, name in enumerate(classes):

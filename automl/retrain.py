@@ -7,10 +7,19 @@ cluster land in the run folder too::
 
     RESULTS/NAME/retrain/members.parquet     one row per member: source trial, seed, epochs, val_*/test_*
     RESULTS/NAME/retrain/labels.npz          y_val, y_test and their image ids
-    RESULTS/NAME/retrain/members/mNN/        model.keras, val_probs.npy, test_probs.npy, history.csv
+    RESULTS/NAME/retrain/members/mNN/        model.keras, {val,test}_probs[_TTA].npy, history.csv, member.json
+    RESULTS/NAME/refit/                      the same for ``--refit`` (no val: it is in the training set)
 
-Test probabilities are stored for the final evaluation only; nothing here or in the ensemble
-chooses anything by them.
+Each member's probabilities are stored plain and averaged over every test-time augmentation mode
+(:mod:`automl.posthoc`), so the ensemble stage chooses the mode without a model. Each member's row also
+holds ``class_prior`` (its training split's class shares) and ``class_mix`` (the effective class mix its
+imbalance setting made it learn, :func:`automl.trial.expected_class_mix`): the prior correction needs
+nothing else. Test probabilities are stored for the final evaluation only; nothing here or in the
+ensemble chooses anything by them.
+
+``--refit`` (:func:`refit`) trains the ensemble's members again from scratch on train+val, each for the
+number of epochs its validation run chose (``best_epoch``) at that run's learning rates, epoch by epoch:
+the shipped model learns from 85% of the data while the test split stays untouched.
 """
 
 from __future__ import annotations
@@ -30,13 +39,15 @@ from automl import console
 from automl.data import Dataset, load_dataset
 from automl.errors import UserError
 from automl.files import atomic_write, staged_dir
-from automl.hparams import parse_name
-from automl.layout import RunLayout, best_column, hp_column, hyperparameter_columns, hyperparameter_name
+from automl.hparams import ModelConfig, parse_name
+from automl.layout import HP_PREFIX, RunLayout, best_column, hp_column, hyperparameter_name
 from automl.metrics import classification_metrics, prefixed
 from automl.objective import Objective
+from automl.posthoc import predict_modes, tta_modes
 from automl.spec import Spec, load_spec
 from automl.store import utc_now, write_run_info
-from automl.trial import epoch_line
+from automl.trial import epoch_line, expected_class_mix
+from automl.weights import require_weights
 
 
 def top_configurations(run_dir: Path, top_k: int) -> list[dict]:
@@ -50,14 +61,15 @@ def top_configurations(run_dir: Path, top_k: int) -> list[dict]:
     if usable.empty:
         raise UserError(f"{run.root}: no trial finished an epoch; nothing to retrain")
     return [
-        {
-            "trial_id": row["trial_id"],
-            "score": float(row[column]),
-            "params": {hyperparameter_name(c): _param(hyperparameter_name(c), row[c])
-                       for c in hyperparameter_columns(trials) if not _missing(row[c])},
-        }
+        {"trial_id": row["trial_id"], "score": float(row[column]), "params": _params(row)}
         for _, row in objective.sort(usable, column).head(top_k).iterrows()
     ]
+
+
+def _params(row) -> dict:
+    """The hyperparameters of a table row (``hp_*`` columns), in their own types, conditionals left out when absent."""
+    return {hyperparameter_name(c): _param(hyperparameter_name(c), row[c])
+            for c in row.index if c.startswith(HP_PREFIX) and not _missing(row[c])}
 
 
 def retrain(
@@ -72,16 +84,8 @@ def retrain(
 ) -> Path:
     """Retrain the run's ``top_k`` configurations with ``seeds`` seeds each; returns the retrain folder."""
     run = RunLayout(run_dir)
-    if not run.spec.is_file():
-        raise UserError(f"{run.root}: no search run here (no {run.spec.name}); run automl search first")
-    spec, info = load_spec(run.spec), run.read_info(required=True)
+    spec, info, dataset = _run_data(run, data_dir, skip_bad_images, cache_dir)
     epochs = epochs or spec.training.epochs
-    dataset = load_dataset(data_dir, skip_bad_images=skip_bad_images, cache_dir=cache_dir, **spec.data.dataset_args())
-    if info.get("data_fingerprint") and info["data_fingerprint"] != dataset.fingerprint:
-        raise UserError(
-            f"{data_dir}: not the data the search {run.name!r} used (fingerprint {dataset.fingerprint}, "
-            f"search had {info['data_fingerprint']}); pass the same --data"
-        )
     configs = top_configurations(run.root, top_k)
     members = [
         {"member_id": f"m{i * seeds + s + 1:02d}", "trial_id": c["trial_id"], "search_score": c["score"],
@@ -89,6 +93,7 @@ def retrain(
         for i, c in enumerate(configs)
         for s in range(seeds)
     ]
+    require_weights(spec, [m["params"] for m in members])  # before any trial: ImageNet weights once, or one line
     console.info(
         f"retraining {len(configs)} configurations x {seeds} seed(s) = {len(members)} members for up to "
         f"{epochs} epochs (early stopping patience {spec.training.early_stopping_patience} on {spec.objective})"
@@ -104,8 +109,74 @@ def retrain(
     return run.retrain
 
 
-def _train_members(spec: Spec, dataset: Dataset, members: list[dict], epochs: int, address: str | None,
-                   storage: str | None, name: str, scratch: str):
+def refit(
+    run_dir: Path,
+    data_dir: Path,
+    address: str | None = None,
+    skip_bad_images: bool = False,
+    cache_dir: Path | None = None,
+) -> Path:
+    """Train the ensemble's members (weight > 0) again from scratch on train+val; returns the refit folder.
+
+    Each keeps its configuration and seed and trains for its validation run's ``best_epoch`` epochs at
+    that run's learning rate per epoch (``history.csv``), since with val inside the training set nothing
+    is left to stop on. The ensemble's weights, TTA mode, temperature and decision carry over
+    (:mod:`automl.evaluate` reports the refit ensemble with them, :mod:`automl.export` ships it).
+    """
+    run = RunLayout(run_dir)
+    weights = run.read_ensemble()["weights"]  # before loading data: a run without an ensemble fails at once
+    spec, info, dataset = _run_data(run, data_dir, skip_bad_images, cache_dir)
+    table = run.read_members().set_index("member_id")
+    members = [_refit_member(run, member_id, table) for member_id, w in weights.items() if w > 0]
+    images = int(dataset.with_train_and_val().class_counts("train").sum())
+    console.info(f"refitting {len(members)} members on train+val ({images} images) for "
+                 + ", ".join(f"{m['member_id']} {len(m['learning_rates'])}" for m in members)
+                 + " epochs (each member's best epoch on validation)")
+    started, wall = utc_now(), time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="automl-refit-") as scratch:
+        results = _train_members(spec, dataset, members, None, address, info.get("storage"), run.name, scratch,
+                                 stage="refit")
+        rows = _collect(run, dataset, members, results, refit=True)
+    write_run_info(run.root, refit={"started": started, "ended": utc_now(), "wall_s": round(time.monotonic() - wall, 1),
+                                    "members": rows, "retrain_ended": (info.get("retrain") or {}).get("ended")})
+    console.info(f"refit {rows} members into {run.refit}")
+    return run.refit
+
+
+def _run_data(run: RunLayout, data_dir: Path, skip_bad_images: bool, cache_dir: Path | None):
+    """The run's spec, its record and its dataset, checked to be the data the search used."""
+    if not run.spec.is_file():
+        raise UserError(f"{run.root}: no search run here (no {run.spec.name}); run automl search first")
+    spec, info = load_spec(run.spec), run.read_info(required=True)
+    dataset = load_dataset(data_dir, skip_bad_images=skip_bad_images, cache_dir=cache_dir, **spec.data.dataset_args())
+    if info.get("data_fingerprint") and info["data_fingerprint"] != dataset.fingerprint:
+        raise UserError(
+            f"{data_dir}: not the data the search {run.name!r} used (fingerprint {dataset.fingerprint}, "
+            f"search had {info['data_fingerprint']}); pass the same --data"
+        )
+    return spec, info, dataset
+
+
+def _refit_member(run: RunLayout, member_id: str, table: pd.DataFrame) -> dict:
+    """A member to refit: configuration, seed, and its validation run's learning rates up to its best epoch."""
+    if member_id not in table.index:
+        raise UserError(f"{run.ensemble_json}: member {member_id} is not in {run.members}; "
+                        f"run automl ensemble {run.name} again")
+    row = table.loc[member_id]
+    best = row.get("best_epoch")
+    if _missing(best) or int(best) < 1:
+        raise UserError(f"{run.members}: member {member_id} has no best epoch; run automl retrain {run.name} again")
+    params = _params(row)
+    history = RunLayout.member_history(run.member(member_id))
+    rates = pd.read_csv(history)["learning_rate"].tolist()[: int(best)] if history.is_file() else []
+    if len(rates) < int(best) or any(_missing(r) for r in rates):
+        rates = [ModelConfig.from_params(params).learning_rate] * int(best)  # no schedule recorded: the initial rate
+    return {"member_id": member_id, "trial_id": row["trial_id"], "search_score": row.get("search_score"),
+            "seed": int(row["seed"]), "params": params, "learning_rates": rates}
+
+
+def _train_members(spec: Spec, dataset: Dataset, members: list[dict], epochs: int | None, address: str | None,
+                   storage: str | None, name: str, scratch: str, stage: str = "retrain"):
     """Every member as a Ray Tune trial; the results, or one line if the run was interrupted."""
     import ray
 
@@ -124,7 +195,7 @@ def _train_members(spec: Spec, dataset: Dataset, members: list[dict], epochs: in
         tune_config=tune.TuneConfig(max_concurrent_trials=settings.max_concurrent),
         run_config=tune.RunConfig(
             # On a multi-node cluster members must checkpoint to the search's shared storage.
-            name="retrain", storage_path=f"{storage}/{name}" if storage else scratch, verbose=0,
+            name=stage, storage_path=f"{storage}/{name}" if storage else scratch, verbose=0,
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
             callbacks=[_MemberLines(members, spec.objective, epochs)],
         ),
@@ -136,14 +207,18 @@ def _train_members(spec: Spec, dataset: Dataset, members: list[dict], epochs: in
     unfinished = [members[r.config["member"]]["member_id"] for r in results if r.error is None and r.checkpoint is None]
     if unfinished:
         # Interrupted (Ctrl-C, a stopped job): a partial ensemble would pass for the real one.
-        raise UserError(f"retraining interrupted before {', '.join(unfinished)} finished; nothing written. "
-                        f"Run it again: automl retrain {name} (or automl run ... --resume)")
+        again = f"automl retrain {name}" + (" --refit" if stage == "refit" else " (or automl run ... --resume)")
+        raise UserError(f"{stage} interrupted before {', '.join(unfinished)} finished; nothing written. "
+                        f"Run it again: {again}")
     return results
 
 
-def _collect(run: RunLayout, dataset: Dataset, members: list[dict], results) -> int:
-    """Copy the members' checkpoints into ``retrain/`` with their table and the split's labels; returns the count."""
-    with staged_dir(run.retrain) as stage:
+def _collect(run: RunLayout, dataset: Dataset, members: list[dict], results, refit: bool = False) -> int:
+    """Copy the members' checkpoints into ``retrain/`` (or ``refit/``) with their table, and for the
+    retrain the split's labels; returns the count."""
+    root = run.refit if refit else run.retrain
+    counts = (dataset.with_train_and_val() if refit else dataset).class_counts("train")
+    with staged_dir(root) as stage:
         rows = []
         for result in results:
             member = members[result.config["member"]]
@@ -151,33 +226,45 @@ def _collect(run: RunLayout, dataset: Dataset, members: list[dict], results) -> 
                 reason = str(result.error).splitlines()[-1] if result.error else "no model"
                 console.info(f"member {member['member_id']} failed: {reason}")
                 continue
-            result.checkpoint.to_directory(str(stage / run.member(member["member_id"]).relative_to(run.retrain)))
-            rows.append({k: v for k, v in member.items() if k != "params"}
-                        | {hp_column(k): v for k, v in member["params"].items()}
-                        | {k: v for k, v in result.metrics.items() if k.startswith(("val_", "test_"))}
-                        | {"epochs": result.metrics.get("epochs"), "best_epoch": result.metrics.get("best_epoch")})
+            result.checkpoint.to_directory(str(stage / run.member(member["member_id"], refit).relative_to(root)))
+            rows.append(_member_row(member, result.metrics, counts))
         if not rows:
-            raise UserError(f"{run.root}: every retrained member failed; see the lines above")
+            raise UserError(f"{run.root}: every {'refit' if refit else 'retrained'} member failed; see the lines above")
         table = pd.DataFrame(rows).sort_values("member_id")
-        atomic_write(stage / run.members.relative_to(run.retrain), lambda f: table.to_parquet(f, index=False))
-        split = dataset.table["split"]
-        np.savez(stage / run.labels.relative_to(run.retrain),
-                 y_val=dataset.subset("val")[1], y_test=dataset.subset("test")[1],
-                 val_ids=dataset.table["image_id"][split == "val"].to_numpy(dtype=str),
-                 test_ids=dataset.table["image_id"][split == "test"].to_numpy(dtype=str),
-                 class_names=np.array(dataset.class_names))
+        table_path = run.refit_members if refit else run.members
+        atomic_write(stage / table_path.relative_to(root), lambda f: table.to_parquet(f, index=False))
+        if not refit:
+            split = dataset.table["split"]
+            np.savez(stage / run.labels.relative_to(root),
+                     y_val=dataset.subset("val")[1], y_test=dataset.subset("test")[1],
+                     val_ids=dataset.table["image_id"][split == "val"].to_numpy(dtype=str),
+                     test_ids=dataset.table["image_id"][split == "test"].to_numpy(dtype=str),
+                     class_names=np.array(dataset.class_names))
     return len(rows)
 
 
+def _member_row(member: dict, metrics: dict, counts: np.ndarray) -> dict:
+    """A member's row of ``members.parquet``: identity, ``hp_*``, scores, epochs, training prior and effective mix."""
+    config = ModelConfig.from_params(member["params"])
+    return ({k: v for k, v in member.items() if k not in ("params", "learning_rates")}
+            | {hp_column(k): v for k, v in member["params"].items()}
+            | {k: v for k, v in metrics.items() if k.startswith(("val_", "test_"))}
+            | {"epochs": metrics.get("epochs"), "best_epoch": metrics.get("best_epoch"),
+               "class_prior": (counts / counts.sum()).tolist(),
+               "class_mix": expected_class_mix(counts, config.imbalance, config.oversample_to).tolist()})
+
+
 def train_member(config: dict, dataset: Dataset = None, spec: Spec = None, members=None, epochs=None, cpus=1.0) -> None:
-    """One Tune trial: train a member from scratch, report each epoch, hand back its files as a checkpoint."""
+    """One Tune trial: train a member from scratch (a refit when it has ``learning_rates``: on train+val, for
+    exactly those epochs), report each epoch, hand back its files as a checkpoint."""
     import keras
 
-    from automl.hparams import ModelConfig
-    from automl.trial import configure_tensorflow, fit_candidate, predict_proba
+    from automl.trial import configure_tensorflow, fit_candidate
 
     configure_tensorflow(cpus)
     member = members[config["member"]]
+    rates = member.get("learning_rates")
+    trained_on = dataset if rates is None else dataset.with_train_and_val()
 
     class Report(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -188,20 +275,33 @@ def train_member(config: dict, dataset: Dataset = None, spec: Spec = None, membe
                         | {"epoch": epoch + 1, "epoch_s": time.monotonic() - self.started})
 
     model_config = ModelConfig.from_params(member["params"])
-    result = fit_candidate(model_config, dataset, spec.objective, spec.training, callbacks=[Report()], epochs=epochs,
-                           seed=member["seed"])
+    result = fit_candidate(model_config, trained_on, spec.objective, spec.training, callbacks=[Report()],
+                           epochs=epochs, seed=member["seed"], learning_rates=rates)
     folder = Path(tempfile.mkdtemp(prefix=f"{member['member_id']}-"))
     result.model.save(RunLayout.member_model(folder))
-    final = {"epochs": len(result.history), "best_epoch": result.best_epoch}
-    for split in ("val", "test"):
-        images, labels = dataset.subset(split)
-        probs = predict_proba(result.model, images)
-        np.save(RunLayout.member_probs(folder, split), probs)
-        final |= prefixed(classification_metrics(labels, probs, dataset.class_names), split)
+    final = {"epochs": len(result.history)} | ({"best_epoch": result.best_epoch} if rates is None else {})
+    final |= _score_member(result.model, trained_on, folder)
     pd.DataFrame(result.history).to_csv(RunLayout.member_history(folder), index=False)
     RunLayout.member_record(folder).write_text(json.dumps(member | final))
     tune.report(final, checkpoint=tune.Checkpoint.from_directory(str(folder)))
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def _score_member(model, dataset: Dataset, folder: Path) -> dict:
+    """Save the member's probabilities on val and test (those that have images), plain and for every TTA mode
+    its input size allows; return its plain metrics, ``val_*`` and ``test_*``."""
+    from automl.trial import predict_proba
+
+    metrics = {}
+    for split in ("val", "test"):
+        images, labels = dataset.subset(split)
+        if not len(labels):
+            continue  # a refit's val split is inside its training set
+        by_mode = predict_modes(lambda x: predict_proba(model, x), images, tta_modes(dataset.image_size))
+        for mode, probs in by_mode.items():
+            np.save(RunLayout.member_probs(folder, split, mode), probs)
+        metrics |= prefixed(classification_metrics(labels, by_mode["none"], dataset.class_names), split)
+    return metrics
 
 
 def read_members(run_dir: Path) -> pd.DataFrame:
@@ -219,6 +319,12 @@ class _MemberLines(tune.Callback):
         if "epoch_s" not in result:
             return  # the member's final report
         member = self.members[trial.config["member"]]["member_id"]
+        rates = self.members[trial.config["member"]].get("learning_rates")
+        if rates is not None:  # a refit: no validation to show
+            console.info(f"member {member} refit epoch {int(result['epoch']):>3}/{len(rates)}  "
+                         f"loss {result.get('loss', math.nan):.3f}  lr {rates[int(result['epoch']) - 1]:.3g}  "
+                         f"({result['epoch_s']:.1f}s)")
+            return
         best = self.best.get(member, (math.nan, 0))
         if self.objective.better(result.get(self.objective.name), best[0]):
             best = self.best[member] = (float(result[self.objective.name]), int(result["epoch"]))
@@ -227,6 +333,10 @@ class _MemberLines(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         member, result = self.members[trial.config["member"]], trial.last_result or {}
+        if member.get("learning_rates") is not None:
+            console.info(f"member {member['member_id']} refit on train+val: {result.get('epochs')} epochs, "
+                         f"test {self.objective.key} {result.get('test_' + self.objective.key, math.nan):.3f}")
+            return
         console.info(
             f"member {member['member_id']} (trial {member['trial_id']}, seed {member['seed']}) done: "
             f"{result.get('epochs')} epochs, best epoch {result.get('best_epoch')}, "

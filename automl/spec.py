@@ -21,6 +21,7 @@ flags are declared once, in :data:`SETTINGS`)::
       reduce_lr_patience: 0           # epochs without improvement before the lr is cut; 0 = off
       reduce_lr_factor: 0.5
       seed: 0
+      max_parameters: 5000000         # larger candidates are not trained (optional)
     hyperparameters:                  # names and domains: automl.hparams.HYPERPARAMETERS
       conv_blocks: 4                  # a fixed value, or a dimension (automl.space):
       learning_rate: {float: [1.0e-4, 1.0e-2], log: true}
@@ -170,6 +171,8 @@ SETTINGS: dict[str, Setting] = {
         Setting("training.reduce_lr_factor", float, 0.5, "factor the lr is cut by", low=0.01, high=0.99),
         Setting("training.seed", int, 0, "training seed (default: the spec's training.seed)", flag="--seed",
                 group="train", low=0, high=MAX_SEED),
+        Setting("training.max_parameters", int, None, "a candidate with more parameters is not trained (a search "
+                "records it as errored, so that one draw cannot eat the search)", low=1, high=10**12, optional=True),
         Setting("search.engine", str, "ray", "ray or keras-tuner", flag="--engine", group="search",
                 choices=("ray", "keras-tuner")),
         Setting("search.searcher", str, "optuna", "random or optuna (TPE)", flag="--searcher", group="search",
@@ -254,6 +257,7 @@ class TrainingSpec:
     reduce_lr_patience: int = _default("training.reduce_lr_patience")
     reduce_lr_factor: float = _default("training.reduce_lr_factor")
     seed: int = _default("training.seed")
+    max_parameters: int | None = _default("training.max_parameters")
 
 
 @dataclass(frozen=True)

@@ -20,13 +20,22 @@ import keras
 import numpy as np
 
 from automl.data import Dataset
+from automl.errors import SpecError
 from automl.hparams import ModelConfig
 from automl.metrics import classification_metrics, prefixed
-from automl.model import build_model
+from automl.model import BACKBONE_LAYER, build_model, compile_model, set_trainable_layers, warms_up
 from automl.objective import HEADLINE, Objective
 from automl.spec import TrainingSpec
 
 PREDICT_BATCH = 512
+
+
+def oversampled_counts(counts: np.ndarray, oversample_to: int) -> np.ndarray:
+    """Class counts after :func:`resample_indices`: each class smaller than the target (``oversample_to``, or
+    the largest class when that is 0) lifted to it; absent classes stay absent."""
+    counts = np.asarray(counts)
+    target = oversample_to or counts.max()
+    return np.where((counts > 0) & (counts < target), target, counts)
 
 
 def resample_indices(
@@ -36,22 +45,46 @@ def resample_indices(
     up to it. The target is ``oversample_to``, or the largest class when that is 0 (seed 003's S3;
     ``oversample_to: 1000`` is its S2)."""
     counts = np.bincount(labels, minlength=n_classes)
-    target = oversample_to or counts.max()
+    lifted = oversampled_counts(counts, oversample_to)
     extra = [
-        rng.choice(np.flatnonzero(labels == k), size=target - counts[k], replace=True)
+        rng.choice(np.flatnonzero(labels == k), size=lifted[k] - counts[k], replace=True)
         for k in range(n_classes)
-        if 0 < counts[k] < target
+        if lifted[k] > counts[k]
     ]
     return np.concatenate([np.arange(len(labels)), *extra]) if extra else np.arange(len(labels))
 
 
-def balanced_class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
-    """n / (K * n_k) per class, scikit-learn's 'balanced' weights (0 for an absent class)."""
-    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+def _balanced_weights(counts: np.ndarray) -> np.ndarray:
+    counts = np.asarray(counts, dtype=np.float64)
     present = counts > 0
-    weights = np.zeros(n_classes)
+    weights = np.zeros(len(counts))
     weights[present] = counts.sum() / (present.sum() * counts[present])
     return weights
+
+
+def balanced_class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """n / (K * n_k) per class, scikit-learn's 'balanced' weights (0 for an absent class)."""
+    return _balanced_weights(np.bincount(labels, minlength=n_classes))
+
+
+def expected_class_mix(counts: np.ndarray, imbalance: str, oversample_to: int) -> np.ndarray:
+    """The class mix a member's loss saw, from its training split's class ``counts``: the counts
+    :class:`TrainingBatches` draws (oversampled or not) times its class weights, as shares summing to 1.
+
+    Class weights make every present class count equally, with or without oversampling (``both``).
+    The Bayes prior correction (:mod:`automl.posthoc`) divides by this mix.
+
+    >>> expected_class_mix([8, 2, 0], "oversample", 4).round(3).tolist()
+    [0.667, 0.333, 0.0]
+    >>> expected_class_mix([8, 2, 0], "both", 4).tolist()
+    [0.5, 0.5, 0.0]
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    if imbalance in ("oversample", "both"):
+        counts = oversampled_counts(counts, oversample_to).astype(np.float64)
+    if imbalance in ("class_weight", "both"):
+        counts = counts * _balanced_weights(counts)
+    return counts / counts.sum()
 
 
 class TrainingBatches(keras.utils.PyDataset):
@@ -137,13 +170,39 @@ class PlateauSchedule(keras.callbacks.ReduceLROnPlateau):
             setattr(self, name, state.get(name))
 
 
+class HeadWarmup(keras.callbacks.Callback):
+    """A backbone's warm-up: the model is built with the backbone frozen; from epoch ``warmup_epochs``
+    on, its last ``trainable_layers`` layers unfreeze and training goes on with a fresh optimizer at
+    ``learning_rate * finetune_lr_factor``. A model saved after the unfreeze keeps its trainable flags and
+    optimizer, so a run resumed from a checkpoint (a Tune trial, a Hyperband round) carries on alike."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+
+    def on_epoch_begin(self, epoch, logs=None):
+        backbone = self.model.get_layer(BACKBONE_LAYER)
+        if epoch < self.config.warmup_epochs or backbone.layers[-1].trainable:
+            return  # still warming up, or fine-tuning already (the last layer is the first to unfreeze)
+        set_trainable_layers(backbone, self.config.trainable_layers)
+        compile_model(self.model, self.config, self.config.learning_rate * self.config.finetune_lr_factor)
+        self.model.make_train_function(force=True)  # fit looks the step function up again at every batch
+
+
+def head_warmup(config: ModelConfig | None) -> list[keras.callbacks.Callback]:
+    return [HeadWarmup(config)] if config is not None and warms_up(config) else []
+
+
 def candidate_callbacks(
-    dataset: Dataset, objective: Objective, training: TrainingSpec, early_stopping_epochs: int | None = None
+    dataset: Dataset, objective: Objective, training: TrainingSpec, early_stopping_epochs: int | None = None,
+    config: ModelConfig | None = None,
 ) -> list[keras.callbacks.Callback]:
-    """What every run of a candidate trains with, searched or retrained: the validation metrics, the
-    learning-rate schedule and, given a budget, early stopping on the objective with the best weights
-    restored. Only the stopping rule differs between engines (ASHA in a search, this in a retrain)."""
-    callbacks: list[keras.callbacks.Callback] = [ValidationMetrics(*dataset.subset("val"), dataset.class_names)]
+    """What every run of a candidate trains with, searched or retrained: a backbone's head warm-up
+    (given its ``config``), the validation metrics, the learning-rate schedule and, given a budget, early
+    stopping on the objective with the best weights restored. Only the stopping rule differs between
+    engines (ASHA in a search, this in a retrain)."""
+    callbacks: list[keras.callbacks.Callback] = [
+        *head_warmup(config), ValidationMetrics(*dataset.subset("val"), dataset.class_names)]
     if training.reduce_lr_patience:
         callbacks.append(PlateauSchedule(objective.name, factor=training.reduce_lr_factor,
                                          patience=training.reduce_lr_patience, mode=objective.direction))
@@ -152,6 +211,16 @@ def candidate_callbacks(
         callbacks.append(keras.callbacks.EarlyStopping(objective.name, patience=patience, mode=objective.direction,
                                                        restore_best_weights=True))
     return callbacks
+
+
+def build_candidate(config: ModelConfig, dataset: Dataset, training: TrainingSpec) -> keras.Model:
+    """The candidate's compiled model; one above ``training.max_parameters`` is infeasible (:class:`SpecError`)."""
+    model = build_model(config, dataset.image_size, len(dataset.class_names))
+    limit, count = training.max_parameters, model.count_params()
+    if limit and count > limit:
+        raise SpecError(f"hyperparameters: the model has {count:,} parameters, above training.max_parameters "
+                        f"({limit:,})")
+    return model
 
 
 def training_batches(config: ModelConfig, dataset: Dataset, seed: int) -> TrainingBatches:
@@ -201,21 +270,29 @@ def fit_candidate(
     callbacks: Sequence[keras.callbacks.Callback] = (),
     epochs: int | None = None,
     seed: int | None = None,
+    learning_rates: Sequence[float] | None = None,
 ) -> FitResult:
     """Train ``config`` on the train split from scratch, scoring the val split after every epoch.
 
     Training stops after ``training.early_stopping_patience`` epochs without improvement of the
     objective, and the best epoch's weights are restored (what ``automl train`` and ``retrain`` do).
+
+    With ``learning_rates`` (one per epoch) it is a refit instead: exactly that many epochs at those
+    rates (a validation run's schedule, replayed), nothing scored, nothing restored. The refit's
+    dataset has its val split inside train (:meth:`Dataset.with_train_and_val`), so there is no
+    validation to stop on or to cut the learning rate by.
     """
     seed = training.seed if seed is None else seed
     epochs = epochs or training.epochs
     keras.utils.set_random_seed(seed)
-    model = build_model(config, dataset.image_size, len(dataset.class_names))
+    model = build_candidate(config, dataset, training)
+    if learning_rates is None:
+        own = candidate_callbacks(dataset, objective, training, early_stopping_epochs=epochs, config=config)
+    else:
+        epochs, rates = len(learning_rates), [float(r) for r in learning_rates]
+        own = [*head_warmup(config), keras.callbacks.LearningRateScheduler(lambda epoch, _: rates[epoch])]
     started = time.monotonic()
-    history = model.fit(
-        training_batches(config, dataset, seed), epochs=epochs, verbose=0,
-        callbacks=[*candidate_callbacks(dataset, objective, training, early_stopping_epochs=epochs), *callbacks],
-    )
+    history = model.fit(training_batches(config, dataset, seed), epochs=epochs, verbose=0, callbacks=[*own, *callbacks])
     rows = [{"epoch": i + 1, **{k: float(v[i]) for k, v in history.history.items()}} for i in range(len(history.epoch))]
     best = objective.best_index([r.get(objective.name) for r in rows])
     return FitResult(
@@ -239,8 +316,8 @@ class EpochRunner:
     def __init__(self, config: ModelConfig, dataset: Dataset, objective: Objective, training: TrainingSpec, seed: int):
         self.config, self.dataset, self.seed = config, dataset, seed
         keras.utils.set_random_seed(seed)
-        self.model = build_model(config, dataset.image_size, len(dataset.class_names))
-        self.callbacks = candidate_callbacks(dataset, objective, training)
+        self.model = build_candidate(config, dataset, training)
+        self.callbacks = candidate_callbacks(dataset, objective, training, config=config)
         self.epochs_done = 0
         self.batches = training_batches(config, dataset, seed)
 

@@ -86,7 +86,7 @@ def make_run(run_dir: Path, trials: int, epochs: int, prune: bool = False, runni
                 store.epoch(trial_id, epoch, metrics, clock.now - start, {"hostname": "bench", "node_ip": "127.0.0.1"})
             if finished:
                 store.trial_finished(trial_id, "completed")  # before max_epochs the store records it as pruned
-        store.flush(force=True)
+        store.close()  # compacted: trials.parquet and epochs.parquet hold everything, as after a search
         if not running:
             write_run_info(run_dir, status="finished", ended=_iso(clock.now), wall_s=clock.now - started)
 

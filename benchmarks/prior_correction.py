@@ -8,7 +8,11 @@ classes were that mix?". MedMNIST's table scores plain accuracy on the natural m
 correction (Saerens et al., Neural Computation 2002) multiplies each member's probabilities by
 train prior / effective training mix and renormalises, before the ensemble's own weights average
 them. Nothing is fitted or chosen on validation or test: the factors follow from the training
-split's class counts and each member's imbalance setting. Needs the retrained members' probabilities
+split's class counts and each member's imbalance setting. The product now does this itself:
+``automl ensemble NAME --decision prior`` (and ``automl run --decision prior``) applies the same correction
+(``automl.posthoc.correct_prior`` with ``automl.trial.expected_class_mix``) in the report and inside the
+exported graph; this script stays as the side analysis that compares both rules with intervals.
+Needs the retrained members' probabilities
 (``RUN_DIR/retrain/members/`` and ``RUN_DIR/retrain/labels.npz``, kept local) and writes
 ``RUN_DIR/prior_correction.md``. RUN_DIR defaults to ``results/reference-official-split``.
 """
@@ -22,18 +26,11 @@ import pandas as pd
 
 from automl.evaluate import bootstrap_ci
 from automl.metrics import HEADLINE, classification_metrics
+from automl.posthoc import correct_prior, prior_factor
+from automl.trial import expected_class_mix
 
 # Defaults from this file, not the working directory, so the script runs from anywhere in the checkout.
 REPO = Path(__file__).resolve().parents[1]
-
-
-def effective_mix(counts: np.ndarray, imbalance: str, oversample_to: int) -> np.ndarray:
-    """The class mix a member's training batches had (as trial.TrainingBatches draws them)."""
-    if imbalance in ("class_weight", "both"):
-        return np.full(len(counts), 1 / len(counts))
-    if imbalance == "oversample":
-        counts = np.maximum(counts, oversample_to or counts.max())
-    return counts / counts.sum()
 
 
 def main() -> None:
@@ -58,11 +55,10 @@ def main() -> None:
             if not weight:
                 continue
             probs = np.load(args.run / "retrain" / "members" / member / f"{part}_probs.npy")
-            mix = effective_mix(counts, members.loc[member, "hp_imbalance"],
-                                int(members.loc[member, "hp_oversample_to"]))
-            shifted = probs * (prior / mix)
+            mix = expected_class_mix(counts, members.loc[member, "hp_imbalance"],
+                                     int(members.loc[member, "hp_oversample_to"]))
             as_trained = as_trained + weight * probs
-            corrected = corrected + weight * shifted / shifted.sum(axis=1, keepdims=True)
+            corrected = corrected + weight * correct_prior(probs, prior_factor(prior, mix))
         for label, probs in (("as trained (shipped)", as_trained), ("prior-corrected", corrected)):
             metrics = classification_metrics(y, probs, classes)
             ci = bootstrap_ci(y, probs, classes, rounds=1000, seed=0) if part == "test" else {}
@@ -83,7 +79,7 @@ def main() -> None:
         *rows,
         "",
         ("Brackets: 95% bootstrap intervals over test images. Made by `python benchmarks/prior_correction.py`; "
-         "the exported model and `report.md` use the probabilities as trained."),
+         "`automl ensemble --decision prior` ships the corrected rule."),
     ])
     (args.run / "prior_correction.md").write_text(text + "\n")
     print(text)

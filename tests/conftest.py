@@ -62,3 +62,29 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "ham10000_28" / "HAM10000_metadata.csv").is_file():
         pytest.skip(f"shared HAM10000 data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+def tiny_members(n_classes: int = 7) -> list:
+    """Two untrained members at 16x16 (one conv block, and two with a flip layer), built as a search builds them."""
+    from automl.hparams import ModelConfig
+    from automl.model import build_model
+
+    configs = [{"conv_blocks": 1, "base_filters": 4, "dense_units": 8},
+               {"conv_blocks": 2, "base_filters": 4, "dense_units": 8, "flip_horizontal": True}]
+    return [build_model(ModelConfig.from_params(c), (16, 16), n_classes) for c in configs]
+
+
+def export_tiny_model(out_dir: Path, classes: tuple[str, ...] = DX) -> tuple:
+    """An exported model folder of two untrained members (weights 2:1) for ``classes``: (Keras model, folder)."""
+    from automl.export import assemble, export_model
+
+    model = assemble(tiny_members(len(classes)), [2.0, 1.0], (16, 16))
+    task = "binary" if len(classes) == 2 else "multiclass"
+    export_model(model, out_dir, {"name": "test", "task": task, "classes": list(classes)})
+    return model, out_dir
+
+
+@pytest.fixture
+def exported(tmp_path) -> tuple:
+    """A tiny exported seven-class model: (Keras model, model folder)."""
+    return export_tiny_model(tmp_path / "model")

@@ -1,5 +1,6 @@
 """The dashboard on generated results folders: pages, figures, robustness, downloads, and a real headless browser."""
 
+import base64
 import io
 import json
 import math
@@ -213,9 +214,10 @@ def test_read_only_loopback_and_no_external_assets(results):
     html = client.get("/").get_data(as_text=True)
     assert "<script" in html and "http://" not in html and "https://" not in html and 'src="//' not in html
     assert app.config.serve_locally
-    # Nothing a page can do changes files: its only callbacks draw pages and set the compare selection.
+    # Nothing a page can do changes files: its only callbacks draw pages, a page of the leaderboard, and set the
+    # compare selection.
     outputs = {c["output"] for c in client.get("/_dash-dependencies").get_json()}
-    assert outputs == {"..page.children...shown.data..", "url.search"}
+    assert outputs == {"..page.children...shown.data..", "..leaderboard.data...leaderboard.page_count..", "url.search"}
     assert {r.rule for r in app.server.url_map.iter_rules() if "POST" in r.methods} == {"/_dash-update-component"}
     assert serve.__defaults__ == ("127.0.0.1", 8050)
 
@@ -318,3 +320,100 @@ def test_pages_in_a_real_browser_with_live_refresh(results, tmp_path):
     finally:
         driver.quit()
         server.shutdown()
+
+
+def leaderboard(client, name: str, page_current: int = 0, sort_by=(), filter_query: str = "") -> tuple[list, int]:
+    """What the table asks for when the user pages, sorts or filters: one page of rows, and the page count."""
+    payload = {"output": "..leaderboard.data...leaderboard.page_count..",
+               "outputs": [{"id": "leaderboard", "property": "data"}, {"id": "leaderboard", "property": "page_count"}],
+               "inputs": [{"id": "leaderboard", "property": "page_current", "value": page_current},
+                          {"id": "leaderboard", "property": "sort_by", "value": list(sort_by)},
+                          {"id": "leaderboard", "property": "filter_query", "value": filter_query}],
+               "changedPropIds": ["leaderboard.page_current"],
+               "state": [{"id": "url", "property": "pathname", "value": f"/runs/{name}"}]}
+    response = client.post("/_dash-update-component", json=payload).get_json()["response"]["leaderboard"]
+    return response["data"], response["page_count"]
+
+
+def test_leaderboard_pages_sorts_and_filters_on_the_server(tmp_path):
+    results = tmp_path / "results"
+    make_run(results, "big", trials=120, epochs=2, running=0)
+    client = create_app(results).server.test_client()
+    experiment = text_of(page(client, "/runs/big"))
+    assert experiment.count('"trial_id":"trial') == 50  # only the first page travels with the page
+
+    rows, pages = leaderboard(client, "big")
+    assert pages == 3 and len(rows) == 50 and [r["rank"] for r in rows] == list(range(1, 51))
+    assert [r[f"best_{METRIC}"] for r in rows] == sorted((r[f"best_{METRIC}"] for r in rows), reverse=True)
+    rows, _ = leaderboard(client, "big", page_current=2)
+    assert [r["rank"] for r in rows] == list(range(101, 121))
+    rows, _ = leaderboard(client, "big", sort_by=[{"column_id": "hp_learning_rate", "direction": "asc"}])
+    assert rows[0]["hp_learning_rate"] == min(r["hp_learning_rate"] for r in rows)
+    assert rows[0]["trial_id"] == "trial119"  # the smallest of all 120, not of the first page
+    rows, pages = leaderboard(client, "big", filter_query="{hp_optimizer} contains sgd && {hp_conv_blocks} >= 3")
+    assert pages == 1 and rows and all(r["hp_optimizer"] == "sgd" and r["hp_conv_blocks"] >= 3 for r in rows)
+    assert len(rows) == sum(1 for i in range(120) if i % 2 and 2 + i % 3 >= 3)
+    rows, _ = leaderboard(client, "big", filter_query='{status} = "completed" && {nope} > 1')  # unknown: ignored
+    assert len(rows) == 50
+
+
+def test_new_columns_of_the_store_appear_in_the_leaderboard_by_themselves(tmp_path):
+    results = tmp_path / "results"
+    run_dir = make_run(results, "wide", trials=3, running=0)
+    store = RunStore(run_dir, Objective.of(METRIC), max_epochs=4)
+    store.trial_started("extra", {"conv_blocks": 2})
+    store.epoch("extra", 1, metrics(0.5), 1.0, {"model_family": "cnn", "seconds_per_epoch": 1.5})
+    store.close()
+    experiment = text_of(page(create_app(results).server.test_client(), "/runs/wide"))
+    for column in ('"id":"model_family"', '"id":"seconds_per_epoch"', '"id":"best_val_auc"', '"id":"hp_optimizer"'):
+        assert column in experiment, column
+    assert '"id":"last_val_auc"' not in experiment and '"id":"node_ip"' not in experiment
+
+
+def test_figures_of_a_large_run_draw_a_sample_and_say_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(figures, "MAX_CURVES", 30)
+    monkeypatch.setattr(figures, "MAX_LINES", 40)
+    monkeypatch.setattr(figures, "MAX_DOTS", 50)
+    results = tmp_path / "results"
+    make_run(results, "large", trials=150, epochs=3, running=0)
+    experiment = page(create_app(results).server.test_client(), "/runs/large").get_json()["response"]["page"]
+
+    def graph(graph_id):
+        found = []
+
+        def walk(node):
+            if isinstance(node, dict):
+                if node.get("props", {}).get("id") == graph_id:
+                    found.append(node["props"]["figure"])
+                for value in node.values():
+                    walk(value)
+            elif isinstance(node, list):
+                for value in node:
+                    walk(value)
+
+        walk(experiment)
+        return found[0]
+
+    curves = graph("learning-curves")
+    drawn = {t for trace in curves["data"] for t in trace.get("text") or [] if t}
+    assert len(drawn) == 30 and "trial148" in drawn  # the best trial is always drawn
+    assert "30 of 150 trials drawn" in curves["layout"]["title"]["text"]
+    lines = graph("parallel-coordinates")
+    assert len(values(lines["data"][0]["dimensions"][0]["values"])) == 40
+    assert "40 of 150" in lines["layout"]["title"]["text"]
+    dots = graph("best-vs-trials")
+    shown = sum(len(values(t["x"])) for t in dots["data"] if t["mode"] == "markers")
+    # Every third trial, and every trial that set a new best (in this generated run, many do).
+    assert shown < 150 and any("1 in 3" in t["name"] for t in dots["data"] if t["mode"] == "markers")
+    # The best-so-far line keeps only the points where it changes: the same step line.
+    trials = RunLayout(results / "large").read_trials()
+    full = figures.best_by_trial(trials, Objective.of(METRIC))
+    line = next(t for t in dots["data"] if t["mode"] == "lines")
+    assert len(values(line["x"])) < len(full) and values(line["y"])[-1] == full["best"].iloc[-1]
+
+
+def values(data) -> list:
+    """A figure's array as plotly sends it: a list, or numbers packed as base64 (``{"dtype", "bdata"}``)."""
+    if isinstance(data, dict):
+        return list(np.frombuffer(base64.b64decode(data["bdata"]), dtype=data["dtype"]))
+    return list(data)

@@ -14,27 +14,15 @@ from PIL import Image
 
 from automl.data import DX_CLASSES, decode_image, resize_image
 from automl.errors import UserError
-from automl.export import assemble, export_model
-from automl.hparams import ModelConfig
-from automl.model import build_model
+from automl.export import assemble
 from automl.predict import predict_files
+from tests.conftest import tiny_members
 
-
-def members(n_classes=7):
-    configs = [{"conv_blocks": 1, "base_filters": 4, "dense_units": 8},
-               {"conv_blocks": 2, "base_filters": 4, "dense_units": 8, "flip_horizontal": True}]
-    return [build_model(ModelConfig.from_params(c), (16, 16), n_classes) for c in configs]
-
-
-@pytest.fixture
-def exported(tmp_path):
-    model = assemble(members(), [2.0, 1.0], (16, 16))
-    export_model(model, tmp_path / "model", {"name": "test", "task": "multiclass", "classes": list(DX_CLASSES)})
-    return model, tmp_path / "model"
+# The ``exported`` fixture (a tiny exported model folder) is in conftest.py.
 
 
 def test_ensemble_graph_resizes_like_training_and_averages_members():
-    ms = members()
+    ms = tiny_members()
     model = assemble(ms, [2.0, 1.0], (16, 16))
     raw = np.random.default_rng(0).integers(0, 256, (2, 45, 60, 3), dtype=np.uint8)
     resized = np.stack([resize_image(image, (16, 16)) for image in raw]).astype("float32")

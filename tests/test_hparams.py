@@ -62,3 +62,56 @@ def test_valid_padding_shrinkage_is_counted():
     cfg = ModelConfig.from_params({"conv_blocks": 2, "padding": "valid", "kernel_size": 5})
     with pytest.raises(SpecError, match="'valid' convolutions shrink"):
         cfg.check_image_size(20, 20)
+
+
+def test_families_resolve_their_own_hyperparameters():
+    resnet = ModelConfig.from_params({"family": "resnet", "resnet_stages": 3, "resnet_blocks_3": 4})
+    assert resnet.resnet_blocks == (2, 2, 4) and resnet.resnet_width == 64
+    backbone = ModelConfig.from_params({"family": "backbone", "backbone": "MobileNetV2", "trainable_layers": "all",
+                                        "weights": "none"})
+    assert backbone.trainable_layers == -1 and backbone.weights == "none"
+    assert ModelConfig.from_params(backbone.to_params()) == backbone
+    assert ModelConfig.from_params({"weights": "models/resnet50_notop.weights.h5"}).weights.endswith(".h5")
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"family": "vit"}, "family: 'vit' is not one of cnn, resnet, backbone"),
+        ({"family": "backbone"}, "family backbone needs backbone: NAME"),
+        ({"family": "backbone", "backbone": "ResNet18"}, "backbone: 'ResNet18' is not one of"),
+        ({"weights": "imagenet21k"}, "weights: expected imagenet, none or the path of a .h5 weights file"),
+        ({"trainable_layers": "most"}, "trainable_layers: expected int"),
+        ({"trainable_layers": -2}, "trainable_layers: -2 is below the minimum -1"),
+        ({"family": "resnet", "resnet_stages": 3, "resnet_blocks": [1, 2]}, "has 2 values but resnet_stages is 3"),
+        ({"hue": 0.6}, "hue: 0.6 is above the maximum 0.5"),
+        ({"colour_constancy": "grey_world"}, "'grey_world' is not one of none, shades_of_gray"),
+    ],
+)
+def test_bad_family_params_name_the_field(params, message):
+    with pytest.raises(SpecError, match=message.replace("(", r"\(")):
+        ModelConfig.from_params(params)
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"family": "backbone", "backbone": "InceptionV3"},
+         "InceptionV3 needs inputs of at least 75x75, got 28x28 images; set backbone_input_size"),
+        ({"family": "backbone", "backbone": "MobileNetV2", "backbone_input_size": 16},
+         "MobileNetV2 needs inputs of at least 32x32, got backbone_input_size 16"),
+        ({"family": "resnet", "resnet_stages": 5, "resnet_stem_stride": 2, "resnet_stem_pool": True},
+         r"too deep for 28x28 images \(stage 5 halves a 1x1 map\)"),
+    ],
+)
+def test_infeasible_candidates_of_every_family_are_rejected(params, message):
+    with pytest.raises(SpecError, match=message):
+        ModelConfig.from_params(params).check_image_size(28, 28)
+
+
+def test_feasible_candidates_pass():
+    for params in ({"family": "backbone", "backbone": "InceptionV3", "backbone_input_size": 75},
+                   {"family": "backbone", "backbone": "EfficientNetB0", "backbone_input_size": 32},
+                   {"family": "resnet", "resnet_stages": 6},  # 28 -> 14 -> 7 -> 4 -> 2 -> 1
+                   {"family": "resnet", "resnet_stem_stride": 2, "resnet_stem_pool": True}):  # ... -> 2 -> 1
+        ModelConfig.from_params(params).check_image_size(28, 28)

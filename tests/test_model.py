@@ -4,7 +4,7 @@ import pytest
 
 from automl.errors import SpecError
 from automl.hparams import ModelConfig
-from automl.model import build_model
+from automl.model import ShadesOfGray, build_model
 
 # Seed 000's five architectures (2 conv3x3 per block, filters doubling from 32, max-pool 2, flatten,
 # FC doubling from 64, dropout 0.5, softmax 7) at the paper's 75x100 input. Counts follow from
@@ -67,3 +67,59 @@ def test_variants_build_and_save(tmp_path, options):
 def test_too_deep_is_rejected_before_keras():
     with pytest.raises(SpecError, match="too deep for 28x28"):
         build_model(ModelConfig.from_params({"conv_blocks": 5}), (28, 28), 7)
+
+
+def test_medmnist_resnet18_is_one_configuration():
+    # MedMNIST's ResNet-18 for 28 px (a 3x3 stride-1 stem without pooling, 2 basic blocks in each of 4 stages of
+    # 64-512 filters, global average, one linear layer) has 11,173,962 parameters for 10 classes as PyTorch counts
+    # them (batch norm's scale and offset, not its running statistics): our trainable weights, for 7 classes.
+    model = build_model(ModelConfig.from_params({"family": "resnet", "head": "gap", "dense_layers": 0}), (28, 28), 7)
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    assert trainable == 11_173_962 - (512 * 10 + 10) + (512 * 7 + 7)
+    assert model.get_layer("stage4_block2_out").output.shape[1:] == (4, 4, 512)  # 28 -> 14 -> 7 -> 4
+    narrow = ModelConfig.from_params({"family": "resnet", "resnet_width": 16, "resnet_stem_stride": 2,
+                                      "resnet_blocks": [1, 1, 2], "resnet_stages": 3})
+    model = build_model(narrow, (28, 28), 2)
+    assert model.get_layer("stage3_block2_out").output.shape[1:] == (4, 4, 64)  # 28 -> 14 (stem) -> 7 -> 4
+    assert model.output_shape == (None, 2)
+
+
+def shades_of_gray_reference(image: np.ndarray, p: float) -> np.ndarray:
+    """The numpy function of the ISIC 2018/2019 entries' colour-constancy preprocessing."""
+    rgb = np.power(np.mean(np.power(image.astype(np.float64), p), axis=(0, 1)), 1 / p)
+    rgb = rgb / np.sqrt(np.sum(rgb**2))
+    return np.clip(image * (1 / (rgb * np.sqrt(3))), 0, 255)
+
+
+def test_shades_of_gray_matches_values_worked_out_by_hand():
+    # Grey world (p = 1) on two pixels: illuminant = channel means (150, 100, 50), |e| = sqrt(35000) = 187.083;
+    # gains |e| / (sqrt(3) e) = 0.72008, 1.08012, 2.16025.
+    x = np.array([[[[200, 100, 50], [100, 100, 50]]]], "float32")
+    np.testing.assert_allclose(ShadesOfGray(1.0)(x).numpy()[0, 0], [[144.016, 108.012, 108.012],
+                                                                     [72.008, 108.012, 108.012]], rtol=1e-5)
+    grey = np.full((1, 4, 4, 3), 90.0, "float32")
+    np.testing.assert_allclose(ShadesOfGray(6.0)(grey).numpy(), grey, rtol=1e-5)  # a grey illuminant stays
+    images = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)) * [1.0, 0.7, 0.4]  # a warm cast, per image
+    images[1] *= 0.5
+    for p in (6.0, 12.0):
+        out = ShadesOfGray(p)(images.astype("float32")).numpy()
+        for image, got in zip(images, out):
+            np.testing.assert_allclose(got, shades_of_gray_reference(image, p), rtol=1e-4, atol=1e-3)
+
+
+def test_colour_constancy_and_colour_jitter_in_the_graph_round_trip(tmp_path):
+    cfg = ModelConfig.from_params({"conv_blocks": 1, "colour_constancy": "shades_of_gray", "sog_p": 6.0,
+                                   "brightness": 0.2, "contrast": 0.3, "saturation": 0.4, "hue": 0.1})
+    model = build_model(cfg, (16, 16), 7)
+    x = (np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 3)) * [1.0, 0.8, 0.5]).astype("float32")
+    constancy = keras.Model(model.inputs, model.get_layer("colour_constancy").output)
+    np.testing.assert_allclose(constancy(x).numpy()[0], shades_of_gray_reference(x[0], 6.0), rtol=1e-4, atol=1e-3)
+    scaled = x / 255
+    for name in ("augment_brightness", "augment_contrast", "augment_saturation", "augment_hue"):
+        layer = model.get_layer(name)
+        np.testing.assert_array_equal(layer(scaled, training=False), scaled)  # only while training
+        assert not np.allclose(layer(scaled, training=True), scaled), name
+    model.save(tmp_path / "m.keras")
+    reloaded = keras.saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(reloaded(x, training=False), model(x, training=False), rtol=1e-6)
+    assert reloaded.get_layer("colour_constancy").p == 6.0

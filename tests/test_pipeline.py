@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from automl.cli import main
 from automl.data import DX_CLASSES
@@ -18,19 +19,28 @@ def test_run_then_predict(tiny_ham, tmp_path, capsys):
     results = tmp_path / "results"
     # --metric val_auc: one objective for the search, the retrain, the ensemble and the report.
     code = main(["run", str(spec), "--data", str(tiny_ham), "--name", "e2e", "--results", str(results),
-                 "--top-k", "2", "--seeds", "2", "--metric", "val_auc"])
+                 "--top-k", "2", "--seeds", "2", "--metric", "val_auc", "--decision", "prior"])
     assert code == 0, capsys.readouterr().err
     run_dir = results / "e2e"
 
     members = read_members(run_dir)
     assert len(members) == 4 and (members["epochs"] <= 4).all()
     assert {"val_balanced_accuracy", "test_balanced_accuracy", "trial_id", "seed"} <= set(members.columns)
+    run = RunLayout(run_dir)
+    for member in members.to_dict("records"):  # every TTA mode stored; what each member learnt from recorded
+        assert all(run.member_probs(run.member(member["member_id"]), split, mode).is_file()
+                   for split in ("val", "test") for mode in ("none", "flips", "dihedral"))
+        assert sum(member["class_mix"]) == pytest.approx(1) and sum(member["class_prior"]) == pytest.approx(1)
     summary = json.loads((run_dir / "ensemble" / "ensemble.json").read_text())
     assert abs(sum(summary["weights"].values()) - 1) < 1e-9 and summary["method"] == "greedy"
     metrics = json.loads((run_dir / "ensemble" / "metrics.json").read_text())
     assert summary["objective"] == {"metric": "val_auc", "mode": "max"}
     assert metrics["ensemble"]["val"]["auc"] >= metrics[summary["best_member"]]["val"]["auc"]
     assert len(metrics["ensemble"]["test_ci95"]["balanced_accuracy"]) == 2
+    assert summary["tta"] in ("none", "flips", "dihedral") and set(summary["tta_scores"]) == {"none", "flips",
+                                                                                              "dihedral"}
+    assert summary["decision"] == "prior" and summary["temperature"] > 0
+    assert set(metrics["ensemble"]["calibration"]["test"]["after"]) == {"ece", "brier", "loss"}
     report = (run_dir / "ensemble" / "report.md").read_text()
     assert "MedMNIST v2" in report and "(best member on val)" in report and "val_auc (max)" in report
     # Provenance: the exact command, the machine and each stage's wall time.
@@ -41,6 +51,8 @@ def test_run_then_predict(tiny_ham, tmp_path, capsys):
     model_dir = run_dir / "model"
     card = json.loads((model_dir / "model_card.json").read_text())
     assert card["classes"] == list(DX_CLASSES) and "not for diagnosis" in card["intended_use"]
+    assert (card["tta"], card["decision"], card["temperature"]) == (summary["tta"], "prior", summary["temperature"])
+    assert card["trained_on"] == "train" and "test_after_temperature" in card["calibration"]
     images = tiny_ham / "HAM10000_images"
     assert main(["predict", str(model_dir), str(images), "--out", str(tmp_path / "preds.csv")]) == 0
     preds = pd.read_csv(tmp_path / "preds.csv", keep_default_na=False)
@@ -54,6 +66,24 @@ def test_run_then_predict(tiny_ham, tmp_path, capsys):
                  "--top-k", "1"])
     assert code == 0 and "already finished" in capsys.readouterr().out
     assert (run_dir / "trials.parquet").stat().st_mtime_ns == trials_before and len(read_members(run_dir)) == 1
+
+    # Refit the (now one-member) ensemble on train+val for its best epoch count; export it with the same choices.
+    assert main(["retrain", "e2e", "--results", str(results), "--refit", "--top-k", "1"]) == 2
+    assert "--refit retrains the ensemble's members" in capsys.readouterr().err
+    assert main(["retrain", "e2e", "--results", str(results), "--refit"]) == 0, capsys.readouterr().err
+    member, refit = read_members(run_dir).iloc[0], run.read_members(refit=True).iloc[0]
+    assert refit["member_id"] == member["member_id"] and refit["epochs"] == member["best_epoch"]
+    assert refit["class_prior"][5] > member["class_prior"][5] - 0.1  # train+val: nearly the same prior
+    assert not run.member_probs(run.member(member["member_id"], refit=True), "val").exists()  # val was training data
+    metrics, summary = run.read_ensemble_metrics(), run.read_ensemble()
+    assert metrics["refit_ensemble"]["members"] == [member["member_id"]] and summary["refit"]
+    assert "## Refit on train+val" in run.report.read_text()
+    refit_dir = tmp_path / "refit_model"
+    assert main(["export", "e2e", "--results", str(results), "--out", str(refit_dir), "--refit"]) == 0
+    card = json.loads((refit_dir / "model_card.json").read_text())
+    assert card["trained_on"].startswith("train+val") and card["members"][0]["epochs"] == member["best_epoch"]
+    assert card["metrics"]["test_accuracy"] == metrics["refit_ensemble"]["test"]["accuracy"]
+    assert main(["predict", str(refit_dir), str(images), "--out", str(tmp_path / "refit.csv")]) == 0
 
 
 def test_a_metric_to_minimise_is_minimised_by_every_stage(tiny_ham, tmp_path, capsys):

@@ -78,3 +78,30 @@ def test_active_maps_engine_values_back_to_the_dimension_values():
     # KerasTuner returns a bool choice as 1/0 and may return 45 for 45.0.
     active = space.active({"batch_norm": 1, "rotation": 45})
     assert active["batch_norm"] is True and isinstance(active["rotation"], float)
+
+
+def test_conditions_on_a_string_choice_in_every_engine():
+    space = SearchSpace.parse({
+        "family": {"choice": ["cnn", "resnet", "backbone"]},
+        "conv_blocks": {"choice": [2, 3], "when": "family == cnn"},
+        "resnet_width": {"choice": [16, 32], "when": "family == resnet"},
+        "backbone": {"choice": ["MobileNetV2", "EfficientNetB0"], "when": "family == backbone"},
+        "weights": {"fixed": "none", "when": "family in [backbone]"},
+    })
+    assert space.active({"family": "resnet", "conv_blocks": 2, "resnet_width": 16, "backbone": "MobileNetV2",
+                         "weights": "none"}) == {"family": "resnet", "resnet_width": 16}
+    define, study = space.optuna_define_by_run(), optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    families = set()
+    for _ in range(30):
+        trial = study.ask()
+        constants = define(trial)
+        family = trial.params["family"]
+        families.add(family)
+        assert ("conv_blocks" in trial.params) == (family == "cnn")
+        assert ("resnet_width" in trial.params) == (family == "resnet")
+        assert ("backbone" in trial.params) == (constants == {"weights": "none"}) == (family == "backbone")
+        study.tell(trial, 0.5)
+    assert families == {"cnn", "resnet", "backbone"}
+    hp = space.keras_tuner_hyperparameters()
+    assert list(hp._hps["backbone"][0].conditions[0].values) == ["backbone"]
+    assert list(hp._hps["conv_blocks"][0].conditions[0].values) == ["cnn"]

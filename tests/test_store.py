@@ -27,6 +27,7 @@ def test_schema_statuses_and_best_values(tmp_path):
     store.epoch("b", 1, metrics(0.2), elapsed_s=2.0, info={"hostname": "h", "node_ip": "127.0.0.1"})
     store.trial_finished("a", "completed")
     store.trial_finished("b", "completed")  # stopped before max_epochs: ASHA pruned it
+    store.close()
 
     trials = read_trials(tmp_path).set_index("trial_id")
     assert trials.loc["a", "status"] == "completed" and trials.loc["b", "status"] == "pruned"
@@ -37,12 +38,16 @@ def test_schema_statuses_and_best_values(tmp_path):
     assert list(epochs.columns[:3]) == ["trial_id", "epoch", "elapsed_s"]
     assert len(epochs) == 4 and store.best_value() == 0.5
     assert not list(tmp_path.glob(".*.tmp"))
+    # Closed: the two files hold everything, no parts are left.
+    assert (tmp_path / "trials.parquet").is_file() and not (tmp_path / "trials-parts").exists()
+    assert not (tmp_path / "epochs-parts").exists()
 
 
 def test_reopened_store_keeps_finished_trials_and_overwrites_repeated_epochs(tmp_path):
     store = RunStore(tmp_path, Objective.of("val_loss"), max_epochs=2)
     store.epoch("a", 1, metrics(0.1), 1.0, {})
     store.trial_finished("a", "errored", "boom")
+    store.flush(force=True)  # what the flush interval does; then the driver stops without closing
     again = RunStore(tmp_path, Objective.of("val_loss"), max_epochs=2)
     again.epoch("b", 1, metrics(0.1), 1.0, {})
     again.epoch("b", 1, metrics(0.3), 1.5, {})  # a retried trial repeats epoch 1

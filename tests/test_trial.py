@@ -1,10 +1,13 @@
 import numpy as np
+import pytest
 
 from automl.data import load_dataset
+from automl.errors import SpecError
 from automl.hparams import ModelConfig
 from automl.objective import Objective
 from automl.spec import TrainingSpec
-from automl.trial import TrainingBatches, balanced_class_weights, evaluate, fit_candidate, resample_indices
+from automl.trial import (TrainingBatches, balanced_class_weights, build_candidate, evaluate, fit_candidate,
+                          resample_indices)
 
 
 def test_oversampling_lifts_small_classes_to_the_target():
@@ -42,3 +45,16 @@ def test_short_real_training_run_learns_the_tiny_data(tiny_ham):
     # Seven colours, one per class: chance is 1/7.
     assert test["balanced_accuracy"] > 0.6, test["balanced_accuracy"]
     assert result.best_value == max(r["val_balanced_accuracy"] for r in result.history)
+
+
+def test_a_narrow_resnet_trains_and_a_too_big_candidate_is_refused(tiny_ham):
+    ds = load_dataset(tiny_ham, image_size=(16, 16))
+    cfg = ModelConfig.from_params({"family": "resnet", "resnet_stages": 3, "resnet_blocks": 1, "resnet_width": 8,
+                                   "resnet_stem_stride": 2, "head": "gap", "dense_layers": 0, "batch_size": 32,
+                                   "learning_rate": 3e-3, "imbalance": "class_weight"})
+    result = fit_candidate(cfg, ds, Objective(), TrainingSpec(epochs=1, early_stopping_patience=0))
+    assert len(result.history) == 1 and np.isfinite(result.history[0]["loss"])
+    assert 0.0 <= result.history[0]["val_balanced_accuracy"] <= 1.0
+    assert any(layer.name == "stage2_block1_add" for layer in result.model.layers)  # residual
+    with pytest.raises(SpecError, match=r"above training.max_parameters \(1,000\)"):
+        build_candidate(cfg, ds, TrainingSpec(max_parameters=1000))

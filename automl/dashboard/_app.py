@@ -16,11 +16,13 @@ from dash.exceptions import PreventUpdate
 
 from automl.dashboard import _pages as pages
 from automl.dashboard._runs import model_card, run_path, signature
+from automl.layout import RunLayout
 
 REFRESH_S = 4
 ASSETS = Path(__file__).with_name("assets")
 # The only files the file route serves, by the name in the URL: anything else is a 404.
 ENSEMBLE_FILES = ("report.md", "roc.png")
+EVALUATION_FILES = ("report.md", "roc.png", "reliability.png")  # of the exported model's evaluations/NAME/
 log = logging.getLogger(__name__)
 
 
@@ -52,6 +54,16 @@ def create_app(results_dir: Path | str) -> dash.Dash:
             raise PreventUpdate
         return render_page(results_dir, parts, search or ""), current
 
+    @app.callback(Output("leaderboard", "data"), Output("leaderboard", "page_count"),
+                  Input("leaderboard", "page_current"), Input("leaderboard", "sort_by"),
+                  Input("leaderboard", "filter_query"), State("url", "pathname"))
+    def leaderboard_page(page, sort_by, filter_query, pathname):
+        # The leaderboard holds one page: its sorting, filtering and paging are done here, on the whole table.
+        parts = [unquote(p) for p in (pathname or "/").strip("/").split("/") if p]
+        if parts[:1] != ["runs"] or len(parts) < 2:
+            raise PreventUpdate
+        return pages.leaderboard_rows(results_dir, parts[1], page or 0, sort_by or [], filter_query or "")
+
     @app.callback(Output("url", "search"), Input("compare-runs", "value"), State("url", "search"),
                   prevent_initial_call=True)
     def choose_runs(selected, search):
@@ -62,6 +74,8 @@ def create_app(results_dir: Path | str) -> dash.Dash:
 
     app.server.add_url_rule("/files/<name>/<artifact>", "files",
                             lambda name, artifact: _file(results_dir, name, artifact))
+    app.server.add_url_rule("/files/<name>/evaluations/<evaluation>/<artifact>", "evaluation_files",
+                            lambda name, evaluation, artifact: _file(results_dir, name, artifact, evaluation))
     return app
 
 
@@ -86,8 +100,9 @@ def render_page(results_dir: Path, parts: list[str], search: str) -> list:
     return [*page, html.P(f"updated {time.strftime('%H:%M:%S')}", className="muted")]
 
 
-def _file(results_dir: Path, name: str, artifact: str) -> flask.Response:
-    """A run's exported model (zipped on the fly), model card, report or ROC plot; 404 for anything else.
+def _file(results_dir: Path, name: str, artifact: str, evaluation: str | None = None) -> flask.Response:
+    """A run's exported model (zipped on the fly), model card, report or ROC plot, or a file of one of the exported
+    model's evaluations (:data:`EVALUATION_FILES`); 404 for anything else.
 
     Only files whose real path (symbolic links resolved) lies inside the results folder are served, and the zip
     holds only files whose real path lies inside the run's model folder: a link to /etc/passwd is never sent.
@@ -97,6 +112,8 @@ def _file(results_dir: Path, name: str, artifact: str) -> flask.Response:
         flask.abort(404)
     root = Path(results_dir).resolve()
     model_dir = (run_dir / "model").resolve()
+    if evaluation is not None:
+        return _evaluation_file(run_dir, root, name, evaluation, artifact)
     if artifact == "model.zip" and model_dir.is_dir() and model_dir.is_relative_to(root):
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
@@ -113,3 +130,15 @@ def _file(results_dir: Path, name: str, artifact: str) -> flask.Response:
     if path is None or not path.is_file() or not path.resolve().is_relative_to(root):
         flask.abort(404)
     return flask.send_file(path.resolve(), as_attachment=path.suffix == ".md", download_name=f"{name}_{artifact}")
+
+
+def _evaluation_file(run_dir: Path, root: Path, name: str, evaluation: str, artifact: str) -> flask.Response:
+    """A file of an evaluation the run's model folder lists, whose real path lies inside the results folder."""
+    model = RunLayout(run_dir).model
+    if evaluation not in model.evaluation_names() or artifact not in EVALUATION_FILES:
+        flask.abort(404)
+    path = model.evaluation(evaluation).root / artifact
+    if not path.is_file() or not path.resolve().is_relative_to(root):
+        flask.abort(404)
+    return flask.send_file(path.resolve(), as_attachment=path.suffix == ".md",
+                           download_name=f"{name}_{evaluation}_{artifact}")

@@ -13,6 +13,9 @@ STATUS_COLOURS = {"completed": "#1f77b4", "pruned": "#8c96a3", "running": "#2ca0
 STOPPED_COLOUR = "#d62728"
 # Axes of the parallel-coordinates plot beyond which labels collide at page width.
 MAX_AXES = 10
+#: Beyond these many trials a figure draws a sample (the best ones and an even spread of the rest by rank) and says
+#: so, so that a page of a 10,000-trial search stays a few hundred kB and quick to draw.
+MAX_CURVES, MAX_LINES, MAX_DOTS = 300, 1000, 2000
 
 
 def _figure(*traces) -> go.Figure:
@@ -39,6 +42,28 @@ def note_figure(title: str, text: str) -> go.Figure:
     return fig
 
 
+def sample_trials(trials: pd.DataFrame, objective: Objective, limit: int) -> tuple[pd.DataFrame, str]:
+    """At most ``limit`` trials, in their order: the best third of them by ``objective``, and an even spread of the
+    others by rank; and a note saying what was drawn (empty when every trial was)."""
+    column = best_column(objective.name)
+    if len(trials) <= limit:
+        return trials, ""
+    ranked = objective.sort(trials, column) if column in trials else trials
+    best = limit // 3
+    spread = np.linspace(best, len(ranked) - 1, limit - best).round().astype(int)
+    picked = ranked.iloc[np.unique(np.concatenate([np.arange(best), spread]))]
+    return (trials.loc[trials.index.isin(picked.index)],
+            f"{len(picked):,} of {len(trials):,} trials drawn: the {best} best and an even spread of the rest by rank")
+
+
+def steps(curve: pd.DataFrame, column: str = "best") -> pd.DataFrame:
+    """The rows of a step curve where ``column`` changes, and the last: the same line, a fraction of the points."""
+    values = curve[column]
+    changed = values.ne(values.shift()) & ~(values.isna() & values.shift().isna())
+    changed.iloc[-1:] = True
+    return curve[changed]
+
+
 def best_by_time(epochs: pd.DataFrame, objective: Objective) -> pd.DataFrame | None:
     """Best-so-far objective against seconds since the run's first epoch; ``None`` when epochs have no timestamp."""
     metric = objective.name
@@ -49,7 +74,7 @@ def best_by_time(epochs: pd.DataFrame, objective: Objective) -> pd.DataFrame | N
         return None
     best = objective.running_best(scored[metric])
     seconds = scored["timestamp"] - scored["timestamp"].iloc[0]
-    return pd.DataFrame({"seconds": seconds.to_numpy(), "best": best.to_numpy()})
+    return steps(pd.DataFrame({"seconds": seconds.to_numpy(), "best": best.to_numpy()}))
 
 
 def best_by_trial(trials: pd.DataFrame, objective: Objective) -> pd.DataFrame:
@@ -68,14 +93,21 @@ def best_by_trial(trials: pd.DataFrame, objective: Objective) -> pd.DataFrame:
 
 def best_so_far(curves: dict[str, pd.DataFrame], x: str, title: str, x_title: str, metric: str,
                 note: str = "") -> go.Figure:
-    """Step lines of best-so-far ``metric``, one per run; a single run also gets its trials as dots by status."""
+    """Step lines of best-so-far ``metric``, one per run; a single run also gets its trials as dots by status (beyond
+    :data:`MAX_DOTS` trials, every k-th trial and every trial that set a new best)."""
     fig = _layout(_figure(), f"best so far vs {title}", x_title, metric)
     fig.update_layout(legend={"orientation": "h", "yanchor": "top", "y": -0.3, "x": 0}, margin_b=90)
     for name, curve in curves.items():
-        fig.add_scatter(x=curve[x], y=curve["best"], mode="lines", line_shape="hv", name=f"{name} best so far")
+        line = steps(curve) if len(curve) else curve
+        fig.add_scatter(x=line[x], y=line["best"], mode="lines", line_shape="hv", name=f"{name} best so far")
         if len(curves) == 1 and "status" in curve:
-            for status, group in curve.dropna(subset=["value"]).groupby("status"):
-                fig.add_scatter(x=group[x], y=group["value"], mode="markers", name=f"trial ({status})",
+            dots, every = curve.dropna(subset=["value"]), ""
+            if len(dots) > MAX_DOTS:
+                k = -(-len(dots) // MAX_DOTS)
+                dots = dots[(np.arange(len(dots)) % k == 0) | dots.index.isin(steps(dots).index)]
+                every = f", 1 in {k}"
+            for status, group in dots.groupby("status"):
+                fig.add_scatter(x=group[x], y=group["value"], mode="markers", name=f"trial ({status}{every})",
                                 text=group["trial_id"], marker={"color": STATUS_COLOURS.get(status), "size": 6},
                                 hovertemplate="trial %{text}<br>%{y:.4f}<extra></extra>")
     if note:
@@ -84,15 +116,21 @@ def best_so_far(curves: dict[str, pd.DataFrame], x: str, title: str, x_title: st
     return fig
 
 
-def learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame, metric: str, scheduler: str | None) -> go.Figure:
-    """``metric`` per epoch for every trial, coloured by status; each pruned trial's last epoch is a red x."""
-    title = f"learning curves: {metric} per epoch"
+def learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame, metric: str, scheduler: str | None,
+                    note: str = "") -> go.Figure:
+    """``metric`` per epoch for every trial of ``trials`` (``note``: which, when a sample), coloured by status; each
+    pruned trial's last epoch is a red x."""
+    title = f"learning curves: {metric} per epoch" + (f"<br><sup>{note}</sup>" if note else "")
     if metric not in epochs or epochs.empty:
         return note_figure(title, "no epoch recorded yet")
     status = trials.set_index("trial_id")["status"] if "status" in trials else pd.Series(dtype=str)
+    if note:
+        epochs = epochs[epochs["trial_id"].isin(trials["trial_id"])]
     scored = epochs[["trial_id", "epoch", metric]].dropna().sort_values(["trial_id", "epoch"], kind="stable")
     scored = scored.assign(status=scored["trial_id"].map(status).fillna("running"))
     fig = _layout(_figure(), title, "epoch", metric, height=420)
+    if note:
+        fig.update_layout(margin_t=75)
     for name, group in scored.groupby("status"):
         # One trace per status with gaps between trials: 200 trials stay a handful of traces.
         gap = group.groupby("trial_id", sort=False).tail(1).assign(epoch=np.nan, **{metric: np.nan})
@@ -110,8 +148,10 @@ def learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame, metric: str, sch
     return fig
 
 
-def parallel_coordinates(trials: pd.DataFrame, metric: str, order: list[str], log_scaled: frozenset[str]) -> go.Figure:
-    """Hyperparameters (``order`` first, at most ``MAX_AXES``; ``log_scaled`` in log10) against the best ``metric``."""
+def parallel_coordinates(trials: pd.DataFrame, metric: str, order: list[str], log_scaled: frozenset[str],
+                         note: str = "") -> go.Figure:
+    """Hyperparameters (``order`` first, at most ``MAX_AXES``; ``log_scaled`` in log10) against the best ``metric``,
+    one line per trial of ``trials`` (``note``: which, when a sample)."""
     column = best_column(metric)
     scored = trials[trials[column].notna()] if column in trials else trials.iloc[:0]
     varying = [hyperparameter_name(c) for c in hyperparameter_columns(scored) if scored[c].nunique(dropna=False) > 1]
@@ -119,6 +159,8 @@ def parallel_coordinates(trials: pd.DataFrame, metric: str, order: list[str], lo
     title = f"hyperparameters vs {column}"
     if len(varying) > len(names):
         title += f" (the {len(names)} most important of {len(varying)})"
+    if note:
+        title += f"<br><sup>{note}</sup>"
     if len(scored) < 2 or not names:
         return note_figure(title, "needs 2 trials with a value and a hyperparameter that varies")
     dimensions = [_axis(name, scored[f"hp_{name}"], name in log_scaled) for name in names]

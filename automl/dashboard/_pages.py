@@ -14,8 +14,8 @@ from dash.dash_table.Format import Format, Scheme, Trim
 
 from automl.dashboard import _figures as figures
 from automl.dashboard._importance import param_importances
-from automl.dashboard._runs import Models, Run, cached, load_models, load_run, model_card, run_names
-from automl.layout import best_column, hyperparameter_columns, hyperparameter_name
+from automl.dashboard._runs import Models, Run, cached, load_evaluations, load_models, load_run, model_card, run_names
+from automl.layout import BEST_PREFIX, LAST_PREFIX, best_column, hyperparameter_columns, hyperparameter_name
 from automl.objective import HEADLINE, METRICS, Objective
 from automl.published import PUBLISHED
 from automl.store import STATUSES
@@ -23,6 +23,9 @@ from automl.store import STATUSES
 BINARY_METRICS = ("sensitivity", "specificity")
 NO_WALL_TIME = "wall-time data not recorded<br>(epochs.parquet without timestamps, written before they were added)"
 NUMBER = Format(precision=4, scheme=Scheme.decimal_or_exponent).trim(Trim.yes)
+#: Rows of the leaderboard sent at once; and columns of trials.parquet it leaves out (besides the last_* ones).
+LEADERBOARD_PAGE = 50
+LEADERBOARD_HIDDEN = frozenset({"node_ip", "node_id"})
 
 
 def note(text: str, kind: str = "info") -> html.Div:
@@ -92,7 +95,7 @@ def experiments_page(results_dir: Path) -> list:
               "started (UTC)", "duration", "models", "notes"]
     rows = []
     for name in names:
-        run = load_run(results_dir, name)
+        run = load_run(results_dir, name, epochs=False)
         counts, info = run.counts(), run.info
         rows.append([
             dcc.Link(name, href=_run_href(name)), _status(run.status),
@@ -122,24 +125,36 @@ def experiment_page(results_dir: Path, name: str) -> list:
     order_note = "" if "started_at" in run.trials else "no start times recorded: trials in the order of trials.parquet"
     trial_figure = figures.best_so_far({name: figures.best_by_trial(run.trials, objective)}, "trial", "trials",
                                        "trials in start order", metric, note=order_note)
-    importances, importance_notes = cached(f"importance:{run.path}", (run.version, objective),
+    importances, importance_notes = cached(f"importance:{run.path}", _importance_stamp(run),
                                            lambda: param_importances(run.trials, objective, run.log_scaled))
     importance = (_graph(figures.importance_bars(importances), "importance") if importances
                   else note("Hyperparameter importance: " + importance_notes[0]))
+    curves, curves_note = figures.sample_trials(run.trials, objective, figures.MAX_CURVES)
+    lines, lines_note = figures.sample_trials(run.trials, objective, figures.MAX_LINES)
     return [
         *content,
         html.Div([_graph(time_figure, "best-vs-time"), _graph(trial_figure, "best-vs-trials")], className="grid2"),
-        _graph(figures.learning_curves(run.trials, run.epochs, metric, run.info.get("scheduler")), "learning-curves"),
-        _graph(figures.parallel_coordinates(run.trials, metric, list(importances), run.log_scaled),
+        _graph(figures.learning_curves(curves, run.epochs, metric, run.info.get("scheduler"), curves_note),
+               "learning-curves"),
+        _graph(figures.parallel_coordinates(lines, metric, list(importances), run.log_scaled, lines_note),
                "parallel-coordinates"),
         html.Div([html.Div([importance, html.Ul([html.Li(n) for n in importance_notes[not importances:]],
                                                 className="muted")], className="card"), _best_trial(run)],
                  className="grid2"),
-        html.H3(f"Leaderboard ({len(run.trials)} trials)"),
-        html.P("Click a header to sort; type in the row under the headers to filter (e.g. > 0.5, or adam).",
+        html.H3(f"Leaderboard ({len(run.trials):,} trials)"),
+        html.P(f"Click a header to sort; type in the row under the headers to filter (e.g. > 0.5, or adam). "
+               f"{LEADERBOARD_PAGE} rows a page: sorting, filtering and paging happen on the server.",
                className="muted"),
         _leaderboard(run),
     ]
+
+
+def _importance_stamp(run: Run) -> tuple:
+    """When importances are computed again: on every change of a small run; in a large one (which a running search
+    changes every few seconds, and which takes a second to assess) when its trials grew by 5%."""
+    if len(run.trials) <= 1000:
+        return run.version, run.objective
+    return round(math.log(len(run.trials)) / math.log(1.05)), run.objective, run.path
 
 
 def _run_header(run: Run) -> html.Div:
@@ -175,34 +190,13 @@ def _best_trial(run: Run) -> html.Div:
 
 
 def _leaderboard(run: Run) -> dash_table.DataTable:
-    """Every trial and every hyperparameter, best first; sorting and filtering happen in the browser."""
-    trials, score = run.trials, run.score_column
-    if score in trials:
-        trials = run.objective.sort(trials, score)
-    ranked = trials.assign(rank=range(1, len(trials) + 1))
-    groups = [("trial", ["rank", "trial_id", "status", "epochs", "best_epoch"]),
-              ("best on validation", [score] + [best_column(m) for m in METRICS if best_column(m) != score]),
-              ("hyperparameters", hyperparameter_columns(trials)),
-              ("where", ["wall_time_s", "started_at", "hostname", "error"])]
-    columns, shown = [], []
-    for group, names in groups:
-        for column in (c for c in names if c in ranked):
-            numeric = pd.api.types.is_numeric_dtype(ranked[column]) and not pd.api.types.is_bool_dtype(ranked[column])
-            label = hyperparameter_name(column).removeprefix(best_column("val_"))
-            columns.append({"id": column, "name": [group, label], "type": "numeric" if numeric else "text",
-                            **({"format": NUMBER} if numeric and column != "started_at" else {})})
-            shown.append(column)
-    table = ranked[shown].copy()
-    if "started_at" in table:
-        table["started_at"] = pd.to_datetime(table["started_at"], unit="s", utc=True).dt.strftime("%H:%M:%S")
-        columns[shown.index("started_at")]["type"] = "text"
-    for column in shown:  # booleans and missing values as the table shows them
-        if pd.api.types.is_bool_dtype(table[column]) or table[column].dtype == object:
-            table[column] = table[column].map(lambda v: "-" if _missing(v) else str(v) if isinstance(v, bool) else v)
-    records = json.loads(table.to_json(orient="records"))  # NaN as null; much faster than DataFrame.where
+    """Every trial and every column of trials.parquet, best first; :func:`leaderboard_rows` sends a page at a time."""
+    frame, columns = _ranked(run)
     return dash_table.DataTable(
-        id="leaderboard", data=records, columns=columns, sort_action="native", filter_action="native",
-        page_action="native", page_size=50, merge_duplicate_headers=True, filter_options={"placeholder_text": "filter"},
+        id="leaderboard", data=_records(frame.head(LEADERBOARD_PAGE)), columns=columns, page_action="custom",
+        page_current=0, page_size=LEADERBOARD_PAGE, page_count=_page_count(frame), sort_action="custom", sort_by=[],
+        filter_action="custom", filter_query="", merge_duplicate_headers=True,
+        filter_options={"placeholder_text": "filter"},
         persistence=run.name, persistence_type="session", persisted_props=["sort_by", "filter_query", "page_current"],
         style_table={"overflowX": "auto"},
         style_cell={"fontSize": 12, "padding": "3px 6px", "maxWidth": 260, "overflow": "hidden",
@@ -211,6 +205,118 @@ def _leaderboard(run: Run) -> dash_table.DataTable:
         style_data_conditional=[{"if": {"filter_query": f'{{status}} = "{s}"'}, "color": c}
                                 for s, c in (("pruned", "#5b6470"), ("errored", "#c45500"), ("running", "#1a7f37"))],
     )
+
+
+def leaderboard_rows(results_dir: Path, name: str, page: int, sort_by: list[dict], filter_query: str,
+                     page_size: int = LEADERBOARD_PAGE) -> tuple[list[dict], int]:
+    """One page of the leaderboard, filtered and sorted as the table asks (Dash's ``filter_query`` and ``sort_by``),
+    and the number of pages."""
+    run = load_run(results_dir, name, epochs=False)
+    if run is None or run.trials.empty:
+        return [], 1
+    frame, _ = _ranked(run)
+    frame = _filtered(frame, filter_query or "")
+    sort_by = [s for s in sort_by or [] if s.get("column_id") in frame]
+    if sort_by:
+        frame = frame.sort_values([s["column_id"] for s in sort_by], na_position="last", kind="stable",
+                                  ascending=[s["direction"] == "asc" for s in sort_by])
+    pages = _page_count(frame, page_size)
+    page = min(max(int(page or 0), 0), pages - 1)
+    return _records(frame.iloc[page * page_size:(page + 1) * page_size]), pages
+
+
+def _ranked(run: Run) -> tuple[pd.DataFrame, list[dict]]:
+    """The trials best first with a ``rank``, in the leaderboard's columns, and the table's column definitions:
+    groups of every ``best_*`` and ``hp_*`` column and any other column trials.parquet has (so that new ones
+    appear by themselves), then where and when it ran."""
+    def compute():
+        trials, score = run.trials, run.score_column
+        if score in trials:
+            trials = run.objective.sort(trials, score)
+        ranked = trials.assign(rank=range(1, len(trials) + 1)).reset_index(drop=True)
+        scores = [score, *[best_column(m) for m in METRICS], *sorted(c for c in ranked if c.startswith(BEST_PREFIX))]
+        groups = {"trial": ["rank", "trial_id", "status", "epochs", "best_epoch"],
+                  "best on validation": list(dict.fromkeys(scores)), "hyperparameters": hyperparameter_columns(ranked),
+                  "where": ["wall_time_s", "started_at", "hostname", "error"]}
+        placed = {c for names in groups.values() for c in names}
+        groups = {**dict(list(groups.items())[:3]),
+                  "more": [c for c in ranked if c not in placed and not c.startswith(LAST_PREFIX)
+                           and c not in LEADERBOARD_HIDDEN], "where": groups["where"]}
+        columns, shown = [], []
+        for group, names in groups.items():
+            for column in (c for c in names if c in ranked and c not in shown):
+                numeric = _numeric(ranked[column]) and column != "started_at"
+                label = hyperparameter_name(column).removeprefix(best_column("val_"))
+                columns.append({"id": column, "name": [group, label], "type": "numeric" if numeric else "text",
+                                **({"format": NUMBER} if numeric else {})})
+                shown.append(column)
+        return ranked[shown], columns
+
+    return cached(f"leaderboard:{run.path}", (run.version, run.objective), compute)
+
+
+def _records(frame: pd.DataFrame) -> list[dict]:
+    """Rows as the table shows them: start times as clock times, booleans as text, missing values as '-'."""
+    table = frame.copy()
+    if "started_at" in table:
+        table["started_at"] = pd.to_datetime(table["started_at"], unit="s", utc=True).dt.strftime("%H:%M:%S")
+    for column in table:
+        if pd.api.types.is_bool_dtype(table[column]) or not _numeric(table[column]):
+            table[column] = table[column].map(lambda v: "-" if _missing(v) else str(v) if isinstance(v, bool) else v)
+    return json.loads(table.to_json(orient="records"))  # NaN as null; much faster than DataFrame.where
+
+
+def _numeric(values: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+
+
+def _page_count(frame: pd.DataFrame, page_size: int = LEADERBOARD_PAGE) -> int:
+    return max(1, math.ceil(len(frame) / page_size))
+
+
+# Dash's filter syntax, as its table writes it: `{column} >= 0.5`, `{column} contains adam`, `{a} > 1 && {b} = x`.
+_OPERATORS = {">=": "ge", "<=": "le", "!=": "ne", "<": "lt", ">": "gt", "=": "eq", "ge ": "ge", "le ": "le",
+              "lt ": "lt", "gt ": "gt", "ne ": "ne", "eq ": "eq", "contains ": "contains",
+              "datestartswith ": "datestartswith"}
+_COMPARE = {"ge": "__ge__", "le": "__le__", "lt": "__lt__", "gt": "__gt__", "ne": "__ne__", "eq": "__eq__"}
+
+
+def _filtered(frame: pd.DataFrame, query: str) -> pd.DataFrame:
+    """The rows matching every clause of a table filter; a clause naming no column of the table is ignored."""
+    for clause in filter(None, (c.strip() for c in query.split(" && "))):
+        column, operator, value = _clause(clause)
+        if column not in frame:
+            continue
+        values = frame[column]
+        if operator in _COMPARE and isinstance(value, float) and _numeric(values):
+            mask = getattr(values, _COMPARE[operator])(value)
+        elif operator in _COMPARE:
+            text = values.astype(str).str.lower()
+            mask = getattr(text, _COMPARE[operator])(str(value).lower())
+        elif operator == "contains":
+            mask = values.astype(str).str.contains(str(value), case=False, regex=False)
+        else:
+            mask = values.astype(str).str.startswith(str(value))
+        frame = frame[mask.fillna(False).astype(bool)]
+    return frame
+
+
+def _clause(clause: str) -> tuple[str | None, str | None, object]:
+    """``{column} OPERATOR value`` as (column, operator name, value: a float when it reads as one)."""
+    start, end = clause.find("{"), clause.find("}")
+    if start < 0 or end < start:
+        return None, None, None
+    column, rest = clause[start + 1:end], clause[end + 1:].lstrip()
+    for spelling, operator in _OPERATORS.items():
+        if rest.startswith(spelling):
+            value = rest[len(spelling):].strip()
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"`":
+                return column, operator, value[1:-1].replace("\\" + value[0], value[0])
+            try:
+                return column, operator, float(value)
+            except ValueError:
+                return column, operator, value
+    return None, None, None
 
 
 def models_page(results_dir: Path, name: str) -> list:
@@ -237,7 +343,7 @@ def models_page(results_dir: Path, name: str) -> list:
             className="muted"))
     return [*content, _comparison_table(run, rows, metrics, task),
             _graph(figures.metric_bars(rows, metrics, "test split: ensemble and members"), "model-bars"),
-            _per_class(models, rows), _roc(run, task), _downloads(run, models)]
+            _per_class(models, rows), _roc(run, task), _downloads(run, models), _evaluations(run, models)]
 
 
 def _model_rows(models: Models, objective: Objective) -> list[dict]:
@@ -322,6 +428,33 @@ def _downloads(run: Run, models: Models) -> html.Div:
     if run.layout.report.is_file():
         items.append(html.A("ensemble report (markdown)", href=f"{files}/report.md"))
     return html.Div([html.H3("Downloads"), html.Ul([html.Li(item) for item in items])], className="card")
+
+
+def _evaluations(run: Run, models: Models) -> html.Div:
+    """The exported model's external evaluations (automl evaluate): images, melanoma and malignant AUC, report."""
+    if not models.model_dir:
+        return html.Div()
+    evaluations, messages = load_evaluations(run)
+    title = html.H3("External evaluations (measured only, never used to choose anything)")
+    if not evaluations:
+        return html.Div([title, *[note(m, "warn") for m in messages],
+                         note(f"None yet: automl evaluate {run.layout.model.root} --data DIR writes one into "
+                              f"{run.layout.model.evaluations}/.")], className="card")
+
+    def auc(metrics: dict, question: str) -> list:
+        section = metrics.get(question) or {}
+        low_high = (section.get("ci95") or {}).get("auc") or [None, None]
+        interval = "" if None in low_high else f"[{low_high[0]:.3f},\u00a0{low_high[1]:.3f}]"
+        return [_fmt(section.get("auc")), html.Br(), html.Small(interval), html.Br(),
+                html.Small(section.get("score", "-"), className="muted")]
+
+    rows = [[name, (metrics.get("images") or {}).get("scored", "-"), auc(metrics, "melanoma"),
+             auc(metrics, "malignant"),
+             html.A("report.md", href=f"/files/{quote(run.name)}/evaluations/{quote(name)}/report.md")]
+            for name, metrics in evaluations]
+    header = ["evaluation", "images", "melanoma vs rest AUC", "malignant vs benign AUC", "report"]
+    return html.Div([title, *[note(m, "warn") for m in messages], _table(header, rows, "evaluations")],
+                    className="card")
 
 
 def compare_page(results_dir: Path, selected: list[str]) -> list:

@@ -1,8 +1,9 @@
 """The results store read into plain summaries for the pages.
 
 Every read failure (a missing, half-written or corrupt file) becomes a message on the summary;
-nothing here raises to a page. Reads are cached by (path, mtime, size), so a refresh re-reads only
-the files a running search rewrote. Cached frames are shared between requests: never modify them.
+nothing here raises to a page. Reads are cached by (path, mtime, size) (a table's by its file and
+its parts folder), so a refresh re-reads only what a running search changed. Cached frames are
+shared between requests: never modify them.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pandas as pd
 import yaml
 
 from automl.errors import UserError
-from automl.layout import RunLayout, best_column, json_object
+from automl.layout import DamagedFile, PartedTable, RunLayout, best_column, json_object
 from automl.objective import Objective
 
 _cache: dict[str, tuple[Any, Any]] = {}
@@ -52,6 +53,19 @@ def _read(path: Path, reader: Callable[[Path], Any], messages: list[str]) -> Any
         return cached(str(path), stamp, lambda: reader(path))
     except Exception as exc:  # noqa: BLE001 - a torn or corrupt file of any format: the page says so instead of failing
         messages.append(f"{path.name} could not be read (half-written or corrupt?): {type(exc).__name__}: {exc}")
+        return None
+
+
+def _read_table(table: PartedTable, messages: list[str], *columns: str) -> pd.DataFrame | None:
+    """A table of the store (base file and parts) with ``columns``; ``None`` when absent or unreadable (said)."""
+    stamp = table.stamp()
+    if stamp == (None, None):
+        return None
+    try:
+        return cached(str(table.base), stamp, lambda: _checked(table.read(), *columns))
+    except Exception as exc:  # noqa: BLE001 - a torn or corrupt file of any format: the page says so instead of failing
+        name = exc.path.name if isinstance(exc, DamagedFile) else table.base.name
+        messages.append(f"{name} could not be read (half-written or corrupt?): {type(exc).__name__}: {exc}")
         return None
 
 
@@ -88,7 +102,7 @@ class Run:
     @property
     def version(self) -> tuple:
         """Changes whenever the run's trials or epochs change on disk."""
-        return _stamp(self.layout.trials), _stamp(self.layout.epochs)
+        return self.layout.trial_table.stamp() + self.layout.epoch_table.stamp()
 
     def counts(self) -> dict[str, int]:
         """Trials by status."""
@@ -155,16 +169,16 @@ def run_path(results_dir: Path, name: str) -> Path | None:
     return Path(results_dir) / name if name in run_names(results_dir) else None
 
 
-def load_run(results_dir: Path, name: str) -> Run | None:
-    """Run ``name`` with every readable part, or ``None`` if there is no such run."""
+def load_run(results_dir: Path, name: str, epochs: bool = True) -> Run | None:
+    """Run ``name`` with every readable part, or ``None`` if there is no such run; ``epochs=False``: trials only."""
     path = run_path(results_dir, name)
     if path is None:
         return None
     run = RunLayout(path)
     messages = [] if run.info_file.is_file() else [f"no {run.info_file.name} yet"]
     info = _read(run.info_file, json_object, messages)
-    trials = _read(run.trials, lambda p: _checked(pd.read_parquet(p), "trial_id", "status"), messages)
-    epochs = _read(run.epochs, lambda p: _checked(pd.read_parquet(p), "trial_id", "epoch"), messages)
+    trials = _read_table(run.trial_table, messages, "trial_id", "status")
+    epochs = _read_table(run.epoch_table, messages, "trial_id", "epoch") if epochs else None
     log_scaled = _read(run.spec, _log_scaled, messages)
     return Run(name, path, info or {}, pd.DataFrame() if trials is None else trials,
                pd.DataFrame() if epochs is None else epochs, messages, log_scaled or frozenset())
@@ -183,6 +197,14 @@ def load_models(run: Run) -> Models:
     metrics = _read(run.layout.ensemble_metrics, json_object, messages)
     model_dir = run.layout.model.root
     return Models(members, ensemble, metrics, model_dir if model_dir.is_dir() else None, messages)
+
+
+def load_evaluations(run: Run) -> tuple[list[tuple[str, dict]], list[str]]:
+    """The exported model's external evaluations (``automl evaluate``) by name, and what could not be read."""
+    messages: list[str] = []
+    model = run.layout.model
+    found = [(name, _read(model.evaluation(name).metrics, json_object, messages)) for name in model.evaluation_names()]
+    return [(name, metrics) for name, metrics in found if metrics is not None], messages
 
 
 def model_card(run_dir: Path) -> Path | None:

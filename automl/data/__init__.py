@@ -7,7 +7,7 @@
 
 from automl.data._dataset import BINARY_CLASSES, Dataset, class_names, load_dataset
 from automl.data._images import IMAGE_SUFFIXES, RESIZE_METHOD, decode_image, index_images, resize_image, resize_tensor
-from automl.data._metadata import DX_CLASSES, MALIGNANT, METADATA_FILE, read_metadata
+from automl.data._metadata import DX_CLASSES, MALIGNANT, METADATA_FILE, read_image_table, read_metadata
 from automl.data._split import grouped_split, lesion_leaks
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "index_images",
     "lesion_leaks",
     "load_dataset",
+    "read_image_table",
     "read_metadata",
     "resize_image",
     "resize_tensor",

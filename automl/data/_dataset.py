@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,19 @@ class Dataset:
         """``(images, labels)`` of one split."""
         mask = (self.table["split"] == split).to_numpy()
         return self.images[mask], self.table["label"].to_numpy()[mask]
+
+    def with_train_and_val(self) -> Dataset:
+        """The same images with the val split moved into train (test untouched): what a refit learns from.
+
+        The images array is shared, not copied; the val split of the result is empty.
+        """
+        table = self.table.copy()
+        table["split"] = table["split"].replace("val", "train")
+        return dataclasses.replace(self, table=table, notes=[*self.notes, "val split merged into train (refit)"])
+
+    def class_counts(self, split: str = "train") -> np.ndarray:
+        """Images per class of one split, in :attr:`class_names` order."""
+        return np.bincount(self.subset(split)[1], minlength=len(self.class_names))
 
     def counts(self) -> pd.DataFrame:
         """Images per class (rows) and split (columns)."""

@@ -26,30 +26,7 @@ def read_metadata(data_dir: Path) -> pd.DataFrame:
             f"{path}: metadata file not found; the data folder must hold the public HAM10000 layout "
             f"({METADATA_FILE} plus image folders)"
         )
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
-        raise DataError(f"{path}: cannot read as CSV: {str(exc).strip().splitlines()[0]}") from None
-    table.columns = [c.strip() for c in table.columns]
-    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
-    if missing:
-        raise DataError(
-            f"{path}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
-            f"(found: {', '.join(table.columns)}; needed: {', '.join(REQUIRED_COLUMNS)})"
-        )
-    if table.empty:
-        raise DataError(f"{path}: has a header but no rows")
-    for column in REQUIRED_COLUMNS:
-        table[column] = table[column].str.strip()
-        empty = table.index[table[column] == ""]
-        if len(empty):
-            rows = ", ".join(str(i + 2) for i in empty[:5])
-            raise DataError(f"{path}: {len(empty)} rows have an empty {column} (lines {rows})")
-    duplicated = table["image_id"][table["image_id"].duplicated()]
-    if len(duplicated):
-        raise DataError(
-            f"{path}: {len(duplicated)} image_ids appear more than once (first: {', '.join(duplicated[:5])})"
-        )
+    table = read_image_table(path, REQUIRED_COLUMNS)
     unknown = table[~table["dx"].str.lower().isin(DX_CLASSES)]
     if len(unknown):
         first = ", ".join(f"{r.image_id} ({r.dx!r})" for r in unknown.head(5).itertuples())
@@ -66,3 +43,34 @@ def read_metadata(data_dir: Path) -> pd.DataFrame:
             "each lesion must have one diagnosis"
         )
     return table.reset_index(drop=True)
+
+
+def read_image_table(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
+    """A CSV with one row per image: readable, the ``required`` columns present, stripped and never empty, and each
+    ``image_id`` once; every problem a :class:`DataError` naming the file.
+    """
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
+        raise DataError(f"{path}: cannot read as CSV: {str(exc).strip().splitlines()[0]}") from None
+    table.columns = [c.strip() for c in table.columns]
+    missing = [c for c in required if c not in table.columns]
+    if missing:
+        raise DataError(
+            f"{path}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+            f"(found: {', '.join(table.columns)}; needed: {', '.join(required)})"
+        )
+    if table.empty:
+        raise DataError(f"{path}: has a header but no rows")
+    for column in required:
+        table[column] = table[column].str.strip()
+        empty = table.index[table[column] == ""]
+        if len(empty):
+            rows = ", ".join(str(i + 2) for i in empty[:5])
+            raise DataError(f"{path}: {len(empty)} rows have an empty {column} (lines {rows})")
+    duplicated = table["image_id"][table["image_id"].duplicated()]
+    if len(duplicated):
+        raise DataError(
+            f"{path}: {len(duplicated)} image_ids appear more than once (first: {', '.join(duplicated[:5])})"
+        )
+    return table

@@ -21,6 +21,7 @@ from automl.layout import RunLayout
 from automl.search._report import Report
 from automl.spec import Spec, load_spec
 from automl.store import RunStore, machine_info, utc_now, write_run_info
+from automl.weights import require_weights
 
 __all__ = ["check_storage", "run_search", "start_ray"]
 
@@ -46,6 +47,7 @@ def run_search(
     """
     run = RunLayout(Path(results_dir) / name)
     spec, storage = _starting_spec(run, spec, resume, storage)
+    require_weights(spec)  # before anything is written: a backbone's ImageNet weights, fetched once or one line why not
     settings, space = spec.search, spec.space
     dataset = load_dataset(data_dir, skip_bad_images=skip_bad_images, cache_dir=cache_dir, **spec.data.dataset_args())
     for note in dataset.notes:
@@ -64,7 +66,7 @@ def run_search(
 
             store = RunStore(**store_args)
             run_keras_tuner(dataset, spec, run.root, store, report, resume)
-            store.flush(force=True)
+            store.close()
         else:
             interrupted = _run_ray(spec, dataset, run, store_args, report, resume, storage, trainable)
     except KeyboardInterrupt:
@@ -72,7 +74,7 @@ def run_search(
     # wall_s adds up every sitting of a resumed search; started..ended would count the pause too.
     wall_s = run.read_info().get("wall_s", 0) + round(time.monotonic() - wall, 1)
     write_run_info(run.root, status="interrupted" if interrupted else "finished", ended=utc_now(), wall_s=wall_s)
-    if run.trials.is_file():
+    if run.trial_table.exists():
         report.leaderboard(run.read_trials())
     console.out.print(f"results: {run.root}  ({time.monotonic() - wall:.0f}s)")
     if interrupted:
@@ -132,6 +134,9 @@ def start_ray(address: str | None) -> None:
     # Our own lines and leaderboard replace Tune's console output and its checkpoint-frequency warning.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Tune's own per-trial logs (result.json, progress.csv, TensorBoard events), which the driver writes for every
+    # result of every trial, record what the results store records: off, unless the environment says otherwise.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     import ray
 
     if address:
@@ -148,6 +153,8 @@ def start_ray(address: str | None) -> None:
                  configure_logging=True)
     # A failed trial is one line of ours (with the path of its traceback), not Tune's full traceback.
     logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
+    # Without its per-trial logs, Tune's result grid says for each trial that it found none.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     if threading.current_thread() is threading.main_thread():
         # `automl jobs stop` (and any supervisor) sends SIGTERM, on which Ray's handler dumps a stack and
         # dies; as Ctrl-C instead, Tune stops gracefully and the run is marked interrupted, resumable.
@@ -207,11 +214,14 @@ def _run_ray(spec: Spec, dataset: Dataset, run: RunLayout, store_args: dict, rep
     finally:
         ray.shutdown()
     store = RunStore(**store_args)
-    if settings.time_budget_s is not None and time.monotonic() - started >= settings.time_budget_s:
-        # The budget ended the search: trials cut short count as pruned, and the run is finished.
-        for trial_id, row in store.trials.items():
-            if row.get("status") == "running":
-                store.trial_finished(trial_id, "pruned")
-        return False
-    still_running = any(row.get("status") == "running" for row in store.trials.values())
-    return still_running or store.finished_count() < settings.num_samples
+    try:
+        if settings.time_budget_s is not None and time.monotonic() - started >= settings.time_budget_s:
+            # The budget ended the search: trials cut short count as pruned, and the run is finished.
+            for trial_id, row in list(store.trials.items()):
+                if row.get("status") == "running":
+                    store.trial_finished(trial_id, "pruned")
+            return False
+        still_running = any(row.get("status") == "running" for row in store.trials.values())
+        return still_running or store.finished_count() < settings.num_samples
+    finally:
+        store.close()  # an interrupted sitting too ends with the parts compacted

@@ -16,14 +16,13 @@ from automl.data import Dataset
 from automl.errors import SpecError
 from automl.hparams import ModelConfig
 from automl.layout import RunLayout
-from automl.model import build_model
 from automl.spec import Spec
 from automl.store import RunStore
-from automl.trial import candidate_callbacks, training_batches
+from automl.trial import build_candidate, candidate_callbacks, training_batches
 
 
 class SpaceHyperModel(kt.HyperModel):
-    """Builds candidates through :func:`automl.model.build_model` and fits them on our batches."""
+    """Builds candidates through :func:`automl.trial.build_candidate` and fits them on our batches."""
 
     def __init__(self, spec: Spec, dataset: Dataset, store: RunStore):
         super().__init__(name="automl")
@@ -40,12 +39,16 @@ class SpaceHyperModel(kt.HyperModel):
         return config
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:
-        return build_model(self.config(hp), self.dataset.image_size, len(self.dataset.class_names))
+        try:
+            return build_candidate(self.config(hp), self.dataset, self.spec.training)
+        except SpecError as exc:  # above training.max_parameters
+            raise kt.errors.FailedTrialError(str(exc)) from None
 
     def fit(self, hp, model, *args, callbacks=(), epochs=1, initial_epoch=0, **kwargs):
-        batches = training_batches(self.config(hp), self.dataset, self.seed + initial_epoch)
+        config = self.config(hp)
+        batches = training_batches(config, self.dataset, self.seed + initial_epoch)
         # Ours first (validation metrics, lr schedule): KerasTuner's own callbacks read the objective from the logs.
-        ours = candidate_callbacks(self.dataset, self.spec.objective, self.spec.training)
+        ours = candidate_callbacks(self.dataset, self.spec.objective, self.spec.training, config=config)
         return model.fit(batches, epochs=epochs, initial_epoch=initial_epoch, verbose=0,
                          callbacks=[*ours, *callbacks, _StoreEpochs(self)])
 
@@ -82,6 +85,7 @@ def run_keras_tuner(dataset: Dataset, spec: Spec, run_dir: Path, store: RunStore
             failed = trial.status in ("FAILED", "INVALID")
             store.trial_finished(trial.trial_id, "errored" if failed else "completed",
                                  (trial.message or "failed").strip().splitlines()[-1] if failed else None)
+            store.flush(force=True)  # trials here are few and long: each outcome is written at once
             report.trial_line(store, trial.trial_id)
             if settings.time_budget_s and time.monotonic() - started > settings.time_budget_s:
                 # Out of time: the oracle hands out no further trial once max_trials is reached.

@@ -17,7 +17,15 @@ from automl.layout import RunLayout
 from automl.objective import Objective
 from automl.space import SearchSpace
 from automl.spec import SearchSettings, Spec, TrainingSpec
-from automl.store import RunStore
+from automl.store import FINISHED, RunStore
+
+#: Checkpoints kept per trial. Tune snapshots the whole experiment (every trial's state: a cost that grows with the
+#: run) whenever a trial has saved this many checkpoints since the last snapshot, so that the snapshot never names a
+#: deleted one. With 1 that is after every epoch of every trial; with 2, about once per epoch's time however many
+#: trials run at once, for a second checkpoint on disk per trial.
+CHECKPOINTS_KEPT = 2
+ORPHANED = ("lost with the driver: it started after Tune's last experiment snapshot, so the resumed search sampled "
+            "another trial in its place")
 from automl.trial import EpochRunner, configure_tensorflow
 
 
@@ -46,11 +54,11 @@ class CandidateTrainable(tune.Trainable):
         try:
             model_config = ModelConfig.from_params(self.params)
             model_config.check_image_size(*self.dataset.image_size)
+            # One seed for every trial: candidates differ by their hyperparameters, not by luck of the draw.
+            # Building may find it too big (training.max_parameters): infeasible too.
+            self.runner = EpochRunner(model_config, self.dataset, self.objective, self.training, seed=self.base_seed)
         except SpecError as exc:
             self.infeasible, self.runner = str(exc), None
-            return
-        # One seed for every trial: candidates differ by their hyperparameters, not by luck of the draw.
-        self.runner = EpochRunner(model_config, self.dataset, self.objective, self.training, seed=self.base_seed)
 
     def step(self) -> dict[str, Any]:
         if self.runner is None:
@@ -58,7 +66,7 @@ class CandidateTrainable(tune.Trainable):
             return {"infeasible": self.infeasible, self.objective.name: self.objective.worst, "done": True}
         metrics = self.runner.run_epoch()
         extra = {"epoch": self.runner.epochs_done, "elapsed_s": time.monotonic() - self.started,
-                 "node_id": self.node_id}
+                 "node_id": self.node_id, "parameters": int(self.runner.model.count_params())}
         if self.restored_from_epoch is not None:
             extra["restored_from_epoch"] = self.restored_from_epoch
         return metrics | extra
@@ -113,7 +121,8 @@ def build_tuner(
             name=RunLayout.ray_dir_name,
             storage_path=experiment_root(run_dir, storage),
             stop={"training_iteration": settings.max_epochs},
-            checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1, num_to_keep=1, checkpoint_at_end=False),
+            checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1, num_to_keep=CHECKPOINTS_KEPT,
+                                                    checkpoint_at_end=False),
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
             callbacks=callbacks,
             verbose=0,
@@ -138,15 +147,21 @@ def restore_tuner(
 
 
 class StoreCallback(tune.Callback):
-    """Feeds Tune's events to the results store and prints a line per finished trial."""
+    """Feeds Tune's events to the results store and prints a line per finished trial.
+
+    The store writes in batches (:class:`~automl.store.RunStore`): every step of Tune's loop gives it the chance,
+    so nothing waits in memory much longer than its flush interval. After a driver was killed, the first step of the
+    resumed experiment reconciles the store with the trials Tune restored (:meth:`_reconcile`).
+    """
 
     def __init__(self, store_args: dict, space: SearchSpace, report):
         self.store_args, self.space, self.report = store_args, space, report
         self.store: RunStore | None = None
+        self.reconciled = False
 
     def __getstate__(self):
         # Tune pickles callbacks into its experiment state; the store is reloaded from disk on resume.
-        return self.__dict__ | {"store": None}
+        return self.__dict__ | {"store": None, "reconciled": False}
 
     def _open(self) -> RunStore:
         if self.store is None:
@@ -171,9 +186,18 @@ class StoreCallback(tune.Callback):
         else:
             self._finish(trial, "completed")
 
+    def on_step_begin(self, iteration, trials, **info):
+        if not self.reconciled:
+            self.reconciled = True
+            self._reconcile(trials, restored=True)
+
+    def on_step_end(self, iteration, trials, **info):
+        if self.store is not None:
+            self.store.flush()  # written when due: every flush interval, or when enough rows wait
+            self.report.tick(self.store)
+
     def on_trial_recover(self, iteration, trials, trial, **info):
-        row = self._open().trials.setdefault(trial.trial_id, {"trial_id": trial.trial_id})
-        row["retries"] = int(row.get("retries") or 0) + 1
+        self._open().trial_retried(trial.trial_id)
         console.info(
             f"trial {trial.trial_id} failed ({_last_error_line(trial)}); retrying from its last checkpoint "
             f"(traceback: {getattr(trial, 'error_file', None) or 'in the trial folder'})"
@@ -188,8 +212,33 @@ class StoreCallback(tune.Callback):
         self.report.trial_line(store, trial.trial_id)
 
     def on_experiment_end(self, trials, **info):
-        if self.store is not None:
-            self.store.flush(force=True)
+        self._reconcile(trials)
+        self._open().close()  # everything written, the parts compacted into the two Parquet files
+
+    def _reconcile(self, trials, restored: bool = False) -> None:
+        """Make the store agree with Tune's trials: outcomes the store lost with a killed driver, and orphans.
+
+        A trial Tune has as finished but the store not (its last flush was lost) gets its last result and outcome.
+        On a restored experiment, a trial the store has as running but Tune does not know (it started after Tune's
+        last experiment snapshot, and Tune samples a new one in its place) is recorded as errored, with why.
+        """
+        store, known = self._open(), set()
+        for trial in trials:
+            known.add(trial.trial_id)
+            row = store.trials.get(trial.trial_id) or {}
+            if trial.status not in (trial.TERMINATED, trial.ERROR) or row.get("status") in FINISHED:
+                continue
+            result = trial.last_result or {}
+            if "epoch" in result and int(result["epoch"]) > int(row.get("epochs") or 0):
+                self.on_trial_result(0, trials, trial, result)
+            if trial.status == trial.ERROR:
+                self.on_trial_error(0, trials, trial)
+            else:
+                self.on_trial_complete(0, trials, trial)
+        if restored:
+            for trial_id, row in list(store.trials.items()):
+                if row.get("status") == "running" and trial_id not in known:
+                    store.trial_finished(trial_id, "errored", ORPHANED)
 
 
 def _trainable(dataset: Dataset, spec: Spec, trainable=None):

@@ -1,27 +1,67 @@
-"""What a search prints: a line per finished trial, and the leaderboard at the end."""
+"""What a search prints: a line per finished trial (then, in a large search, a periodic summary), and the leaderboard
+at the end."""
 
 from __future__ import annotations
 
 import math
+import time
 
 import pandas as pd
 
 from automl import console
 from automl.layout import best_column, hp_column, hyperparameter_columns, hyperparameter_name
 from automl.objective import Objective
-from automl.store import RunStore
+from automl.store import STATUSES, RunStore
 
 # Shown in progress lines when they are searched: the hyperparameters that matter most in the seeds.
 KEY_HYPERPARAMETERS = ("conv_blocks", "base_filters", "filters", "dense_units", "optimizer", "learning_rate",
                        "imbalance", "batch_size", "pool_type")
+#: A line per finished trial for the first LINES_UP_TO; after that a summary every SUMMARY_EVERY_S seconds, plus the
+#: line of each trial that sets a new best, so that a search of thousands of trials stays readable.
+LINES_UP_TO, SUMMARY_EVERY_S = 200, 30.0
 
 
 class Report:
-    def __init__(self, objective: Objective, num_samples: int, searched: list[str]):
+    def __init__(self, objective: Objective, num_samples: int, searched: list[str], lines_up_to: int = LINES_UP_TO,
+                 summary_every_s: float = SUMMARY_EVERY_S):
         self.objective, self.num_samples = objective, num_samples
         self.shown = [n for n in KEY_HYPERPARAMETERS if n in searched][:5] or searched[:5]
+        self.lines_up_to, self.summary_every_s = lines_up_to, summary_every_s
+        self._best_shown: float | None = None  # the best of the finished trials printed so far
+        self._summary = (time.monotonic(), 0)  # when the last summary was printed, and the trials finished by then
+        self._summarising = False
 
     def trial_line(self, store: RunStore, trial_id: str) -> None:
+        """The line of a finished trial; beyond ``lines_up_to`` trials only for a new best, and the summary when due."""
+        done = store.finished_count()
+        if self._best_shown is None:  # a resumed search: its earlier trials count as shown
+            self._best_shown = store.best_value() if done > 1 else math.nan
+        value = store.trials[trial_id].get(best_column(self.objective.name))
+        new_best = self.objective.better(value, self._best_shown)
+        self._best_shown = value if new_best else self._best_shown
+        if done <= self.lines_up_to or new_best:
+            self._line(store, trial_id, " (new best)" if done > self.lines_up_to else "")
+        if done > self.lines_up_to and not self._summarising:
+            self._summarising = True
+            console.info(f"more than {self.lines_up_to} trials finished: from now on a summary every "
+                         f"{self.summary_every_s:.0f} s, and the line of each trial that sets a new best")
+        self.tick(store)
+
+    def tick(self, store: RunStore) -> None:
+        """The summary line, when the search is past ``lines_up_to`` trials and ``summary_every_s`` has passed."""
+        done, (last, done_then) = store.finished_count(), self._summary
+        now = time.monotonic()
+        if done <= self.lines_up_to or now - last < self.summary_every_s:
+            return
+        self._summary = (now, done)
+        counts = dict.fromkeys(("completed", "pruned", "errored", "running"), 0)
+        for row in store.trials.values():
+            counts[row.get("status")] = counts.get(row.get("status"), 0) + 1
+        console.info(
+            f"[{done}/{self.num_samples}] " + ", ".join(f"{n} {s}" for s, n in counts.items() if s in STATUSES)
+            + f"; {60 * (done - done_then) / (now - last):.0f} trials/min; best so far {_fmt(store.best_value())}")
+
+    def _line(self, store: RunStore, trial_id: str, note: str = "") -> None:
         row = store.trials[trial_id]
         value = row.get(best_column(self.objective.name))
         params = ", ".join(f"{n}={_short(row.get(hp_column(n)))}"
@@ -31,7 +71,7 @@ class Report:
                 else f"errored: {row.get('error')}")
         console.info(
             f"[{store.finished_count()}/{self.num_samples}] {trial_id} {what}  {self.objective.name} {_fmt(value)}  "
-            f"best so far {_fmt(store.best_value())}  ({params})"
+            f"best so far {_fmt(store.best_value())}{note}  ({params})"
         )
 
     def leaderboard(self, trials: pd.DataFrame, top: int = 10) -> None:
