@@ -143,8 +143,9 @@ def summarise(folder: Path, levers: list[str], seeds: list[int], data_dir: Path)
             if path.is_file():
                 with np.load(path) as data:
                     runs[lever, seed] = {k: data[k] for k in data.files}
+    add_posthoc(runs, seeds, dataset, y_val)
     rows, rng = {}, np.random.default_rng(0)
-    for lever in levers:
+    for lever in [*levers, *POSTHOC]:
         mine = [s for s in seeds if (lever, s) in runs]
         if not mine:
             continue
@@ -153,15 +154,42 @@ def summarise(folder: Path, levers: list[str], seeds: list[int], data_dir: Path)
             run = runs[lever, seed]
             archive_labels = labels.loc[run["archive_ids"]].to_numpy()
             figures = scores(y_test, run["test"], archive_labels, run["archive"], classes)
+            figures["test_accuracy"] = float(np.mean(run["test"].argmax(axis=1) == y_test))
             from automl.objective import Objective
 
             figures["val_balanced_accuracy"] = Objective().score(y_val, run["val"])
             per_seed.append(figures)
         rows[lever] = {"seeds": mine, **{k: float(np.mean([f[k] for f in per_seed])) for k in per_seed[0]},
                        "per_seed": per_seed}
+        if lever == "refit":  # val was trained on: its score says nothing
+            rows[lever]["val_balanced_accuracy"] = float("nan")
         if lever != "baseline" and all(("baseline", s) in runs for s in mine):
             rows[lever]["difference_ci95"] = paired_differences(runs, lever, mine, y_test, labels, classes, rng)
     return rows
+
+
+#: Post-hoc levers, measured on the baseline runs' own probabilities (fitted on validation only).
+POSTHOC = ("baseline+temperature", "baseline+prior")
+
+
+def add_posthoc(runs: dict, seeds: list[int], dataset, y_val) -> None:
+    """Temperature (fitted on val) and the prior decision rule applied to each baseline run's probabilities."""
+    from automl.posthoc import apply_temperature, correct_prior, fit_temperature, prior_factor
+    from automl.trial import expected_class_mix
+
+    params = member_params()
+    counts = dataset.class_counts("train")
+    factor = prior_factor(counts / counts.sum(), expected_class_mix(counts, params["imbalance"],
+                                                                   params.get("oversample_to", 0)))
+    for seed in seeds:
+        if ("baseline", seed) not in runs:
+            continue
+        base = runs["baseline", seed]
+        temperature = fit_temperature(base["val"], y_val)
+        runs["baseline+temperature", seed] = {k: apply_temperature(v, temperature) if k != "archive_ids" else v
+                                              for k, v in base.items()} | {"temperature": temperature}
+        runs["baseline+prior", seed] = {k: correct_prior(v, factor) if k != "archive_ids" else v
+                                        for k, v in base.items()}
 
 
 def paired_differences(runs, lever, seeds, y_test, labels, classes, rng, rounds: int = 1000) -> dict:
@@ -195,7 +223,8 @@ def paired_differences(runs, lever, seeds, y_test, labels, classes, rng, rounds:
 
 
 def markdown(rows: dict) -> str:
-    columns = ["val_balanced_accuracy", "test_balanced_accuracy", "test_auc", "test_ece", "archive_melanoma_auc",
+    columns = ["val_balanced_accuracy", "test_balanced_accuracy", "test_accuracy", "test_auc", "test_ece",
+               "archive_melanoma_auc",
                "archive_malignant_auc", "archive_sens_at_spec_0.8"]
     lines = ["| lever | seeds | " + " | ".join(c.replace("_", " ") for c in columns) + " |",
              "| --- | --- |" + " ---: |" * len(columns)]
