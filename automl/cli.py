@@ -88,10 +88,16 @@ def _search_parser(commands) -> None:
     search.set_defaults(run=_search)
 
 
+def _stage_parser(commands, command: str, text: str) -> argparse.ArgumentParser:
+    """A command that works on an existing run: ``automl COMMAND NAME [--results DIR]``."""
+    parser = commands.add_parser(command, help=text)
+    parser.add_argument("name", help="search run name")
+    parser.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: results)")
+    return parser
+
+
 def _retrain_parser(commands) -> None:
-    retrain = commands.add_parser("retrain", help="retrain a search's top configurations from scratch (Ray Tune)")
-    retrain.add_argument("name", help="search run name")
-    retrain.add_argument("--results", type=Path, default=Path("results"))
+    retrain = _stage_parser(commands, "retrain", "retrain a search's top configurations from scratch (Ray Tune)")
     retrain.add_argument("--data", type=Path, help="HAM10000 folder (default: the one the search used)")
     retrain.add_argument("--top-k", type=int, help="configurations to retrain (default 5)")
     retrain.add_argument("--seeds", type=int, help="seeds per configuration (default 1)")
@@ -106,18 +112,14 @@ def _retrain_parser(commands) -> None:
 
 
 def _ensemble_parser(commands) -> None:
-    ensemble = commands.add_parser("ensemble", help="ensemble the retrained members and evaluate on the test split")
-    ensemble.add_argument("name", help="search run name")
-    ensemble.add_argument("--results", type=Path, default=Path("results"))
+    ensemble = _stage_parser(commands, "ensemble", "ensemble the retrained members and evaluate on the test split")
     ensemble.add_argument("--method", choices=METHODS, default="greedy")
     ensemble.add_argument("--decision", choices=DECISIONS, default="balanced", help=DECISION_HELP)
     ensemble.set_defaults(run=_ensemble)
 
 
 def _export_parser(commands) -> None:
-    export = commands.add_parser("export", help="export a run's ensemble as a self-contained model folder")
-    export.add_argument("name", help="search run name")
-    export.add_argument("--results", type=Path, default=Path("results"))
+    export = _stage_parser(commands, "export", "export a run's ensemble as a self-contained model folder")
     export.add_argument("--out", type=Path, required=True, help="model folder to write")
     export.add_argument("--overwrite", action="store_true", help="replace --out even if automl did not write it")
     export.add_argument("--refit", action="store_true",
