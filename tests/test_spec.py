@@ -2,6 +2,9 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from automl.errors import SpecError
 from automl.spec import load_spec, parse_image_size
@@ -118,3 +121,34 @@ def test_image_size_forms():
     assert parse_image_size(28, "x") == (28, 28)
     assert parse_image_size("75x100", "x") == (75, 100)
     assert parse_image_size([75, 100], "x") == (75, 100)
+
+
+# Random YAML documents: scalars (NaN, infinities, huge ints, bools, strings), lists and nested
+# mappings under the spec's own keys and under random ones.
+_KEYS = st.sampled_from(["name", "data", "task", "image_size", "split", "fractions", "seed", "file", "method",
+                         "training", "epochs", "early_stopping_patience", "reduce_lr_factor", "objective", "metric",
+                         "mode", "search", "num_samples", "resources", "cpu", "time_budget_s", "hyperparameters",
+                         "conv_blocks", "learning_rate", "dense_dropout", "family", "choice", "float", "when", "x"])
+_SCALARS = (st.none() | st.booleans() | st.integers(min_value=-10**40, max_value=10**40)
+            | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=12)
+            | st.sampled_from(["val_auc", "val_loss", "max", "min", "grouped", "file", "resnet", "28", "8x8"]))
+_DOCUMENTS = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_KEYS, inner,
+                                                                                                  max_size=5),
+                          max_leaves=25)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(document=_DOCUMENTS)
+def test_any_yaml_document_is_a_spec_or_one_clear_error(tmp_path, document):
+    path = write(tmp_path, yaml.safe_dump(document))
+    try:
+        spec = load_spec(path)
+    except SpecError as exc:
+        assert str(exc).startswith(str(path)) and "\n" not in str(exc)
+        return
+    # What validation accepts is usable: it round-trips, and a fixed spec resolves to a model config or says why not.
+    assert load_spec(write(tmp_path, spec.to_yaml())).objective == spec.objective
+    try:
+        spec.model_config()
+    except SpecError:
+        pass
