@@ -22,6 +22,7 @@ from selenium.webdriver.chrome.service import Service
 from werkzeug.serving import make_server
 
 from automl.dashboard import create_app
+from automl.layout import RunLayout
 
 ROOT = Path(__file__).resolve().parents[1]
 # Real runs under results/ (those present are linked in).
@@ -72,7 +73,7 @@ def main() -> None:
         results = Path(tmp) / "results"
         results.mkdir()
         for name in REAL_RUNS:
-            if (ROOT / "results" / name / "run.json").is_file():
+            if RunLayout(ROOT / "results" / name).info_file.is_file():
                 (results / name).symlink_to(ROOT / "results" / name)
         make_run(results / "search_in_progress", trials=30, epochs=20, prune=True, running=2, seed=3)
         server = make_server("127.0.0.1", 0, create_app(results).server, threaded=True)

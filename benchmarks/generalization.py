@@ -71,7 +71,7 @@ def train_one(lever: str, seed: int, data_dir: Path, folder: Path) -> dict:
     from automl.trial import configure_tensorflow, fit_candidate, predict_proba
 
     configure_tensorflow(1)  # one core per process: run two parts side by side
-    spec = load_spec(REFERENCE / "spec.yaml")
+    spec = load_spec(RunLayout(REFERENCE).spec)
     dataset = load_dataset(data_dir, **spec.data.dataset_args())
     config = ModelConfig.from_params(member_params() | LEVERS[lever])
     started = time.monotonic()
@@ -131,7 +131,7 @@ def scores(y_test, test, archive_labels, archive, classes) -> dict:
 def summarise(folder: Path, levers: list[str], seeds: list[int], data_dir: Path) -> dict:
     from automl.data import load_dataset
 
-    spec = load_spec(REFERENCE / "spec.yaml")
+    spec = load_spec(RunLayout(REFERENCE).spec)
     dataset = load_dataset(data_dir, **spec.data.dataset_args())
     classes = list(dataset.class_names)
     y_val, y_test = dataset.subset("val")[1], dataset.subset("test")[1]

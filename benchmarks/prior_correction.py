@@ -18,13 +18,13 @@ Needs the retrained members' probabilities
 """
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from automl.evaluate import bootstrap_ci
+from automl.layout import RunLayout
 from automl.metrics import HEADLINE, classification_metrics
 from automl.posthoc import correct_prior, prior_factor
 from automl.trial import expected_class_mix
@@ -38,15 +38,15 @@ def main() -> None:
     parser.add_argument("run", type=Path, nargs="?", default=REPO / "results" / "reference-official-split")
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "ham10000_28")
     args = parser.parse_args()
-    info = json.loads((args.run / "run.json").read_text())
-    summary = json.loads((args.run / "ensemble" / "ensemble.json").read_text())
+    run = RunLayout(args.run)
+    info, summary = run.read_info(required=True), run.read_ensemble()
     classes = tuple(summary["classes"])
     split = pd.read_csv(args.data / "dermamnist_split.csv").merge(
         pd.read_csv(args.data / "HAM10000_metadata.csv"), on="image_id")
     counts = split[split["split"] == "train"]["dx"].value_counts().reindex(classes).to_numpy(dtype=float)
     prior = counts / counts.sum()
-    members = pd.read_parquet(args.run / "retrain" / "members.parquet").set_index("member_id")
-    labels = np.load(args.run / "retrain" / "labels.npz")
+    members = run.read_members().set_index("member_id")
+    labels = run.read_labels()
 
     rows = []
     for part, y in (("val", labels["y_val"]), ("test", labels["y_test"])):
@@ -54,7 +54,7 @@ def main() -> None:
         for member, weight in summary["weights"].items():
             if not weight:
                 continue
-            probs = np.load(args.run / "retrain" / "members" / member / f"{part}_probs.npy")
+            probs = run.read_member_probs(member, part)
             mix = expected_class_mix(counts, members.loc[member, "hp_imbalance"],
                                      int(members.loc[member, "hp_oversample_to"]))
             as_trained = as_trained + weight * probs

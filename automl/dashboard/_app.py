@@ -21,7 +21,6 @@ from automl.layout import RunLayout
 REFRESH_S = 4
 ASSETS = Path(__file__).with_name("assets")
 # The only files the file route serves, by the name in the URL: anything else is a 404.
-ENSEMBLE_FILES = ("report.md", "roc.png")
 EVALUATION_FILES = ("report.md", "roc.png", "reliability.png")  # of the exported model's evaluations/NAME/
 log = logging.getLogger(__name__)
 
@@ -111,7 +110,8 @@ def _file(results_dir: Path, name: str, artifact: str, evaluation: str | None = 
     if run_dir is None:
         flask.abort(404)
     root = Path(results_dir).resolve()
-    model_dir = (run_dir / "model").resolve()
+    run = RunLayout(run_dir)
+    model_dir = run.model.root.resolve()
     if evaluation is not None:
         return _evaluation_file(run_dir, root, name, evaluation, artifact)
     if artifact == "model.zip" and model_dir.is_dir() and model_dir.is_relative_to(root):
@@ -126,7 +126,7 @@ def _file(results_dir: Path, name: str, artifact: str, evaluation: str | None = 
     if artifact == "model_card.md":
         path = model_card(run_dir)
     else:
-        path = run_dir / "ensemble" / artifact if artifact in ENSEMBLE_FILES else None
+        path = {p.name: p for p in (run.report, run.roc_png)}.get(artifact)
     if path is None or not path.is_file() or not path.resolve().is_relative_to(root):
         flask.abort(404)
     return flask.send_file(path.resolve(), as_attachment=path.suffix == ".md", download_name=f"{name}_{artifact}")
