@@ -24,15 +24,17 @@ One folder per run, ``RESULTS/NAME/``:
 How it is written, so that a report costs the same in a run of 100 trials as in one of 10,000: the store keeps
 each trial's row (and the epochs of trials still running) in memory and updates the row's ``best_*`` and ``last_*``
 as each epoch arrives. Every ``flush_every_s`` seconds (2 s), or sooner once ``flush_rows`` epoch rows (2,000) wait,
-it appends one part of the new epoch rows to ``epochs-parts/`` and one part of the trial rows that changed to
-``trials-parts/``, each atomically (temporary file, fsync, rename); every 8 parts of one size are merged into one,
-so a table has a few dozen parts at most and each row is rewritten once per level (a logarithmic number of
-times). At the end of a search (or of a sitting, when it is interrupted) the parts are compacted into
-``trials.parquet`` and ``epochs.parquet``, which are then the whole tables again. Readers use
-:meth:`automl.layout.RunLayout.read_trials` and ``read_epochs``, which put the base file and the parts together
-(:class:`automl.layout.PartedTable`); they never see a torn file, a row twice, or a row missing that an earlier
-read returned. A driver killed outright loses what it recorded since its last flush: at most ``flush_every_s``
-seconds of epochs and status changes (the engine reconciles trial outcomes with Tune's own state on resume).
+it hands the new epoch rows and the trial rows that changed to its writer thread, which appends them as one part
+each to ``epochs-parts/`` and ``trials-parts/`` (atomically: temporary file, fsync, rename; a new table's first
+batch is its base file). Every 8 parts of one size are merged into one, so a table has a few dozen parts at most
+and each row is rewritten once per level, a logarithmic number of times. At the end of a search (or of a sitting,
+when it is interrupted) the parts are compacted into ``trials.parquet`` and ``epochs.parquet``, which then hold
+the whole tables again. Readers use :meth:`automl.layout.RunLayout.read_trials` and ``read_epochs``, which put the
+base file and the parts together (:class:`automl.layout.PartedTable`): they never see a torn file or a row twice,
+and never lose a row an earlier read returned. The two tables are written one after the other, so one of them may
+be a batch ahead of the other. A driver killed outright loses what it recorded since its last flush: at most
+``flush_every_s`` seconds of epochs and status changes, plus a batch being written (the engine flushes on every
+step of Tune's loop, and on resume takes the outcome of trials Tune had recorded as finished from Tune's state).
 Paths and readers are :class:`automl.layout.RunLayout`'s; readers never import Ray.
 """
 
@@ -179,10 +181,8 @@ class RunStore:
 
     def flush(self, force: bool = False) -> None:
         """Write what changed, if ``flush_every_s`` passed since the last write or ``flush_rows`` rows wait."""
-        if not self._pending and not self._dirty:
-            return
         due = time.monotonic() - self._last_flush >= self.flush_every_s or len(self._pending) >= self.flush_rows
-        if force or due:
+        if (self._pending or self._dirty) and (force or due):
             # Copies of the trial rows: the writer thread must not see them change under it.
             self._writer.submit(list(self._pending.values()), [dict(self.trials[t]) for t in self._dirty])
             self._pending, self._dirty = {}, {}

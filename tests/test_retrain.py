@@ -86,6 +86,7 @@ def test_reads_the_folder_a_run_store_writes(tmp_path):
         for epoch in (1, 2):
             store.epoch(trial_id, epoch, {"val_balanced_accuracy": value + epoch / 10}, elapsed_s=epoch, info={})
         store.trial_finished(trial_id, "completed")
+    store.close()  # the store writes in batches: close() writes what is left and compacts the tables
     (tmp_path / "run" / "run.json").write_text(json.dumps({"metric": "val_balanced_accuracy", "mode": "max"}))
 
     top = top_configurations(tmp_path / "run", top_k=5)

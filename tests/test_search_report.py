@@ -91,3 +91,20 @@ def test_leaderboard_ranks_a_min_metric_lowest_first_with_unscored_trials_last(c
 def test_leaderboard_of_an_empty_run_says_so(capsys):
     report("val_balanced_accuracy", "max", 8).leaderboard(pd.DataFrame())
     assert capsys.readouterr().out.strip() == "no trial finished an epoch"
+
+
+def test_beyond_its_line_limit_a_search_prints_new_bests_and_periodic_summaries(tmp_path, capsys):
+    runs = store(tmp_path, "val_balanced_accuracy", "max", max_epochs=1)
+    lines = Report(Objective.of("val_balanced_accuracy"), 6, ["conv_blocks"], lines_up_to=2, summary_every_s=0.0)
+    runs.trial_started("t6", {"conv_blocks": 2})  # still running at the end
+    for trial_id, value in (("t1", 0.3), ("t2", 0.2), ("t3", 0.1), ("t4", 0.6), ("t5", 0.5)):
+        record(runs, trial_id, [value], "completed")
+        lines.trial_line(runs, trial_id)
+    out = capsys.readouterr().err.splitlines()
+    trial_lines = [line for line in out if " completed after " in line]
+    assert [line.split()[1] for line in trial_lines] == ["t1", "t2", "t4"]  # the first two, then new bests only
+    assert "(new best)" in trial_lines[-1]
+    assert any("more than 2 trials finished" in line for line in out)
+    summaries = [line for line in out if "trials/min" in line]
+    assert len(summaries) == 3 and summaries[-1].startswith("[5/6] 5 completed, 0 pruned, 0 errored, 1 running")
+    assert "best so far 0.600" in summaries[-1]

@@ -1,5 +1,13 @@
+import math
+import random
+import signal
+import subprocess
+import sys
+import time
+
 import pandas as pd
 
+import automl.store
 from automl.layout import RunLayout
 from automl.objective import Objective
 from automl.store import RunStore
@@ -58,3 +66,137 @@ def test_reopened_store_keeps_finished_trials_and_overwrites_repeated_epochs(tmp
     assert len(epochs) == 2
     assert epochs.set_index("trial_id").loc["b", "val_balanced_accuracy"] == 0.3
     assert isinstance(trials, pd.DataFrame)
+
+
+def parts(folder):
+    return sorted(p.name for p in folder.glob("*.parquet"))
+
+
+def test_flushes_append_only_what_changed_and_readers_see_the_whole_tables(tmp_path):
+    store = RunStore(tmp_path, Objective.of("val_balanced_accuracy"), max_epochs=3, flush_every_s=math.inf)
+    for trial in ("a", "b", "c"):
+        store.trial_started(trial, {"conv_blocks": 2})
+        store.epoch(trial, 1, metrics(0.1), 1.0, {})
+    store.flush(force=True)  # the first batch of a table is its base file
+    assert (tmp_path / "trials.parquet").is_file() and not (tmp_path / "trials-parts").exists()
+    store.epoch("b", 2, metrics(0.6), 2.0, {})
+    store.trial_finished("c", "errored", "boom")
+    store.flush(force=True)
+    (trial_part,), (epoch_part,) = parts(tmp_path / "trials-parts"), parts(tmp_path / "epochs-parts")
+    assert set(pd.read_parquet(tmp_path / "trials-parts" / trial_part)["trial_id"]) == {"b", "c"}  # a is unchanged
+    assert len(pd.read_parquet(tmp_path / "epochs-parts" / epoch_part)) == 1
+    trials, epochs = read_trials(tmp_path), read_epochs(tmp_path)
+    assert list(trials["trial_id"]) == ["a", "b", "c"]  # in the order trials started, each once, as last written
+    assert list(trials.columns[:4]) == ["trial_id", "status", "epochs", "best_epoch"]
+    rows = trials.set_index("trial_id")
+    assert rows.loc["b", "best_val_balanced_accuracy"] == 0.6 and rows.loc["c", "status"] == "errored"
+    assert list(zip(epochs["trial_id"], epochs["epoch"], strict=True)) == [("a", 1), ("b", 1), ("b", 2), ("c", 1)]
+    store.close()
+    assert read_trials(tmp_path).equals(trials) and read_epochs(tmp_path).equals(epochs)
+    assert not (tmp_path / "trials-parts").exists() and not (tmp_path / "epochs-parts").exists()
+
+
+def test_parts_merge_eight_at_a_time_and_a_crash_mid_merge_leaves_nothing_twice(tmp_path):
+    store = RunStore(tmp_path, Objective.of("val_loss"), max_epochs=200, flush_every_s=math.inf)
+    store.trial_started("t", {"conv_blocks": 2})
+    for epoch in range(1, 1 + 1 + 8 * 8 + 3):  # the base, 64 parts merged twice over, 3 parts
+        store.epoch("t", epoch, metrics(0.5), float(epoch), {})
+        store.flush(force=True)
+    assert parts(tmp_path / "epochs-parts") == ["0000000001-0000000064.parquet", "0000000065-0000000065.parquet",
+                                                "0000000066-0000000066.parquet", "0000000067-0000000067.parquet"]
+    assert list(read_epochs(tmp_path)["epoch"]) == list(range(1, 69))
+    # The process dies in a merge that wrote its part but had not deleted the parts it holds: readers skip those.
+    automl.store._OPEN.clear()
+    folder = tmp_path / "epochs-parts"
+    merged = pd.concat([pd.read_parquet(folder / f"00000000{n}-00000000{n}.parquet") for n in (65, 66, 67)])
+    merged.to_parquet(folder / "0000000065-0000000067.parquet")
+    assert list(read_epochs(tmp_path)["epoch"]) == list(range(1, 69))
+    again = RunStore(tmp_path, Objective.of("val_loss"), max_epochs=200)  # the next writer removes the leftovers
+    assert parts(folder) == ["0000000001-0000000064.parquet", "0000000065-0000000067.parquet"]
+    again.close()
+    assert list(read_epochs(tmp_path)["epoch"]) == list(range(1, 69))
+
+
+def test_incremental_summaries_match_a_full_recount(tmp_path):
+    """Each trial's best and last epoch, the run's best and the finished count, kept as reports arrive, equal what
+    the whole table says, retried trials repeating epochs included."""
+    rng = random.Random(0)
+    objective = Objective.of("val_loss")
+    store = RunStore(tmp_path, objective, max_epochs=5, flush_every_s=0.0)
+    for trial in range(30):
+        store.trial_started(f"t{trial}", {"conv_blocks": 2})
+        epoch = 0
+        while epoch < 5 and rng.random() > 0.15:
+            epoch = epoch - 1 if epoch > 1 and rng.random() < 0.2 else epoch + 1  # sometimes a retry repeats one
+            store.epoch(f"t{trial}", epoch, metrics(rng.random()) | {"val_loss": rng.random()}, 1.0, {})
+        if trial % 3:
+            store.trial_finished(f"t{trial}", "completed")
+    store.close()
+    epochs, trials = read_epochs(tmp_path), read_trials(tmp_path).set_index("trial_id")
+    for trial_id, rows in epochs.groupby("trial_id"):
+        best = rows.loc[rows["val_loss"].idxmin()]
+        assert trials.loc[trial_id, "best_epoch"] == best["epoch"]
+        assert trials.loc[trial_id, "last_val_loss"] == rows.sort_values("epoch")["val_loss"].iloc[-1]
+    assert store.best_value() == epochs["val_loss"].min()
+    assert store.finished_count() == (trials["status"] != "running").sum() == 20
+    reopened = RunStore(tmp_path, objective, max_epochs=5)
+    assert reopened.best_value() == store.best_value() and reopened.finished_count() == 20
+
+
+def test_a_store_written_before_parts_existed_is_read_and_continued(tmp_path):
+    """The two files as the earlier store wrote them (pandas, no parts): read as they are, then appended to."""
+    pd.DataFrame([{"trial_id": "old", "status": "completed", "epochs": 2, "hp_conv_blocks": 3,
+                   "best_val_balanced_accuracy": 0.4}]).to_parquet(tmp_path / "trials.parquet", index=False)
+    pd.DataFrame([{"trial_id": "old", "epoch": e, "val_balanced_accuracy": 0.4} for e in (1, 2)]).to_parquet(
+        tmp_path / "epochs.parquet", index=False)
+    store = RunStore(tmp_path, Objective.of("val_balanced_accuracy"), max_epochs=2)
+    assert store.best_value() == 0.4 and store.finished_count() == 1
+    store.trial_started("new", {"conv_blocks": 2, "optimizer": "adam"})
+    store.epoch("new", 1, metrics(0.7), 1.0, {})
+    store.flush(force=True)
+    trials = read_trials(tmp_path).set_index("trial_id")
+    assert trials.loc["new", "hp_optimizer"] == "adam" and pd.isna(trials.loc["old", "hp_optimizer"])
+    assert list(trials["hp_conv_blocks"]) == [3, 2] and len(read_epochs(tmp_path)) == 3
+    store.close()
+    assert len(read_trials(tmp_path)) == 2
+
+
+WRITER = """
+import math, sys, time
+from pathlib import Path
+from automl.objective import Objective
+from automl.store import RunStore
+store = RunStore(Path(sys.argv[1]), Objective.of("val_loss"), max_epochs=10**6, flush_every_s=0.01)
+trial = 0
+while True:
+    trial += 1
+    store.trial_started(f"t{trial:05d}", {"conv_blocks": 2})
+    for epoch in range(1, 4):
+        store.epoch(f"t{trial:05d}", epoch, {"val_loss": 1.0 / epoch}, float(epoch), {})
+    store.trial_finished(f"t{trial:05d}", "completed")
+    time.sleep(0.002)
+"""
+
+
+def test_readers_of_a_live_store_never_see_a_torn_table_and_a_killed_writer_loses_only_its_last_batch(tmp_path):
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)])
+    try:
+        seen, deadline = pd.DataFrame(), time.monotonic() + 60
+        while time.monotonic() < deadline and len(seen) < 300:
+            if not RunLayout(tmp_path).trial_table.exists():
+                continue
+            if not RunLayout(tmp_path).epoch_table.exists():
+                continue  # the first trial started, no epoch yet
+            trials, epochs = read_trials(tmp_path), read_epochs(tmp_path)
+            assert trials["trial_id"].is_unique and not epochs.duplicated(["trial_id", "epoch"]).any()
+            assert set(seen["trial_id"] if len(seen) else []) <= set(trials["trial_id"])  # nothing disappears
+            assert all(epochs.groupby("trial_id")["epoch"].apply(lambda e: list(e) == list(range(1, len(e) + 1))))
+            seen = trials
+        assert len(seen) >= 300, "the writer did not get far enough"
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+    after = RunStore(tmp_path, Objective.of("val_loss"), max_epochs=10**6)
+    assert set(seen["trial_id"]) <= set(after.trials)  # what a reader saw before the kill is still there
+    finished = [t for t, r in after.trials.items() if r["status"] != "running"]
+    assert len(finished) >= len(after.trials) - 2  # only the last trial or two were cut short by the kill
