@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -88,3 +91,17 @@ def export_tiny_model(out_dir: Path, classes: tuple[str, ...] = DX) -> tuple:
 def exported(tmp_path) -> tuple:
     """A tiny exported seven-class model: (Keras model, model folder)."""
     return export_tiny_model(tmp_path / "model")
+
+
+def plain_tensorflow_outputs(model_dir: Path, raw: np.ndarray, scratch: Path) -> np.ndarray:
+    """An exported SavedModel's outputs for ``raw`` images, from a fresh process with plain TensorFlow only."""
+    np.save(scratch / "raw.npy", raw)
+    code = (
+        "import sys, json, numpy as np, tensorflow as tf\n"
+        f"m = tf.saved_model.load({str(Path(model_dir) / 'saved_model')!r})\n"
+        f"print(json.dumps(m.serve(tf.constant(np.load({str(scratch / 'raw.npy')!r}))).numpy().tolist()))\n"
+        "assert 'automl' not in sys.modules\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return np.asarray(json.loads(proc.stdout.strip().splitlines()[-1]))

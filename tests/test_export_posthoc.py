@@ -1,9 +1,6 @@
 """The exported graph's tail: TTA views, the prior correction per member and the temperature, equal to the numpy
 path the ensemble stage measured, and the same in plain TensorFlow (no automl) as in Keras."""
 
-import json
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -13,7 +10,7 @@ from automl.data import DX_CLASSES, resize_image
 from automl.export import assemble, export_model
 from automl.posthoc import combine, predict_modes, prior_factor
 from automl.trial import predict_proba
-from tests.conftest import tiny_members
+from tests.conftest import plain_tensorflow_outputs, tiny_members
 
 # A HAM10000-like training prior; member 1 learnt a uniform mix (class weights), member 2 the prior itself.
 PRIOR = np.array([0.03, 0.05, 0.11, 0.01, 0.11, 0.67, 0.02])
@@ -44,16 +41,7 @@ def test_dihedral_prior_temperature_graph_reloads_in_plain_tensorflow(tmp_path):
                                                          "classes": list(DX_CLASSES), "tta": "dihedral",
                                                          "decision": "prior", "temperature": 1.7})
     raw = np.random.default_rng(1).integers(0, 256, (3, 30, 40, 3), dtype=np.uint8)
-    np.save(tmp_path / "raw.npy", raw)
-    code = (
-        "import sys, json, numpy as np, tensorflow as tf\n"
-        f"m = tf.saved_model.load({str(model_dir / 'saved_model')!r})\n"
-        f"print(json.dumps(m.serve(tf.constant(np.load({str(tmp_path / 'raw.npy')!r}))).numpy().tolist()))\n"
-        "assert 'automl' not in sys.modules\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, check=False)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    np.testing.assert_allclose(json.loads(proc.stdout.strip().splitlines()[-1]), model(raw).numpy(), atol=1e-5)
+    np.testing.assert_allclose(plain_tensorflow_outputs(model_dir, raw, tmp_path), model(raw).numpy(), atol=1e-5)
     reloaded = keras.saving.load_model(model_dir / "model.keras")  # the layers' configs round-trip
     np.testing.assert_allclose(reloaded(raw).numpy(), model(raw).numpy(), atol=1e-6)
     card = (model_dir / "model_card.md").read_text()

@@ -2,8 +2,6 @@
 
 import json
 import re
-import subprocess
-import sys
 import zipfile
 
 import keras
@@ -16,7 +14,7 @@ from automl.data import DX_CLASSES, decode_image, resize_image
 from automl.errors import UserError
 from automl.export import assemble
 from automl.predict import predict_files
-from tests.conftest import tiny_members
+from tests.conftest import plain_tensorflow_outputs, tiny_members
 
 # The ``exported`` fixture (a tiny exported model folder) is in conftest.py.
 
@@ -36,16 +34,7 @@ def test_ensemble_graph_resizes_like_training_and_averages_members():
 def test_saved_model_reloads_in_plain_tensorflow(exported, tmp_path):
     model, model_dir = exported
     raw = np.random.default_rng(1).integers(0, 256, (3, 30, 40, 3), dtype=np.uint8)
-    np.save(tmp_path / "raw.npy", raw)
-    code = (
-        "import sys, json, numpy as np, tensorflow as tf\n"
-        f"m = tf.saved_model.load({str(model_dir / 'saved_model')!r})\n"
-        f"print(json.dumps(m.serve(tf.constant(np.load({str(tmp_path / 'raw.npy')!r}))).numpy().tolist()))\n"
-        "assert 'automl' not in sys.modules\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    np.testing.assert_allclose(json.loads(proc.stdout.strip().splitlines()[-1]), model(raw).numpy(), atol=1e-5)
+    np.testing.assert_allclose(plain_tensorflow_outputs(model_dir, raw, tmp_path), model(raw).numpy(), atol=1e-5)
     reloaded = keras.saving.load_model(model_dir / "model.keras")
     np.testing.assert_allclose(reloaded(raw).numpy(), model(raw).numpy(), atol=1e-6)
     assert json.loads((model_dir / "model_card.json").read_text())["classes"] == list(DX_CLASSES)
