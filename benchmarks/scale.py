@@ -23,9 +23,10 @@ dashboard
     run of the same size for the compare page, and retrained members for the models page), as
     ``dashboard_load.py`` times them: the page's Dash callback through Flask's test client, cold (empty caches)
     and warm (median of later requests), and the response size. "before" runs the same requests against the
-    dashboard code of git ``HEAD`` (extracted with ``git archive`` to a scratch folder, in a child process), "after"
-    against the working tree; the run folder is the same compacted Parquet pair for both. Also the experiment
-    page's leaderboard paging callback (a page of 50 rows, sorted and filtered on the server).
+    dashboard code of ``--before-commit`` (82646e1, the last commit before the scale work; extracted with
+    ``git archive`` to a scratch folder, run in a child process), "after" against the working tree; the run folder
+    is the same compacted Parquet pair for both. Also the experiment page's leaderboard paging callback (a page of
+    50 rows, sorted and filtered on the server).
 driver
     Ray Tune's own cost per trial: ``automl search`` code (``run_search``, embedded local Ray) with a trainable that
     sleeps instead of training (``SleepTrainable`` below, passed through ``run_search(trainable=...)``: the engine's
@@ -355,18 +356,19 @@ def dashboard_part(args) -> dict[str, Any]:
     before_code = args.scratch / "code_at_head"
     shutil.rmtree(before_code, ignore_errors=True)
     before_code.mkdir(parents=True)
-    archive = subprocess.run(["git", "archive", "HEAD", "automl"], cwd=REPO, capture_output=True, check=True).stdout
+    archive = subprocess.run(["git", "archive", args.before_commit, "automl"], cwd=REPO, capture_output=True,
+                             check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(before_code)], input=archive, check=True)
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
+    head = args.before_commit
     console.info("dashboard: timing the working tree's pages")
     after = time_pages(REPO, results, name, other, args.repeats, leaderboard=True)["rows"]
-    console.info(f"dashboard: timing git HEAD's ({head.strip()}) pages")
+    console.info(f"dashboard: timing the pages of git {head}, before the scale work")
     before = time_pages(before_code, results, name, other, min(args.repeats, 3), leaderboard=False)["rows"]
     rows = [{"code": "before", **r} for r in before] + [{"code": "after", **r} for r in after]
     print_table(f"dashboard, server side: {args.dashboard_trials} trials x {EPOCHS} epochs",
                 ["code", "page", "cold ms", "warm ms", "kB"],
                 [[r["code"], r["page"], r["cold_ms"], r["warm_median_ms"], r["response_kb"]] for r in rows])
-    return {"trials": args.dashboard_trials, "epochs": EPOCHS, "repeats": args.repeats, "before_code": head.strip(),
+    return {"trials": args.dashboard_trials, "epochs": EPOCHS, "repeats": args.repeats, "before_code": head,
             "rows": rows, "method": "Flask test client POST /_dash-update-component (the page's Dash callback), "
                                     "in a child process per code version"}
 
@@ -672,6 +674,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--before-full-max", type=int, default=1000,
                         help="store: the old store runs whole up to this many trials, beyond it the window only")
     parser.add_argument("--dashboard-trials", type=int, default=10000)
+    parser.add_argument("--before-commit", default="82646e1",
+                        help="dashboard: the code measured as 'before' (the last commit before the scale work)")
     parser.add_argument("--repeats", type=int, default=5, help="dashboard: warm requests per page")
     parser.add_argument("--driver-trials", type=int, default=5000)
     parser.add_argument("--driver-concurrent", type=int, default=50)
