@@ -613,7 +613,7 @@ def driver_settings(args) -> dict[str, Any]:
     return {"concurrent": args.driver_concurrent, "cpu_per_trial": round(2 / args.driver_concurrent, 4),
             "sleep_s_per_report": args.sleep, "reports_per_trial": "1 or 2 (ASHA: grace period 1, max 2 epochs)",
             "checkpoint": "every report, as a candidate's", "worker_niceness": 0,
-            "product_settings": {"checkpoints_kept_per_trial": CHECKPOINTS_KEPT,
+            "product_settings": {"checkpoints_kept_per_trial": CHECKPOINTS_KEPT or "all while it runs, none after",
                                  "tune_auto_loggers": "off (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1)",
                                  "experiment_snapshot_period": "Tune's auto: max(10 s, 19 x the snapshot's time)",
                                  "store_flush": f"every {FLUSH_EVERY_S} s or {FLUSH_ROWS} epoch rows, writer thread",

@@ -19,11 +19,13 @@ from automl.space import SearchSpace
 from automl.spec import SearchSettings, Spec, TrainingSpec
 from automl.store import FINISHED, RunStore
 
-#: Checkpoints kept per trial. Tune snapshots the whole experiment (every trial's state: a cost that grows with the
-#: run) whenever a trial has saved this many checkpoints since the last snapshot, so that the snapshot never names a
-#: deleted one. With 1 that is after every epoch of every trial; with 2, about once per epoch's time however many
-#: trials run at once, for a second checkpoint on disk per trial.
-CHECKPOINTS_KEPT = 2
+#: Checkpoints Tune keeps per trial: all of them while it runs (None). With a number N, Tune snapshots the whole
+#: experiment (every trial's state, about 25 kB each: a cost that grows with the run) whenever a trial has saved N
+#: checkpoints since the last snapshot, so that a snapshot never names a deleted one; with trials checkpointing every
+#: epoch that is one snapshot per trial or two, and the driver's cost per trial grew with the run. Without it, Tune
+#: snapshots at its adaptive period only (TUNE_GLOBAL_CHECKPOINT_S=auto: within about 5% of the driver's time), and
+#: :class:`FinishedCheckpoints` deletes a trial's checkpoints when it has finished.
+CHECKPOINTS_KEPT = None
 ORPHANED = ("lost with the driver: it started after Tune's last experiment snapshot, so the resumed search sampled "
             "another trial in its place")
 from automl.trial import EpochRunner, configure_tensorflow
@@ -124,7 +126,7 @@ def build_tuner(
             checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1, num_to_keep=CHECKPOINTS_KEPT,
                                                     checkpoint_at_end=False),
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-            callbacks=callbacks,
+            callbacks=[*callbacks, FinishedCheckpoints()],
             verbose=0,
         ),
     )
@@ -239,6 +241,54 @@ class StoreCallback(tune.Callback):
             for trial_id, row in list(store.trials.items()):
                 if row.get("status") == "running" and trial_id not in known:
                     store.trial_finished(trial_id, "errored", ORPHANED)
+
+
+class FinishedCheckpoints(tune.Callback):
+    """Deletes a trial's checkpoints once it has completed or been pruned: only a running trial, or a failed one
+    that a resumed search retries, can need them, and with thousands of trials they would fill the disk.
+
+    Not at once: until an experiment snapshot records the trial as finished, a resumed search would restore it from
+    them. Tune calls ``get_state`` as it writes each snapshot; a trial's checkpoints go when the second snapshot after
+    it finished is written, by when the first has been copied to the storage, or when the search ends.
+    """
+
+    def __init__(self):
+        self.snapshots, self.waiting = 0, []  # (snapshots written when the trial finished, its storage)
+
+    def __getstate__(self):
+        return {"snapshots": 0, "waiting": []}  # a restored experiment starts counting again
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.waiting.append((self.snapshots, trial.storage))
+
+    def get_state(self):
+        self.snapshots += 1
+        due = [storage for snapshots, storage in self.waiting if snapshots < self.snapshots - 1]
+        self.waiting = [(snapshots, storage) for snapshots, storage in self.waiting if snapshots >= self.snapshots - 1]
+        for storage in due:
+            _delete_checkpoints(storage)
+        return None  # nothing to keep in the snapshot
+
+    def on_experiment_end(self, trials, **info):
+        # After a normal end Tune has just written and uploaded a final snapshot (wait=True), which records every
+        # waiting trial as finished. A trial still unfinished means the loop ended on an error, with no final
+        # snapshot: the checkpoints then stay for --resume.
+        if all(trial.is_finished() for trial in trials):
+            for snapshots, storage in self.waiting:
+                if snapshots < self.snapshots:
+                    _delete_checkpoints(storage)
+            self.waiting = []
+
+
+def _delete_checkpoints(storage) -> None:
+    from pyarrow import fs
+
+    try:
+        for entry in storage.storage_filesystem.get_file_info(fs.FileSelector(storage.trial_fs_path)):
+            if entry.type == fs.FileType.Directory and entry.base_name.startswith("checkpoint_"):
+                storage.storage_filesystem.delete_dir(entry.path)
+    except (OSError, RuntimeError):
+        pass  # gone already, or the storage unreachable for a moment: disk space is all that is lost
 
 
 def _trainable(dataset: Dataset, spec: Spec, trainable=None):
