@@ -240,17 +240,29 @@ def export_run(run_dir: Path, out_dir: Path, overwrite: bool = False, refit: boo
         if shipped.get("members") != chosen:
             raise RunFolderError(f"{run.ensemble_metrics}: no refit of this ensemble's members; "
                                  f"run automl retrain {run.name} --refit first (it adds the refit to the report)")
+    model, factors = assemble_run(run, refit=refit)
     members = run.read_members(refit=refit)
-    factors = None
-    if summary.get("decision", "balanced") == "prior":
-        factors = posthoc.prior_factors(members, run.refit_members if refit else run.members)
-    models = [_load_member(run, m, refit) for m in chosen]
-    image_size = tuple(info["image_size"])
-    model = assemble(models, [summary["weights"][m] for m in chosen], image_size, tta=summary.get("tta", "none"),
-                     prior_factors=[factors[m] for m in chosen] if factors else None,
-                     temperature=float(summary.get("temperature") or 1.0))
     card = _card(run, info, summary, members.set_index("member_id"), chosen, shipped, factors, refit)
     return export_model(model, out_dir, card, overwrite=overwrite)
+
+
+def assemble_run(run: RunLayout, refit: bool = False, tta: str | None = None, decision: str | None = None,
+                 temperature: float | None = None) -> tuple[keras.Model, dict | None]:
+    """A run's ensemble as one graph (and each member's prior factor, for the decision ``prior``), with what the
+    ensemble stage chose on validation; ``tta``, ``decision`` or ``temperature`` given replace its choice (for
+    measuring each post-hoc lever apart, as ``benchmarks/posthoc_levers.py`` does)."""
+    info, summary = run.read_info(required=True), run.read_ensemble()
+    chosen = [m for m, w in summary["weights"].items() if w > 0]
+    members = run.read_members(refit=refit)
+    factors = None
+    if (decision or summary.get("decision", "balanced")) == "prior":
+        factors = posthoc.prior_factors(members, run.refit_members if refit else run.members)
+    models = [_load_member(run, m, refit) for m in chosen]
+    model = assemble(models, [summary["weights"][m] for m in chosen], tuple(info["image_size"]),
+                     tta=tta or summary.get("tta", "none"),
+                     prior_factors=[factors[m] for m in chosen] if factors else None,
+                     temperature=float(temperature or summary.get("temperature") or 1.0))
+    return model, factors
 
 
 def _card(run: RunLayout, info: dict, summary: dict, members, chosen: list[str], shipped: dict,
