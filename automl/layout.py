@@ -14,9 +14,10 @@ A run folder ``RESULTS/NAME/`` (what each file holds: :mod:`automl.store`, :mod:
                                                   automl evaluate on a labelled folder (:class:`EvaluationLayout`)
 
 Column names of the tables: ``hp_NAME`` per hyperparameter, ``best_METRIC`` at a trial's best
-epoch, ``last_METRIC`` at its last. No heavy imports here (pandas and numpy load on first read),
-so the command line can use it before TensorFlow loads. A file that is missing or damaged is one
-:class:`RunFolderError` line naming it, never a traceback::
+epoch, ``last_METRIC`` at its last, and what a trial cost (:data:`COST_COLUMNS`). No heavy
+imports here (pandas and numpy load on first read), so the command line can use it before
+TensorFlow loads. A file that is missing or damaged is one :class:`RunFolderError` line naming
+it, never a traceback::
 
     >>> run = RunLayout("results/reference")
     >>> run.trials.as_posix(), run.member("m01").as_posix()
@@ -37,6 +38,13 @@ from typing import Any
 from automl.errors import UserError
 
 HP_PREFIX, BEST_PREFIX, LAST_PREFIX = "hp_", "best_", "last_"
+#: What a trial cost, in trials.parquet: its model's parameter count, the median seconds of its epochs, the seconds
+#: since it started (at its last epoch) and the training samples it has trained on (when the engine reports them).
+PARAMETERS, SECONDS_PER_EPOCH = "parameters", "seconds_per_epoch"
+WALL_TIME, SAMPLES_SEEN = "wall_time_s", "samples_seen"
+COST_COLUMNS = (PARAMETERS, SECONDS_PER_EPOCH, WALL_TIME, SAMPLES_SEEN)
+#: Per epoch, in epochs.parquet (when the engine reports it): the seconds the epoch took; ``samples_seen`` as above.
+EPOCH_SECONDS = "epoch_s"
 
 
 class RunFolderError(UserError):
@@ -53,6 +61,10 @@ def best_column(metric: str) -> str:
 
 def last_column(metric: str) -> str:
     return f"{LAST_PREFIX}{metric}"
+
+
+#: The model family of a trial (``cnn``, ``resnet``, ``backbone``): absent from runs of spaces without ``family``.
+FAMILY_COLUMN = hp_column("family")
 
 
 def hyperparameter_columns(frame) -> list[str]:

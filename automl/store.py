@@ -13,13 +13,19 @@ One folder per run, ``RESULTS/NAME/``:
     stopped before ``max_epochs`` by ASHA, Hyperband or the time budget),
     ``epochs``, every hyperparameter as ``hp_NAME`` (missing when its condition did not hold),
     ``best_epoch``, ``best_val_*`` (at the epoch best by the run's metric), ``last_val_*``,
-    ``wall_time_s``, ``started_at`` (Unix time), ``hostname``, ``node_ip``, ``error``; ``retries`` and
-    ``restored_from_epoch`` when a failed trial was resumed from its checkpoint.
+    ``wall_time_s`` (seconds since the trial started, at its last epoch), ``started_at`` (Unix time),
+    ``hostname``, ``node_ip``, ``error``; ``retries`` and ``restored_from_epoch`` when a failed trial was
+    resumed from its checkpoint. What the trial cost, when its engine reports it (runs recorded before lack
+    these): ``parameters`` (the model's parameter count), ``seconds_per_epoch`` (the median over its epochs
+    of each epoch's ``epoch_s``, or, where an epoch did not report one, the difference of ``elapsed_s`` from
+    the epoch before: the first epoch's then counts model building too) and ``samples_seen`` (training
+    samples trained on, at its last epoch).
 ``epochs.parquet``
     one row per trial and epoch: ``trial_id``, ``epoch``, ``loss``, ``accuracy``, every
     ``val_*`` metric, ``learning_rate``, ``elapsed_s`` since the trial started, ``timestamp``
     (Unix time the epoch was recorded: best-so-far versus wall time is read from it), ``node_id``
-    (the Ray node that ran it; ``trials.parquet`` keeps the last one).
+    (the Ray node that ran it; ``trials.parquet`` keeps the last one); ``epoch_s`` (the seconds the
+    epoch took) and ``samples_seen`` (so far) when the engine reports them.
 
 How it is written, so that a report costs the same in a run of 100 trials as in one of 10,000: the store keeps
 each trial's row (and the epochs of trials still running) in memory and updates the row's ``best_*`` and ``last_*``
@@ -43,6 +49,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import queue
+import statistics
 import threading
 import time
 from pathlib import Path
@@ -50,8 +57,8 @@ from typing import Any
 
 from automl.files import atomic_write, write_json
 from automl.layout import (
-    PARTS_THROUGH, Part, PartedTable, RunLayout, best_column, concat_tables, hp_column, last_column, latest,
-    read_parquet,
+    EPOCH_SECONDS, PARAMETERS, PARTS_THROUGH, SAMPLES_SEEN, SECONDS_PER_EPOCH, WALL_TIME, Part, PartedTable,
+    RunLayout, best_column, concat_tables, hp_column, last_column, latest, read_parquet,
 )
 from automl.objective import METRICS, Objective
 
@@ -124,16 +131,24 @@ class RunStore:
 
     def trial_started(self, trial_id: str, params: dict[str, Any]) -> None:
         row = self.trials.setdefault(
-            trial_id, {"trial_id": trial_id, "epochs": 0, "wall_time_s": 0.0, "started_at": time.time()})
+            trial_id, {"trial_id": trial_id, "epochs": 0, WALL_TIME: 0.0, "started_at": time.time()})
         self._set_status(row, "running")
         row.update({hp_column(k): v for k, v in params.items()})
         self._changed(trial_id)
 
     def epoch(self, trial_id: str, epoch: int, metrics: dict[str, Any], elapsed_s: float, info: dict[str, Any]) -> None:
-        """Record one epoch's metrics (a retried trial overwrites the epochs it repeats)."""
+        """Record one epoch's metrics (a retried trial overwrites the epochs it repeats).
+
+        ``metrics`` is the engine's report of the epoch: besides the metrics, the trial's cost when the engine
+        reports it (``parameters``, ``epoch_s``, ``samples_seen``).
+        """
         epoch = int(epoch)
         record = {"trial_id": trial_id, "epoch": epoch, "elapsed_s": float(elapsed_s), "timestamp": time.time()}
         record.update({k: _number(metrics.get(k)) for k in EPOCH_COLUMNS})
+        if (seconds := _number(metrics.get(EPOCH_SECONDS))) is not None:
+            record[EPOCH_SECONDS] = seconds
+        if (samples := _integer(metrics.get(SAMPLES_SEEN))) is not None:
+            record[SAMPLES_SEEN] = samples
         if info.get("node_id"):
             record["node_id"] = info["node_id"]  # a trial retried after a lost node continues elsewhere
         row = self.trials.setdefault(trial_id, {"trial_id": trial_id, "status": "running"})
@@ -145,7 +160,10 @@ class RunStore:
         self._pending[trial_id, epoch] = record
         row.update(info)
         row["epochs"] = max(epoch, int(row.get("epochs") or 0))
-        row["wall_time_s"] = float(elapsed_s)
+        row[WALL_TIME] = float(elapsed_s)
+        if (parameters := _integer(metrics.get(PARAMETERS))) is not None:
+            row[PARAMETERS] = parameters
+        _note_costs(row, opened)
         if repeated:
             self._summarise(trial_id, opened)
         else:  # the usual case: the newest epoch is the last, and the best if it beats the best so far
@@ -375,11 +393,44 @@ def write_run_info(run_dir: Path, **info: Any) -> dict:
     return record
 
 
+def _note_costs(row: dict[str, Any], epochs: dict[int, dict[str, Any]]) -> None:
+    """A trial's ``seconds_per_epoch`` and ``samples_seen`` from its epochs (a handful: the cost of a report does not
+    grow with the run)."""
+    seconds = _epoch_seconds(epochs)
+    if seconds:
+        row[SECONDS_PER_EPOCH] = statistics.median(seconds)
+    seen = [epochs[e][SAMPLES_SEEN] for e in sorted(epochs) if epochs[e].get(SAMPLES_SEEN) is not None]
+    if seen:
+        row[SAMPLES_SEEN] = int(seen[-1])
+
+
+def _epoch_seconds(epochs: dict[int, dict[str, Any]]) -> list[float]:
+    """The seconds each epoch took (by epoch number): ``epoch_s`` as reported, else the difference of ``elapsed_s``
+    from the epoch before (for the first epoch, ``elapsed_s`` itself: model building included); an epoch with
+    neither is left out."""
+    seconds = []
+    for epoch in sorted(epochs):
+        record = epochs[epoch]
+        if not _missing(record.get(EPOCH_SECONDS)):
+            seconds.append(float(record[EPOCH_SECONDS]))
+            continue
+        before = 0.0 if epoch <= 1 else (epochs.get(epoch - 1) or {}).get("elapsed_s")
+        elapsed = record.get("elapsed_s")
+        if not _missing(elapsed) and not _missing(before) and elapsed >= before:
+            seconds.append(float(elapsed) - float(before))
+    return seconds
+
+
 def _number(value: Any) -> float | None:
     try:
         return None if value is None else float(value)
     except (TypeError, ValueError):
         return None
+
+
+def _integer(value: Any) -> int | None:
+    number = _number(value)
+    return None if number is None or math.isnan(number) else int(number)
 
 
 def _missing(value: Any) -> bool:

@@ -33,8 +33,10 @@ def metrics(value):
             "val_auc": 0.7, "val_loss": 1.2, "learning_rate": 1e-3}
 
 
-def make_run(results: Path, name: str, trials: int = 6, epochs: int = 4, running: int = 1) -> Path:
-    """A run as a search writes it: odd trials pruned after 2 epochs, the last ``running`` still going."""
+def make_run(results: Path, name: str, trials: int = 6, epochs: int = 4, running: int = 1,
+             families: tuple[str, ...] = ()) -> Path:
+    """A run as a search writes it: odd trials pruned after 2 epochs, the last ``running`` still going; with
+    ``families``, trial i is of family ``families[i % len(families)]``."""
     run_dir = results / name
     write_run_info(run_dir, name=name, status="running" if running else "finished", engine="ray", searcher="optuna",
                    scheduler="asha", metric=METRIC, mode="max", num_samples=trials + 2, max_epochs=epochs,
@@ -45,9 +47,12 @@ def make_run(results: Path, name: str, trials: int = 6, epochs: int = 4, running
         blocks = 2 + i % 3
         params = {"conv_blocks": blocks, "learning_rate": 10 ** -(2 + i / 3), "optimizer": ("adam", "sgd")[i % 2],
                   "batch_norm": i % 3 == 0, **({"block_dropout_3": 0.05 * i} if blocks >= 3 else {})}
+        if families:
+            params["family"] = families[i % len(families)]
         store.trial_started(f"trial{i:02d}", params)
         for epoch in range(1, (epochs if i % 2 == 0 else 2) + 1):
-            store.epoch(f"trial{i:02d}", epoch, metrics(0.05 * i + 0.05 * epoch), 1.5 * epoch, {"hostname": "h"})
+            report = metrics(0.05 * i + 0.05 * epoch) | {"parameters": 10_000 * blocks + i}
+            store.epoch(f"trial{i:02d}", epoch, report, 1.5 * epoch, {"hostname": "h"})
         if i < trials - running:
             store.trial_finished(f"trial{i:02d}", "completed")
     store.flush(force=True)
@@ -285,9 +290,12 @@ def test_pages_in_a_real_browser_with_live_refresh(results, tmp_path):
     def graphs_drawn(count):
         return lambda: len(driver.find_elements(By.CSS_SELECTOR, ".dash-graph .main-svg")) >= count
 
-    def leaderboard_ids():  # in one script: a refresh may replace the cells between two WebDriver calls
-        return set(driver.execute_script("return [...document.querySelectorAll("
-                                         "'#leaderboard td[data-dash-column=trial_id]')].map(td => td.innerText)"))
+    def leaderboard_cells(column):  # in one script: a refresh may replace the cells between two WebDriver calls
+        return driver.execute_script("return [...document.querySelectorAll("
+                                     f"'#leaderboard td[data-dash-column={column}]')].map(td => td.innerText)")
+
+    def leaderboard_ids():
+        return set(leaderboard_cells("trial_id"))
 
     try:
         driver.get(base + "/")
@@ -296,6 +304,7 @@ def test_pages_in_a_real_browser_with_live_refresh(results, tmp_path):
         driver.get(base + "/runs/live_run")
         wait_for(lambda: len(leaderboard_ids()) == 6, "6 leaderboard rows")
         wait_for(graphs_drawn(5), "the experiment's plots")
+        assert not driver.find_element(By.ID, "family-filter").is_displayed()  # this run's space has no family
         driver.execute_script("window.stillThisPage = true")
         store = RunStore(results / "live_run", Objective.of(METRIC), max_epochs=4)  # a search going on
         store.trial_started("newtrial", {"conv_blocks": 4, "learning_rate": 1e-3, "optimizer": "adam"})
@@ -315,6 +324,14 @@ def test_pages_in_a_real_browser_with_live_refresh(results, tmp_path):
         wait_for(graphs_drawn(4), "the comparison plots")
         assert len(driver.find_elements(By.CSS_SELECTOR, "#compare tbody tr")) == 2
 
+        make_run(results, "mixed", trials=12, epochs=2, running=0, families=("cnn", "cnn", "resnet"))
+        driver.get(base + "/runs/mixed")
+        wait_for(lambda: len(leaderboard_ids()) == 12, "12 leaderboard rows")
+        driver.find_element(By.ID, "leaderboard-family").click()
+        wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "[role=option]"), "the family options")
+        next(o for o in driver.find_elements(By.CSS_SELECTOR, "[role=option]") if o.text == "resnet").click()
+        wait_for(lambda: leaderboard_cells("hp_family") == ["resnet"] * 4, "the resnet trials only")
+
         loaded = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
         assert loaded and all(url.startswith(base) for url in loaded), [u for u in loaded if not u.startswith(base)]
     finally:
@@ -322,13 +339,16 @@ def test_pages_in_a_real_browser_with_live_refresh(results, tmp_path):
         server.shutdown()
 
 
-def leaderboard(client, name: str, page_current: int = 0, sort_by=(), filter_query: str = "") -> tuple[list, int]:
-    """What the table asks for when the user pages, sorts or filters: one page of rows, and the page count."""
+def leaderboard(client, name: str, page_current: int = 0, sort_by=(), filter_query: str = "",
+                family: str | None = None) -> tuple[list, int]:
+    """What the table asks for when the user pages, sorts, filters or picks a family: one page of rows, and the
+    page count."""
     payload = {"output": "..leaderboard.data...leaderboard.page_count..",
                "outputs": [{"id": "leaderboard", "property": "data"}, {"id": "leaderboard", "property": "page_count"}],
                "inputs": [{"id": "leaderboard", "property": "page_current", "value": page_current},
                           {"id": "leaderboard", "property": "sort_by", "value": list(sort_by)},
-                          {"id": "leaderboard", "property": "filter_query", "value": filter_query}],
+                          {"id": "leaderboard", "property": "filter_query", "value": filter_query},
+                          {"id": "leaderboard-family", "property": "value", "value": family}],
                "changedPropIds": ["leaderboard.page_current"],
                "state": [{"id": "url", "property": "pathname", "value": f"/runs/{name}"}]}
     response = client.post("/_dash-update-component", json=payload).get_json()["response"]["leaderboard"]
@@ -355,6 +375,72 @@ def test_leaderboard_pages_sorts_and_filters_on_the_server(tmp_path):
     assert len(rows) == sum(1 for i in range(120) if i % 2 and 2 + i % 3 >= 3)
     rows, _ = leaderboard(client, "big", filter_query='{status} = "completed" && {nope} > 1')  # unknown: ignored
     assert len(rows) == 50
+
+
+def component(tree, component_id: str) -> dict:
+    """The props of the component with ``component_id`` in a page as Dash sends it."""
+    if isinstance(tree, dict):
+        if tree.get("props", {}).get("id") == component_id:
+            return tree["props"]
+        tree = list(tree.values())
+    if isinstance(tree, list):
+        for node in tree:
+            if (found := component(node, component_id)) is not None:
+                return found
+    return None
+
+
+def test_leaderboard_shows_compute_and_filters_by_family_on_the_server(tmp_path):
+    results = tmp_path / "results"
+    make_run(results, "mixed", trials=120, epochs=2, running=0, families=("cnn", "cnn", "resnet"))
+    client = create_app(results).server.test_client()
+    experiment = page(client, "/runs/mixed").get_json()["response"]["page"]["children"]
+    columns = {c["id"]: c for c in component(experiment, "leaderboard")["columns"]}
+    assert columns["parameters"]["name"] == ["compute", "parameters"] and columns["parameters"]["type"] == "numeric"
+    assert columns["seconds_per_epoch"]["name"] == ["compute", "s/epoch"]
+    assert columns["wall_time_s"]["name"] == ["compute", "trial seconds"]
+    assert columns["parameters"]["format"]["specifier"] == ".3~s"  # 1.2M, 85.3k: the value stays a number
+    family_filter = component(experiment, "family-filter")
+    assert family_filter["style"] is None  # shown: the run has families
+    assert component(family_filter, "leaderboard-family")["options"] == ["cnn", "resnet"]
+    assert "40,119 parameters, 1.5 s/epoch, 3 s in all" in json.dumps(experiment)  # the best trial's card
+
+    rows, pages = leaderboard(client, "mixed", family="resnet")
+    assert pages == 1 and len(rows) == 40 and {r["hp_family"] for r in rows} == {"resnet"}
+    assert rows[0]["seconds_per_epoch"] == 1.5 and rows[0]["parameters"] == 10_000 * (2 + 119 % 3) + 119
+    rows, pages = leaderboard(client, "mixed", family="cnn")
+    assert pages == 2 and len(rows) == 50 and {r["hp_family"] for r in rows} == {"cnn"}
+    assert rows[0]["rank"] == 2  # ranks among all trials: the best (trial119) is a resnet
+    rows, _ = leaderboard(client, "mixed", page_current=1, family="cnn")
+    assert len(rows) == 30 and {r["hp_family"] for r in rows} == {"cnn"}
+    # With the table's own filter and sort, still on the whole table.
+    rows, pages = leaderboard(client, "mixed", family="cnn", filter_query="{parameters} < 30000",
+                              sort_by=[{"column_id": "parameters", "direction": "desc"}])
+    expected = sorted((10_000 * (2 + i % 3) + i for i in range(120) if i % 3 != 2 and 2 + i % 3 < 3), reverse=True)
+    assert pages == 1 and [r["parameters"] for r in rows] == expected
+    rows, pages = leaderboard(client, "mixed", family=None)
+    assert pages == 3 and len(rows) == 50
+
+
+def test_a_run_recorded_before_costs_and_families_still_shows(tmp_path):
+    """trials.parquet and epochs.parquet as earlier searches wrote them: no cost columns, no hp_family."""
+    results = tmp_path / "results"
+    run_dir = results / "old"
+    write_run_info(run_dir, name="old", status="finished", engine="ray", searcher="optuna", scheduler="asha",
+                   metric=METRIC, mode="max", num_samples=3, max_epochs=2, started=utc_now())
+    pd.DataFrame([{"trial_id": f"t{i}", "status": "completed", "epochs": 2, "best_epoch": 2, "hp_conv_blocks": i,
+                   f"best_{METRIC}": 0.1 * i, "wall_time_s": 3.0, "started_at": 1.7e9 + i} for i in range(3)]
+                 ).to_parquet(run_dir / "trials.parquet", index=False)
+    pd.DataFrame([{"trial_id": f"t{i}", "epoch": e, "elapsed_s": 1.5 * e, METRIC: 0.05 * i * e}
+                  for i in range(3) for e in (1, 2)]).to_parquet(run_dir / "epochs.parquet", index=False)
+    client = create_app(results).server.test_client()
+    experiment = page(client, "/runs/old").get_json()["response"]["page"]["children"]
+    columns = {c["id"] for c in component(experiment, "leaderboard")["columns"]}
+    assert "wall_time_s" in columns and not {"parameters", "seconds_per_epoch", "samples_seen"} & columns
+    assert component(experiment, "family-filter")["style"] == {"display": "none"}
+    assert "could not be" not in json.dumps(experiment)
+    rows, pages = leaderboard(client, "old", family="cnn")  # a family the run cannot have: nothing filtered
+    assert pages == 1 and [r["trial_id"] for r in rows] == ["t2", "t1", "t0"]
 
 
 def test_new_columns_of_the_store_appear_in_the_leaderboard_by_themselves(tmp_path):

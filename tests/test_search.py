@@ -67,11 +67,19 @@ def check_store(run_dir, num_samples, max_epochs):
     assert len(epochs) == trials["epochs"].sum()
     assert not epochs.duplicated(["trial_id", "epoch"]).any()
     assert {"hp_conv_blocks", "hp_learning_rate", "best_val_balanced_accuracy", "node_ip", "wall_time_s"} <= set(trials)
+    check_costs(trials)
     # A conditional hyperparameter is recorded only where its condition held.
     one_block = trials["hp_conv_blocks"] == 1
     assert trials.loc[one_block, "hp_block_dropout_2"].isna().all()
     assert read_run_info(run_dir)["status"] == "finished"
     return trials
+
+
+def check_costs(trials):
+    """Every trial that trained recorded its model's size and its seconds per epoch."""
+    trained = trials[trials["epochs"] > 0]
+    assert (trained["parameters"] > 100).all() and (trained["seconds_per_epoch"] > 0).all()
+    assert (trained["seconds_per_epoch"] <= trained["wall_time_s"]).all()
 
 
 def test_optuna_asha_search(tiny_ham, tiny_spec, tmp_path):
@@ -144,6 +152,8 @@ def test_keras_tuner_engine_writes_the_same_store(tiny_ham, tiny_spec, tmp_path)
     assert len(trials) >= 2 and set(trials["status"]) <= FINISHED
     assert len(epochs) >= len(trials)
     assert (run_dir / "keras_tuner").is_dir()
+    check_costs(trials)
+    assert (epochs["epoch_s"] > 0).all()  # timed by the engine's callback
 
 
 def test_time_budget_ends_a_search_as_finished(tiny_ham, tiny_spec, tmp_path):

@@ -43,6 +43,18 @@ def test_trial_line_shows_progress_status_value_and_best_so_far(tmp_path, capsys
     assert "val_balanced_accuracy 0.200" in second and "best so far 0.520" in second
 
 
+def test_trial_line_shows_what_the_trial_cost_and_its_family(tmp_path, capsys):
+    runs = store(tmp_path, "val_balanced_accuracy", "max", max_epochs=2)
+    runs.trial_started("t1", {"family": "cnn", "conv_blocks": 3})
+    for epoch in (1, 2):
+        runs.epoch("t1", epoch, {"val_balanced_accuracy": 0.4, "parameters": 1_234_567, "epoch_s": 4.25}, 9.0, {})
+    runs.trial_finished("t1", "completed")
+    Report(Objective.of("val_balanced_accuracy"), 1, searched=["conv_blocks", "family"]).trial_line(runs, "t1")
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("[1/1] t1 completed after 2 epochs, 1.23M params, 4.2 s/epoch  val_balanced_accuracy")
+    assert line.endswith("(family=cnn, conv_blocks=3)")  # the family first
+
+
 def test_trial_line_of_an_errored_trial_gives_the_reason_and_no_value(tmp_path, capsys):
     runs = store(tmp_path, "val_loss", "min", max_epochs=3)
     record(runs, "good", [0.9, 0.7, 0.8], "completed")
@@ -86,6 +98,33 @@ def test_leaderboard_ranks_a_min_metric_lowest_first_with_unscored_trials_last(c
 
     assert "top 4 of 4 trials" in out
     assert ranked_ids(out, values) == ["tc", "ta", "td", "tb"]
+
+
+def test_leaderboard_shows_family_parameters_and_seconds_per_epoch_when_recorded(capsys):
+    trials = trials_frame("val_balanced_accuracy", {"ta": 0.5, "tb": 0.7, "tc": 0.6}).assign(
+        hp_family=["cnn", "resnet", "backbone"], parameters=[950.0, 1_234_567.0, None],
+        seconds_per_epoch=[0.42, 12.34, None])
+    report("val_balanced_accuracy", "max", 3).leaderboard(trials)
+    header, rows = table_lines(capsys.readouterr().out)
+    assert header[:7] == ["trial", "status", "family", "epochs", "params", "s/epoch", "balanced_accuracy"]
+    assert "family" not in header[7:]  # not again among the hyperparameters
+    assert rows[0][:6] == ["tb", "completed", "resnet", "3", "1.23M", "12.3"]
+    assert rows[1][:6] == ["tc", "completed", "backbone", "3", "-", "-"]  # e.g. a trial that reported no epoch yet
+    assert rows[2][:6] == ["ta", "completed", "cnn", "3", "950", "0.42"]
+
+
+def test_leaderboard_of_a_run_recorded_before_costs_and_families_has_neither_column(capsys):
+    report("val_balanced_accuracy", "max", 2).leaderboard(trials_frame("val_balanced_accuracy", {"ta": 0.5, "tb": 0.7}))
+    header, rows = table_lines(capsys.readouterr().out)
+    assert header[:4] == ["trial", "status", "epochs", "balanced_accuracy"] and rows[0][0] == "tb"
+    assert not {"family", "params", "s/epoch"} & set(header)
+
+
+def table_lines(output: str) -> tuple[list[str], list[list[str]]]:
+    """The header and the rows of a printed table, cell by cell."""
+    lines = [[cell.strip() for cell in line.strip("┃│ ").replace("┃", "│").split("│")]
+             for line in output.splitlines() if "│" in line or "┃" in line]
+    return lines[0], lines[1:]
 
 
 def test_leaderboard_of_an_empty_run_says_so(capsys):

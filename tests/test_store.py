@@ -143,6 +143,43 @@ def test_incremental_summaries_match_a_full_recount(tmp_path):
     assert reopened.best_value() == store.best_value() and reopened.finished_count() == 20
 
 
+def test_what_each_trial_cost_is_recorded_from_its_reports(tmp_path):
+    """Parameters, the median seconds of an epoch and the samples seen, as the engines report them: ``epoch_s`` and
+    ``samples_seen`` when the trainer gives them, else seconds from ``elapsed_s`` (which a reopened store continues)."""
+    store = RunStore(tmp_path, Objective.of("val_balanced_accuracy"), max_epochs=4, flush_every_s=math.inf)
+    store.trial_started("timed", {"conv_blocks": 2})
+    for epoch, (elapsed, seconds) in enumerate([(9.0, 6.0), (10.0, 1.0), (14.0, 4.0)], start=1):
+        report = metrics(0.5) | {"parameters": 1_234_567, "epoch_s": seconds, "samples_seen": 700 * epoch}
+        store.epoch("timed", epoch, report, elapsed, {"hostname": "h"})
+    store.trial_started("untimed", {"conv_blocks": 3})  # a trainer that reports neither epoch_s nor samples_seen
+    for epoch, elapsed in enumerate([5.0, 7.0, 10.0], start=1):
+        store.epoch("untimed", epoch, metrics(0.4) | {"parameters": 8_000}, elapsed, {})
+    store.trial_started("bare", {"conv_blocks": 1})  # an engine that reports no cost at all
+    store.epoch("bare", 1, metrics(0.3), 0.0, {})
+    store.flush(force=True)
+
+    trials = read_trials(tmp_path).set_index("trial_id")
+    assert trials.loc["timed", "parameters"] == 1_234_567 and trials.loc["untimed", "parameters"] == 8_000
+    assert trials.loc["timed", "seconds_per_epoch"] == 4.0  # the median of 6, 1, 4: elapsed_s is not used
+    assert trials.loc["untimed", "seconds_per_epoch"] == 3.0  # the median of 5, 2, 3
+    assert trials.loc["timed", "samples_seen"] == 2100 and pd.isna(trials.loc["untimed", "samples_seen"])
+    assert pd.isna(trials.loc["bare", "parameters"]) and trials.loc["bare", "seconds_per_epoch"] == 0.0
+    epochs = read_epochs(tmp_path).set_index(["trial_id", "epoch"])
+    assert list(epochs.loc["timed", "epoch_s"]) == [6.0, 1.0, 4.0]
+    assert list(epochs.loc["timed", "samples_seen"]) == [700, 1400, 2100]
+    assert epochs.loc["untimed", "epoch_s"].isna().all()  # not made up per epoch: only the trial's median is derived
+
+    # The driver stops without closing; the search resumes and the running trial goes on.
+    automl.store._OPEN.clear()
+    again = RunStore(tmp_path, Objective.of("val_balanced_accuracy"), max_epochs=4)
+    again.epoch("untimed", 4, metrics(0.4) | {"parameters": 8_000}, 11.0, {})  # epochs of 5, 2, 3 and 1 s
+    again.epoch("timed", 3, metrics(0.6) | {"epoch_s": 8.0, "samples_seen": 2100}, 18.0, {})  # a retry repeats 3
+    again.close()
+    trials = read_trials(tmp_path).set_index("trial_id")
+    assert trials.loc["untimed", "seconds_per_epoch"] == 2.5 and trials.loc["timed", "seconds_per_epoch"] == 6.0
+    assert trials.loc["timed", "parameters"] == 1_234_567  # kept from the earlier reports
+
+
 def test_a_store_written_before_parts_existed_is_read_and_continued(tmp_path):
     """The two files as the earlier store wrote them (pandas, no parts): read as they are, then appended to."""
     pd.DataFrame([{"trial_id": "old", "status": "completed", "epochs": 2, "hp_conv_blocks": 3,
@@ -156,6 +193,7 @@ def test_a_store_written_before_parts_existed_is_read_and_continued(tmp_path):
     store.flush(force=True)
     trials = read_trials(tmp_path).set_index("trial_id")
     assert trials.loc["new", "hp_optimizer"] == "adam" and pd.isna(trials.loc["old", "hp_optimizer"])
+    assert trials.loc["new", "seconds_per_epoch"] == 1.0 and pd.isna(trials.loc["old", "seconds_per_epoch"])
     assert list(trials["hp_conv_blocks"]) == [3, 2] and len(read_epochs(tmp_path)) == 3
     store.close()
     assert len(read_trials(tmp_path)) == 2

@@ -2,7 +2,8 @@
 
 Pages: every experiment under the results folder; one experiment (best so far against wall time
 and trials, learning curves with ASHA's stops marked, parallel coordinates, hyperparameter
-importance, a sortable and filterable leaderboard); its retrained models and ensemble next to the
+importance, a sortable and filterable leaderboard with what each trial cost, narrowed to one model family
+on request); its retrained models and ensemble next to the
 published numbers, with downloads of the exported model and its card; and several experiments
 overlaid. It reads only the files of :mod:`automl.store` and the retrain/ensemble/export stages,
 never Ray or TensorFlow, and serves every script and style itself (no CDN).

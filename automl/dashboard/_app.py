@@ -55,13 +55,14 @@ def create_app(results_dir: Path | str) -> dash.Dash:
 
     @app.callback(Output("leaderboard", "data"), Output("leaderboard", "page_count"),
                   Input("leaderboard", "page_current"), Input("leaderboard", "sort_by"),
-                  Input("leaderboard", "filter_query"), State("url", "pathname"))
-    def leaderboard_page(page, sort_by, filter_query, pathname):
+                  Input("leaderboard", "filter_query"), Input("leaderboard-family", "value"),
+                  State("url", "pathname"))
+    def leaderboard_page(page, sort_by, filter_query, family, pathname):
         # The leaderboard holds one page: its sorting, filtering and paging are done here, on the whole table.
         parts = [unquote(p) for p in (pathname or "/").strip("/").split("/") if p]
         if parts[:1] != ["runs"] or len(parts) < 2:
             raise PreventUpdate
-        return pages.leaderboard_rows(results_dir, parts[1], page or 0, sort_by or [], filter_query or "")
+        return pages.leaderboard_rows(results_dir, parts[1], page or 0, sort_by or [], filter_query or "", family)
 
     @app.callback(Output("url", "search"), Input("compare-runs", "value"), State("url", "search"),
                   prevent_initial_call=True)

@@ -15,7 +15,10 @@ from dash.dash_table.Format import Format, Scheme, Trim
 from automl.dashboard import _figures as figures
 from automl.dashboard._importance import param_importances
 from automl.dashboard._runs import Models, Run, cached, load_evaluations, load_models, load_run, model_card, run_names
-from automl.layout import BEST_PREFIX, LAST_PREFIX, best_column, hyperparameter_columns, hyperparameter_name
+from automl.layout import (
+    BEST_PREFIX, COST_COLUMNS, FAMILY_COLUMN, LAST_PREFIX, PARAMETERS, SAMPLES_SEEN, SECONDS_PER_EPOCH, WALL_TIME,
+    best_column, hyperparameter_columns, hyperparameter_name,
+)
 from automl.objective import HEADLINE, METRICS, Objective
 from automl.published import PUBLISHED
 from automl.store import STATUSES
@@ -23,6 +26,11 @@ from automl.store import STATUSES
 BINARY_METRICS = ("sensitivity", "specificity")
 NO_WALL_TIME = "wall-time data not recorded<br>(epochs.parquet without timestamps, written before they were added)"
 NUMBER = Format(precision=4, scheme=Scheme.decimal_or_exponent).trim(Trim.yes)
+COUNT = Format(precision=3, scheme=Scheme.decimal_si_prefix).trim(Trim.yes)  # 1.2M, 85.3k
+SECONDS = Format(precision=1, scheme=Scheme.fixed)
+#: The leaderboard's "compute" columns: headers and formats (the values stay numbers, sorted and filtered as such).
+COMPUTE = {PARAMETERS: ("parameters", COUNT), SECONDS_PER_EPOCH: ("s/epoch", SECONDS),
+           WALL_TIME: ("trial seconds", SECONDS), SAMPLES_SEEN: ("samples seen", COUNT)}
 #: Rows of the leaderboard sent at once; and columns of trials.parquet it leaves out (besides the last_* ones).
 LEADERBOARD_PAGE = 50
 LEADERBOARD_HIDDEN = frozenset({"node_ip", "node_id"})
@@ -145,6 +153,7 @@ def experiment_page(results_dir: Path, name: str) -> list:
         html.P(f"Click a header to sort; type in the row under the headers to filter (e.g. > 0.5, or adam). "
                f"{LEADERBOARD_PAGE} rows a page: sorting, filtering and paging happen on the server.",
                className="muted"),
+        _family_filter(run),
         _leaderboard(run),
     ]
 
@@ -185,8 +194,25 @@ def _best_trial(run: Run) -> html.Div:
     params = [(hyperparameter_name(c), f"{best[c]:.4g}" if isinstance(best[c], float) else str(best[c]))
               for c in hyperparameter_columns(run.trials) if not _missing(best[c])]
     status = f"{best.get('status')}, {best.get('epochs')} epochs, best at epoch {_fmt(best.get('best_epoch'), 0)}"
-    return html.Div([html.H3(f"Best trial: {best['trial_id']}"), _facts([("status", status), *scores, *params])],
-                    className="card")
+    cost = []  # as far as recorded (runs recorded before have none of it)
+    if not _missing(best.get(PARAMETERS)):
+        cost.append(f"{best[PARAMETERS]:,.0f} parameters")
+    if not _missing(best.get(SECONDS_PER_EPOCH)):
+        cost.append(f"{best[SECONDS_PER_EPOCH]:.1f} s/epoch")
+    if not _missing(best.get(WALL_TIME)):
+        cost.append(f"{best[WALL_TIME]:.0f} s in all")
+    facts = [("status", status), *([("compute", ", ".join(cost))] if cost else []), *scores, *params]
+    return html.Div([html.H3(f"Best trial: {best['trial_id']}"), _facts(facts)], className="card")
+
+
+def _family_filter(run: Run) -> html.Div:
+    """A dropdown of the run's model families that narrows the leaderboard to one; present on every run's page (the
+    leaderboard's callback listens to it) but shown only when the run's trials have a family."""
+    families = sorted(map(str, run.trials[FAMILY_COLUMN].dropna().unique())) if FAMILY_COLUMN in run.trials else []
+    dropdown = dcc.Dropdown(id="leaderboard-family", options=families, value=None, placeholder="every family",
+                            clearable=True, searchable=False, persistence=run.name, persistence_type="session")
+    return html.Div([html.Span("model family", className="muted"), dropdown], id="family-filter",
+                    style=None if families else {"display": "none"})
 
 
 def _leaderboard(run: Run) -> dash_table.DataTable:
@@ -208,13 +234,15 @@ def _leaderboard(run: Run) -> dash_table.DataTable:
 
 
 def leaderboard_rows(results_dir: Path, name: str, page: int, sort_by: list[dict], filter_query: str,
-                     page_size: int = LEADERBOARD_PAGE) -> tuple[list[dict], int]:
-    """One page of the leaderboard, filtered and sorted as the table asks (Dash's ``filter_query`` and ``sort_by``),
-    and the number of pages."""
+                     family: str | None = None, page_size: int = LEADERBOARD_PAGE) -> tuple[list[dict], int]:
+    """One page of the leaderboard, of one model ``family`` (or all), filtered and sorted as the table asks (Dash's
+    ``filter_query`` and ``sort_by``), and the number of pages. Ranks stay those among all the run's trials."""
     run = load_run(results_dir, name, epochs=False)
     if run is None or run.trials.empty:
         return [], 1
     frame, _ = _ranked(run)
+    if family and FAMILY_COLUMN in frame:
+        frame = frame[frame[FAMILY_COLUMN] == family]
     frame = _filtered(frame, filter_query or "")
     sort_by = [s for s in sort_by or [] if s.get("column_id") in frame]
     if sort_by:
@@ -227,8 +255,8 @@ def leaderboard_rows(results_dir: Path, name: str, page: int, sort_by: list[dict
 
 def _ranked(run: Run) -> tuple[pd.DataFrame, list[dict]]:
     """The trials best first with a ``rank``, in the leaderboard's columns, and the table's column definitions:
-    groups of every ``best_*`` and ``hp_*`` column and any other column trials.parquet has (so that new ones
-    appear by themselves), then where and when it ran."""
+    groups of every ``best_*`` column, what the trial cost, every ``hp_*`` column and any other column
+    trials.parquet has (so that new ones appear by themselves), then where and when it ran."""
     def compute():
         trials, score = run.trials, run.score_column
         if score in trials:
@@ -236,19 +264,20 @@ def _ranked(run: Run) -> tuple[pd.DataFrame, list[dict]]:
         ranked = trials.assign(rank=range(1, len(trials) + 1)).reset_index(drop=True)
         scores = [score, *[best_column(m) for m in METRICS], *sorted(c for c in ranked if c.startswith(BEST_PREFIX))]
         groups = {"trial": ["rank", "trial_id", "status", "epochs", "best_epoch"],
-                  "best on validation": list(dict.fromkeys(scores)), "hyperparameters": hyperparameter_columns(ranked),
-                  "where": ["wall_time_s", "started_at", "hostname", "error"]}
+                  "best on validation": list(dict.fromkeys(scores)), "compute": list(COST_COLUMNS),
+                  "hyperparameters": hyperparameter_columns(ranked), "where": ["started_at", "hostname", "error"]}
         placed = {c for names in groups.values() for c in names}
-        groups = {**dict(list(groups.items())[:3]),
+        groups = {**dict(list(groups.items())[:4]),
                   "more": [c for c in ranked if c not in placed and not c.startswith(LAST_PREFIX)
                            and c not in LEADERBOARD_HIDDEN], "where": groups["where"]}
         columns, shown = [], []
         for group, names in groups.items():
             for column in (c for c in names if c in ranked and c not in shown):
                 numeric = _numeric(ranked[column]) and column != "started_at"
-                label = hyperparameter_name(column).removeprefix(best_column("val_"))
+                label, number = COMPUTE.get(column, (hyperparameter_name(column).removeprefix(best_column("val_")),
+                                                     NUMBER))
                 columns.append({"id": column, "name": [group, label], "type": "numeric" if numeric else "text",
-                                **({"format": NUMBER} if numeric else {})})
+                                **({"format": number} if numeric else {})})
                 shown.append(column)
         return ranked[shown], columns
 

@@ -15,7 +15,7 @@ import keras_tuner as kt
 from automl.data import Dataset
 from automl.errors import SpecError
 from automl.hparams import ModelConfig
-from automl.layout import RunLayout
+from automl.layout import EPOCH_SECONDS, PARAMETERS, RunLayout
 from automl.spec import Spec
 from automl.store import RunStore
 from automl.trial import build_candidate, candidate_callbacks, training_batches
@@ -54,15 +54,23 @@ class SpaceHyperModel(kt.HyperModel):
 
 
 class _StoreEpochs(keras.callbacks.Callback):
+    """Records each epoch in the store, with the model's parameter count and the epoch's seconds (validation
+    included), unless the logs carry their own."""
+
     def __init__(self, hypermodel: SpaceHyperModel):
         super().__init__()
         self.hypermodel = hypermodel
+        self.epoch_started = time.monotonic()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_started = time.monotonic()
 
     def on_epoch_end(self, epoch, logs=None):
         hm = self.hypermodel
         import socket
 
-        hm.store.epoch(hm.trial_id, epoch + 1, logs or {}, time.monotonic() - hm.trial_started,
+        costs = {PARAMETERS: self.model.count_params(), EPOCH_SECONDS: time.monotonic() - self.epoch_started}
+        hm.store.epoch(hm.trial_id, epoch + 1, costs | (logs or {}), time.monotonic() - hm.trial_started,
                        {"hostname": socket.gethostname(), "node_ip": "127.0.0.1"})
 
 

@@ -9,12 +9,14 @@ import time
 import pandas as pd
 
 from automl import console
-from automl.layout import best_column, hp_column, hyperparameter_columns, hyperparameter_name
+from automl.layout import (
+    FAMILY_COLUMN, PARAMETERS, SECONDS_PER_EPOCH, best_column, hp_column, hyperparameter_columns, hyperparameter_name,
+)
 from automl.objective import Objective
 from automl.store import STATUSES, RunStore
 
 # Shown in progress lines when they are searched: the hyperparameters that matter most in the seeds.
-KEY_HYPERPARAMETERS = ("conv_blocks", "base_filters", "filters", "dense_units", "optimizer", "learning_rate",
+KEY_HYPERPARAMETERS = ("family", "conv_blocks", "base_filters", "filters", "dense_units", "optimizer", "learning_rate",
                        "imbalance", "batch_size", "pool_type")
 #: A line per finished trial for the first LINES_UP_TO; after that a summary every SUMMARY_EVERY_S seconds, plus the
 #: line of each trial that sets a new best, so that a search of thousands of trials stays readable.
@@ -69,6 +71,7 @@ class Report:
         status = row.get("status")
         what = (f"{status} after {int(row.get('epochs') or 0)} epochs" if status != "errored"
                 else f"errored: {row.get('error')}")
+        what = ", ".join([what, *_costs(row)])
         console.info(
             f"[{store.finished_count()}/{self.num_samples}] {trial_id} {what}  {self.objective.name} {_fmt(value)}  "
             f"best so far {_fmt(store.best_value())}{note}  ({params})"
@@ -82,29 +85,70 @@ class Report:
             console.out.print("no trial finished an epoch")
             return
         ranked = self.objective.sort(trials, column).head(top)
-        varying = [c for c in hyperparameter_columns(trials) if trials[c].nunique(dropna=True) > 1]
+        # The family (when the space has one) and what each trial cost (runs recorded before have no cost columns)
+        # get columns of their own.
+        family = FAMILY_COLUMN in trials and bool(trials[FAMILY_COLUMN].notna().any())
+        varying = [c for c in hyperparameter_columns(trials)
+                   if trials[c].nunique(dropna=True) > 1 and not (family and c == FAMILY_COLUMN)]
         # Key hyperparameters first and at most 10 in all, so the table stays readable;
         # trials.parquet has every one.
         hps = sorted(varying, key=lambda c: (hyperparameter_name(c) not in KEY_HYPERPARAMETERS, c))[:10]
-        table = Table(title=f"leaderboard by {column} (top {len(ranked)} of {len(trials)} trials)")
         second = best_column("val_macro_f1") if self.objective.name != "val_macro_f1" else best_column("val_auc")
-        for name in ("trial", "status", "epochs", self.objective.key, second.removeprefix("best_val_"),
-                     *map(hyperparameter_name, hps)):
-            table.add_column(name, justify="left" if name in ("trial", "status") else "right")
+        columns = [("trial", lambda r: r["trial_id"]), ("status", lambda r: str(r.get("status")))]  # (header, cell)
+        if family:
+            columns.append(("family", lambda r: _short(r.get(FAMILY_COLUMN))))
+        columns.append(("epochs", lambda r: str(int(r.get("epochs") or 0))))
+        if PARAMETERS in trials:
+            columns.append(("params", lambda r: _count(r.get(PARAMETERS))))
+        if SECONDS_PER_EPOCH in trials:
+            columns.append(("s/epoch", lambda r: _seconds(r.get(SECONDS_PER_EPOCH))))
+        columns += [(self.objective.key, lambda r: _fmt(r.get(column))),
+                    (second.removeprefix("best_val_"), lambda r: _fmt(r.get(second))),
+                    *[(hyperparameter_name(h), lambda r, h=h: _short(r.get(h))) for h in hps]]
+        table = Table(title=f"leaderboard by {column} (top {len(ranked)} of {len(trials)} trials)")
+        for name, _ in columns:
+            table.add_column(name, justify="left" if name in ("trial", "status", "family") else "right")
         for row in ranked.to_dict("records"):
-            table.add_row(
-                row["trial_id"], str(row.get("status")), str(int(row.get("epochs") or 0)), _fmt(row.get(column)),
-                _fmt(row.get(second)), *[_short(row.get(h)) for h in hps],
-            )
+            table.add_row(*[cell(row) for _, cell in columns])
         console.out.print(table)
 
 
+def _costs(row: dict) -> list[str]:
+    """What a trial cost, as far as recorded: ``1.2M params``, ``4.3 s/epoch``."""
+    costs = []
+    if not _missing(row.get(PARAMETERS)):
+        costs.append(f"{_count(row[PARAMETERS])} params")
+    if not _missing(row.get(SECONDS_PER_EPOCH)):
+        costs.append(f"{_seconds(row[SECONDS_PER_EPOCH])} s/epoch")
+    return costs
+
+
+def _count(value) -> str:
+    """A count at a glance: ``950``, ``85.3k``, ``1.2M``."""
+    if _missing(value):
+        return "-"
+    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= size * 0.9995:  # 999,999 is 1M, not 1e+03k
+            return f"{value / size:.3g}{suffix}"
+    return f"{int(value)}"
+
+
+def _seconds(value) -> str:
+    if _missing(value):
+        return "-"
+    return f"{value:.2f}" if value < 1 else f"{value:.1f}" if value < 100 else f"{value:.0f}"
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def _fmt(value) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+    return "-" if _missing(value) else f"{value:.3f}"
 
 
 def _short(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if _missing(value):
         return "-"
     if isinstance(value, float):
         return f"{value:.3g}"
