@@ -194,7 +194,8 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
         Hyperparameter("imbalance", str, "none", "none | class_weight | oversample | both",
                        choices=IMBALANCE_STRATEGIES),
         Hyperparameter("oversample_to", int, 0,
-                       "oversample classes smaller than this up to it; 0 = up to the majority class",
+                       "oversample classes smaller than this as if lifted to it (an epoch keeps the split's size); "
+                       "0 = to the majority class",
                        low=0, high=10**7),
         # Augmentation: Keras preprocessing layers, active only while training.
         Hyperparameter("flip_horizontal", bool, False, "random horizontal flips"),

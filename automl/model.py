@@ -28,6 +28,7 @@ import importlib
 import math
 
 import keras
+import numpy as np
 
 from automl.backbones import BACKBONES
 from automl.data import resize_tensor
@@ -36,6 +37,8 @@ from automl.hparams import ModelConfig
 #: The name of a backbone model's ``keras.applications`` layer inside a candidate.
 BACKBONE_LAYER = "backbone"
 _EPSILON = 1e-6
+#: The smallest class share :func:`set_output_prior` starts an output at (HAM10000's rarest class is 1.1%).
+_PRIOR_FLOOR = 1e-4
 
 
 @keras.saving.register_keras_serializable(package="automl")
@@ -251,6 +254,24 @@ def _head(config: ModelConfig, x, n_classes: int):
         p = keras.layers.Dense(1, activation="sigmoid", kernel_initializer=init, name="malignant")(x)
         return TwoClassProbabilities(name="probabilities")(p)
     return keras.layers.Dense(n_classes, activation="softmax", kernel_initializer=init, name="probabilities")(x)
+
+
+def set_output_prior(model: keras.Model, class_mix) -> None:
+    """Start the output layer at ``class_mix``, the class mix the loss sees (:func:`automl.trial.expected_class_mix`),
+    instead of at uniform probabilities.
+
+    Before the features say anything, the loss is lowest when the output is that mix, so the model does not
+    spend its first steps learning it through the bias (nor the layers below compensating meanwhile). The
+    softmax bias is log(mix), shifted to 0 for the largest class (softmax ignores a constant shift). Class
+    weights make the mix uniform (``class_weight``, ``both``): their bias stays zero, Keras' own start. A
+    binary model's sigmoid bias is the log-odds of its second class. A class absent from training starts
+    at :data:`_PRIOR_FLOOR` instead of minus infinity.
+    """
+    log_mix = np.log(np.maximum(np.asarray(class_mix, dtype=np.float64), _PRIOR_FLOOR))
+    if len(log_mix) == 2:
+        model.get_layer("malignant").bias.assign(np.array([log_mix[1] - log_mix[0]], np.float32))
+    else:
+        model.get_layer("probabilities").bias.assign((log_mix - log_mix.max()).astype(np.float32))
 
 
 def _augmentation(config: ModelConfig, value_range: tuple[float, float]) -> list[keras.layers.Layer]:

@@ -4,7 +4,9 @@ Every engine trains a candidate with the same batches (:func:`training_batches`)
 (:func:`candidate_callbacks`): ``automl train`` and ``retrain`` through :func:`fit_candidate`
 (early stopping), a Ray Tune trial through :class:`EpochRunner` (one epoch per step, stopped by
 the scheduler), KerasTuner through its hypermodel's ``fit``. The validation metrics are in each
-epoch's ``logs`` when later callbacks run, as ``val_`` + every name of :data:`automl.objective.DIRECTIONS`.
+epoch's ``logs`` when later callbacks run, as ``val_`` + every name of :data:`automl.objective.DIRECTIONS`,
+with the epoch's cost (``epoch_s``, ``samples_seen``). Every epoch is as many samples as the train split
+has, whatever the imbalance strategy (:func:`epoch_class_counts`), so epochs compare at equal compute.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from automl.data import Dataset
 from automl.errors import SpecError
 from automl.hparams import ModelConfig
 from automl.metrics import classification_metrics, prefixed
-from automl.model import BACKBONE_LAYER, build_model, compile_model, set_trainable_layers, warms_up
+from automl.model import (BACKBONE_LAYER, build_model, compile_model, set_output_prior, set_trainable_layers,
+                          warms_up)
 from automl.objective import HEADLINE, Objective
 from automl.spec import TrainingSpec
 
@@ -31,27 +34,57 @@ PREDICT_BATCH = 512
 
 
 def oversampled_counts(counts: np.ndarray, oversample_to: int) -> np.ndarray:
-    """Class counts after :func:`resample_indices`: each class smaller than the target (``oversample_to``, or
-    the largest class when that is 0) lifted to it; absent classes stay absent."""
+    """The class proportions oversampling aims at, as counts: each class smaller than the target (``oversample_to``,
+    or the largest class when that is 0) lifted to it; absent classes stay absent. An epoch draws these
+    proportions, scaled to the split's size (:func:`epoch_class_counts`)."""
     counts = np.asarray(counts)
     target = oversample_to or counts.max()
     return np.where((counts > 0) & (counts < target), target, counts)
 
 
+def epoch_class_counts(counts: np.ndarray, imbalance: str, oversample_to: int) -> np.ndarray:
+    """How many samples of each class one training epoch draws, from the training split's class ``counts``.
+
+    An epoch is as many samples as the split has, whatever the imbalance strategy, so that epochs of
+    different candidates cost the same and ASHA's rungs compare them at equal compute. Oversampling
+    changes the class mix of those draws, not their number: the split's size is shared out in the
+    proportions of :func:`oversampled_counts` (largest remainders round, ties to the lower class).
+
+    >>> epoch_class_counts([8, 2, 0], "oversample", 4).tolist()  # 10 draws in the proportions 8:4
+    [7, 3, 0]
+    >>> epoch_class_counts([8, 2, 0], "class_weight", 4).tolist()
+    [8, 2, 0]
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    if imbalance not in ("oversample", "both"):
+        return counts
+    lifted = oversampled_counts(counts, oversample_to)
+    drawn, remainders = np.divmod(counts.sum() * lifted, max(1, lifted.sum()))  # shares of the split, in integers
+    remainders = np.where(counts > 0, remainders, -1)  # an absent class gets no draw
+    drawn[np.argsort(-remainders, kind="stable")[: counts.sum() - drawn.sum()]] += 1
+    return drawn
+
+
 def resample_indices(
     labels: np.ndarray, n_classes: int, oversample_to: int, rng: np.random.Generator
 ) -> np.ndarray:
-    """Every index once, plus draws with replacement that lift each class smaller than the target
-    up to it. The target is ``oversample_to``, or the largest class when that is 0 (seed 003's S3;
-    ``oversample_to: 1000`` is its S2)."""
+    """One oversampled epoch: as many indices as ``labels``, each class drawn :func:`epoch_class_counts` times.
+
+    A class drawn at least as often as it occurs has every index once plus draws with replacement (the
+    seeds' oversampling; the target is ``oversample_to``, or the largest class when that is 0: seed 003's
+    S3, and ``oversample_to: 1000`` is its S2); a class drawn less often (the majority) gives a different
+    subset without replacement each epoch.
+    """
     counts = np.bincount(labels, minlength=n_classes)
-    lifted = oversampled_counts(counts, oversample_to)
-    extra = [
-        rng.choice(np.flatnonzero(labels == k), size=lifted[k] - counts[k], replace=True)
-        for k in range(n_classes)
-        if lifted[k] > counts[k]
-    ]
-    return np.concatenate([np.arange(len(labels)), *extra]) if extra else np.arange(len(labels))
+    drawn = epoch_class_counts(counts, "oversample", oversample_to)
+    parts = []
+    for k in np.flatnonzero(drawn):
+        members = np.flatnonzero(labels == k)
+        if drawn[k] >= len(members):
+            parts += [members, rng.choice(members, size=drawn[k] - len(members), replace=True)]
+        else:
+            parts.append(rng.choice(members, size=drawn[k], replace=False))
+    return np.concatenate(parts) if parts else np.arange(0)
 
 
 def _balanced_weights(counts: np.ndarray) -> np.ndarray:
@@ -69,47 +102,55 @@ def balanced_class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
 
 def expected_class_mix(counts: np.ndarray, imbalance: str, oversample_to: int) -> np.ndarray:
     """The class mix a member's loss saw, from its training split's class ``counts``: the counts
-    :class:`TrainingBatches` draws (oversampled or not) times its class weights, as shares summing to 1.
+    :class:`TrainingBatches` draws each epoch (:func:`epoch_class_counts`) times its class weights, as
+    shares summing to 1.
 
     Class weights make every present class count equally, with or without oversampling (``both``).
-    The Bayes prior correction (:mod:`automl.posthoc`) divides by this mix.
+    The Bayes prior correction (:mod:`automl.posthoc`) divides by this mix, and the output layer starts
+    at it (:func:`automl.model.set_output_prior`).
 
-    >>> expected_class_mix([8, 2, 0], "oversample", 4).round(3).tolist()
-    [0.667, 0.333, 0.0]
+    >>> expected_class_mix([8, 2, 0], "oversample", 4).tolist()
+    [0.7, 0.3, 0.0]
     >>> expected_class_mix([8, 2, 0], "both", 4).tolist()
     [0.5, 0.5, 0.0]
     """
-    counts = np.asarray(counts, dtype=np.float64)
-    if imbalance in ("oversample", "both"):
-        counts = oversampled_counts(counts, oversample_to).astype(np.float64)
+    counts = epoch_class_counts(counts, imbalance, oversample_to).astype(np.float64)
     if imbalance in ("class_weight", "both"):
-        counts = counts * _balanced_weights(counts)
+        counts = (counts > 0).astype(np.float64)  # n_k times its weight n / (K n_k): n / K for every present class
     return counts / counts.sum()
 
 
 class TrainingBatches(keras.utils.PyDataset):
     """Shuffled training batches, re-drawn every epoch with the config's imbalance strategy.
 
-    Oversampled copies are fresh draws each epoch, and the model's augmentation layers make each
-    copy a different picture, as the seeds' "oversampling with augmentation" did.
+    Every epoch has as many samples as the split (``len(labels)``); oversampling changes which
+    (:func:`resample_indices`). Oversampled copies are fresh draws each epoch, and the model's
+    augmentation layers make each copy a different picture, as the seeds' "oversampling with
+    augmentation" did. Epoch ``e``'s draw depends only on ``seed`` and ``e``, so batches made with
+    ``first_epoch=e`` (a run resumed from a checkpoint) go on exactly as the uninterrupted run's would.
     """
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, config: ModelConfig, n_classes: int, seed: int):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, config: ModelConfig, n_classes: int, seed: int,
+                 first_epoch: int = 0):
         super().__init__(workers=1, use_multiprocessing=False)
         self.images, self.labels, self.config, self.n_classes = images, labels, config, n_classes
-        self.rng = np.random.default_rng(seed)
-        self._draw()
+        self.seed, self.epoch, self.next_epoch = seed, None, first_epoch
+        self._draw(first_epoch)  # Keras reads the first batches for their shapes before the first epoch begins
 
-    def _draw(self) -> None:
+    def _draw(self, epoch: int) -> None:
+        if epoch == self.epoch:
+            return
+        rng = np.random.default_rng([self.seed, epoch])
         if self.config.imbalance in ("oversample", "both"):
-            order = resample_indices(self.labels, self.n_classes, self.config.oversample_to, self.rng)
+            order = resample_indices(self.labels, self.n_classes, self.config.oversample_to, rng)
         else:
             order = np.arange(len(self.labels))
-        self.order = self.rng.permutation(order)
+        self.order = rng.permutation(order)
         self.weights = None
         if self.config.imbalance in ("class_weight", "both"):
             # Weights follow the counts the model sees, so "both" only corrects what oversampling left.
             self.weights = balanced_class_weights(self.labels[self.order], self.n_classes).astype(np.float32)
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return math.ceil(len(self.order) / self.config.batch_size)
@@ -121,8 +162,10 @@ class TrainingBatches(keras.utils.PyDataset):
             return x, y
         return x, y, self.weights[y]
 
-    def on_epoch_end(self) -> None:
-        self._draw()
+    def on_epoch_begin(self) -> None:
+        # Keras calls this once per epoch (on_epoch_end also at the start of every fit: it cannot count epochs).
+        self._draw(self.next_epoch)
+        self.next_epoch += 1
 
 
 def predict_proba(model: keras.Model, images: np.ndarray) -> np.ndarray:
@@ -193,6 +236,23 @@ def head_warmup(config: ModelConfig | None) -> list[keras.callbacks.Callback]:
     return [HeadWarmup(config)] if config is not None and warms_up(config) else []
 
 
+class EpochCost(keras.callbacks.Callback):
+    """Adds what each epoch cost to its logs: ``epoch_s``, its seconds (training and the validation pass, when
+    this callback follows :class:`ValidationMetrics`), and ``samples_seen``, the training samples drawn since the
+    run began (every epoch draws as many, :func:`samples_per_epoch`): compute, not only epochs."""
+
+    def __init__(self, samples_per_epoch: int):
+        super().__init__()
+        self.samples_per_epoch = samples_per_epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["epoch_s"] = time.monotonic() - self.started
+        logs["samples_seen"] = (epoch + 1) * self.samples_per_epoch
+
+
 def candidate_callbacks(
     dataset: Dataset, objective: Objective, training: TrainingSpec, early_stopping_epochs: int | None = None,
     config: ModelConfig | None = None,
@@ -200,9 +260,10 @@ def candidate_callbacks(
     """What every run of a candidate trains with, searched or retrained: a backbone's head warm-up
     (given its ``config``), the validation metrics, the learning-rate schedule and, given a budget, early
     stopping on the objective with the best weights restored. Only the stopping rule differs between
-    engines (ASHA in a search, this in a retrain)."""
+    engines (ASHA in a search, this in a retrain). Each epoch's logs also say what it cost (:class:`EpochCost`)."""
     callbacks: list[keras.callbacks.Callback] = [
-        *head_warmup(config), ValidationMetrics(*dataset.subset("val"), dataset.class_names)]
+        *head_warmup(config), ValidationMetrics(*dataset.subset("val"), dataset.class_names),
+        EpochCost(samples_per_epoch(dataset))]
     if training.reduce_lr_patience:
         callbacks.append(PlateauSchedule(objective.name, factor=training.reduce_lr_factor,
                                          patience=training.reduce_lr_patience, mode=objective.direction))
@@ -214,17 +275,26 @@ def candidate_callbacks(
 
 
 def build_candidate(config: ModelConfig, dataset: Dataset, training: TrainingSpec) -> keras.Model:
-    """The candidate's compiled model; one above ``training.max_parameters`` is infeasible (:class:`SpecError`)."""
+    """The candidate's compiled model, its output starting at the class mix it trains against
+    (:func:`expected_class_mix`); one above ``training.max_parameters`` is infeasible (:class:`SpecError`)."""
     model = build_model(config, dataset.image_size, len(dataset.class_names))
     limit, count = training.max_parameters, model.count_params()
     if limit and count > limit:
         raise SpecError(f"hyperparameters: the model has {count:,} parameters, above training.max_parameters "
                         f"({limit:,})")
+    set_output_prior(model, expected_class_mix(dataset.class_counts("train"), config.imbalance,
+                                               config.oversample_to))
     return model
 
 
-def training_batches(config: ModelConfig, dataset: Dataset, seed: int) -> TrainingBatches:
-    return TrainingBatches(*dataset.subset("train"), config, len(dataset.class_names), seed)
+def training_batches(config: ModelConfig, dataset: Dataset, seed: int, first_epoch: int = 0) -> TrainingBatches:
+    """The train split's batches; ``first_epoch`` > 0 for a run resumed after that many epochs."""
+    return TrainingBatches(*dataset.subset("train"), config, len(dataset.class_names), seed, first_epoch)
+
+
+def samples_per_epoch(dataset: Dataset) -> int:
+    """Training samples per epoch, whatever the imbalance strategy: the train split's size."""
+    return int(dataset.class_counts("train").sum())
 
 
 def epoch_line(epoch: int, epochs: int, logs: dict, seconds: float, objective: Objective, best: tuple) -> str:
@@ -290,7 +360,8 @@ def fit_candidate(
         own = candidate_callbacks(dataset, objective, training, early_stopping_epochs=epochs, config=config)
     else:
         epochs, rates = len(learning_rates), [float(r) for r in learning_rates]
-        own = [*head_warmup(config), keras.callbacks.LearningRateScheduler(lambda epoch, _: rates[epoch])]
+        own = [*head_warmup(config), keras.callbacks.LearningRateScheduler(lambda epoch, _: rates[epoch]),
+               EpochCost(samples_per_epoch(dataset))]
     started = time.monotonic()
     history = model.fit(training_batches(config, dataset, seed), epochs=epochs, verbose=0, callbacks=[*own, *callbacks])
     rows = [{"epoch": i + 1, **{k: float(v[i]) for k, v in history.history.items()}} for i in range(len(history.epoch))]
@@ -309,8 +380,9 @@ class EpochRunner:
 
     The same batches and callbacks as :func:`fit_candidate`, without early stopping (the search's
     scheduler decides when a trial stops). ``run_epoch`` returns the epoch's training loss and
-    accuracy plus the validation metrics; ``save``/``restore`` round-trip the model, the optimizer
-    and the learning-rate schedule through a folder.
+    accuracy, the validation metrics, and what it cost (``epoch_s``, ``samples_seen``: :class:`EpochCost`);
+    ``save``/``restore`` round-trip the model, the optimizer and the learning-rate schedule through a
+    folder, and a restored runner draws the batches the uninterrupted one would have.
     """
 
     def __init__(self, config: ModelConfig, dataset: Dataset, objective: Objective, training: TrainingSpec, seed: int):
@@ -341,7 +413,7 @@ class EpochRunner:
         for callback in self.callbacks:
             if isinstance(callback, PlateauSchedule) and type(callback).__name__ in state:
                 callback.load_state(state[type(callback).__name__])
-        self.batches = training_batches(self.config, self.dataset, self.seed + self.epochs_done)
+        self.batches = training_batches(self.config, self.dataset, self.seed, first_epoch=self.epochs_done)
 
 
 def evaluate(model: keras.Model, dataset: Dataset, split: str) -> dict:

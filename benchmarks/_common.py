@@ -9,6 +9,7 @@ A script imports it after putting its own folder on ``sys.path`` (they run as pl
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import os
 import shlex
@@ -27,7 +28,7 @@ import pandas as pd
 from automl import console
 from automl.files import atomic_write, write_json
 from automl.layout import RunLayout
-from automl.spec import Spec
+from automl.spec import Spec, load_spec
 from automl.store import machine_info, utc_now, write_run_info
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,6 +89,43 @@ def fmt(value: float | None, digits: int = 3, missing: str = "-") -> str:
     if value is None or math.isnan(value):
         return missing
     return f"{value:.{digits}f}"
+
+
+def sample_params(space_file: Path, count: int, seed: int = 0) -> list[dict[str, Any]]:
+    """``count`` hyperparameter sets drawn at random from the space of ``space_file`` (conditional ones included,
+    only where their condition holds), as a random search draws them."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = load_spec(space_file).space
+    sample = space.optuna_define_by_run()
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    drawn = []
+    for _ in range(count):
+        trial = study.ask()
+        drawn.append(space.active(sample(trial) | trial.params))
+    return drawn
+
+
+def append_row(path: Path, row: dict[str, Any]) -> None:
+    """One JSON line appended and flushed: a resumable benchmark's record of one finished measurement."""
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows :func:`append_row` wrote (a line cut short by a kill is ignored)."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return rows
 
 
 # --- searches ------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ import pytest
 
 from automl.errors import SpecError
 from automl.hparams import ModelConfig
-from automl.model import ShadesOfGray, build_model
+from automl.model import ShadesOfGray, build_model, set_output_prior
 
 # Seed 000's five architectures (2 conv3x3 per block, filters doubling from 32, max-pool 2, flatten,
 # FC doubling from 64, dropout 0.5, softmax 7) at the paper's 75x100 input. Counts follow from
@@ -62,6 +62,23 @@ def test_variants_build_and_save(tmp_path, options):
     model.save(tmp_path / "m.keras")
     x = np.zeros((1, 16, 16, 3), "float32")
     np.testing.assert_allclose(keras.saving.load_model(tmp_path / "m.keras")(x), model(x), rtol=1e-6)
+
+
+def test_output_prior_by_hand():
+    model = build_model(ModelConfig.from_params({"conv_blocks": 1}), (16, 16), 3)
+    set_output_prior(model, [0.5, 0.25, 0.25])  # log shares, the largest at 0: [0, log 1/2, log 1/2]
+    np.testing.assert_allclose(model.get_layer("probabilities").bias.numpy(), [0.0, -0.693147, -0.693147], rtol=1e-5)
+    set_output_prior(model, [0.5, 0.5, 0.0])  # an absent class starts at 1e-4: log(1e-4 / 0.5) = -8.517
+    np.testing.assert_allclose(model.get_layer("probabilities").bias.numpy(), [0.0, 0.0, -8.517193], rtol=1e-5)
+    set_output_prior(model, [1 / 3, 1 / 3, 1 / 3])  # uniform (class weights): Keras' own zero bias
+    assert not model.get_layer("probabilities").bias.numpy().any()
+    binary = build_model(ModelConfig.from_params({"conv_blocks": 1}), (16, 16), 2)
+    set_output_prior(binary, [0.8, 0.2])  # the sigmoid's log-odds, log(0.2 / 0.8) = -1.386
+    np.testing.assert_allclose(binary.get_layer("malignant").bias.numpy(), [-1.386294], rtol=1e-5)
+    # With dense weights at zero, the output is the prior whatever the image.
+    kernel = binary.get_layer("malignant").kernel
+    kernel.assign(np.zeros(kernel.shape, "float32"))
+    np.testing.assert_allclose(binary(np.zeros((1, 16, 16, 3), "float32")).numpy(), [[0.8, 0.2]], rtol=1e-5)
 
 
 def test_too_deep_is_rejected_before_keras():

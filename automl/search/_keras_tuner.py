@@ -46,7 +46,7 @@ class SpaceHyperModel(kt.HyperModel):
 
     def fit(self, hp, model, *args, callbacks=(), epochs=1, initial_epoch=0, **kwargs):
         config = self.config(hp)
-        batches = training_batches(config, self.dataset, self.seed + initial_epoch)
+        batches = training_batches(config, self.dataset, self.seed, first_epoch=initial_epoch)
         # Ours first (validation metrics, lr schedule): KerasTuner's own callbacks read the objective from the logs.
         ours = candidate_callbacks(self.dataset, self.spec.objective, self.spec.training, config=config)
         return model.fit(batches, epochs=epochs, initial_epoch=initial_epoch, verbose=0,
