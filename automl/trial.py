@@ -20,7 +20,7 @@ import keras
 import numpy as np
 
 from automl.data import Dataset
-from automl.errors import SpecError
+from automl.errors import InfeasibleError
 from automl.hparams import ModelConfig
 from automl.metrics import classification_metrics, prefixed
 from automl.model import BACKBONE_LAYER, build_model, compile_model, set_trainable_layers, warms_up
@@ -214,12 +214,13 @@ def candidate_callbacks(
 
 
 def build_candidate(config: ModelConfig, dataset: Dataset, training: TrainingSpec) -> keras.Model:
-    """The candidate's compiled model; one above ``training.max_parameters`` is infeasible (:class:`SpecError`)."""
+    """The candidate's compiled model; one above ``training.max_parameters`` is infeasible
+    (:class:`~automl.errors.InfeasibleError`)."""
     model = build_model(config, dataset.image_size, len(dataset.class_names))
     limit, count = training.max_parameters, model.count_params()
     if limit and count > limit:
-        raise SpecError(f"hyperparameters: the model has {count:,} parameters, above training.max_parameters "
-                        f"({limit:,})")
+        raise InfeasibleError(f"hyperparameters: the model has {count:,} parameters, above "
+                              f"training.max_parameters ({limit:,})", "max_parameters")
     return model
 
 

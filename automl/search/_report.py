@@ -99,6 +99,16 @@ class Report:
         console.out.print(table)
 
 
+    def budget_lines(self, info: dict) -> None:
+        """What the search spent: epochs (of the epoch budget), and the draws rejected as infeasible without a trial."""
+        budget = info.get("epoch_budget")
+        spent = f"{info.get('epochs_spent', 0)} epochs trained" + (f" of a budget of {budget}" if budget else "")
+        rejected = info.get("infeasible_draws") or {}
+        reasons = ", ".join(f"{why} {n}" for why, n in (rejected.get("by_reason") or {}).items())
+        console.info(f"{spent}; {rejected.get('rejected', 0)} infeasible draws rejected without a trial"
+                     + (f" ({reasons})" if reasons else ""))
+
+
 def _fmt(value) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
