@@ -28,9 +28,18 @@ def _setting_args(parser: argparse.ArgumentParser, *groups: str) -> None:
 
     titled = parser.add_argument_group("spec settings (override the spec file)")
     for setting in settings_with_flags(*groups):
-        kind = setting.type if setting.type in (int, float) else str
+        kind = setting.type if setting.type in (int, float) else _boolean if setting.type is bool else str
         titled.add_argument(setting.flag, dest=setting.dest, type=kind, choices=setting.choices,
+                            metavar="true|false" if setting.type is bool else None,
                             help=f"{setting.help} [{setting.key}]")
+
+
+def _boolean(text: str) -> bool:
+    """A boolean flag's value: true/false (also yes/no, on/off, 1/0), as YAML would read it."""
+    values = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+    if text.lower() not in values:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return values[text.lower()]
 
 
 def _overrides(args: argparse.Namespace, *groups: str) -> dict:

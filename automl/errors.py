@@ -17,5 +17,16 @@ class SpecError(UserError):
     """A spec file or a command-line override is invalid."""
 
 
+class InfeasibleError(SpecError):
+    """A candidate that cannot be built or trained as asked (too deep for the image size, too many parameters).
+
+    ``kind`` names the rule it breaks, so that searches can count rejected draws by reason.
+    """
+
+    def __init__(self, message: str, kind: str):
+        super().__init__(message)
+        self.kind = kind
+
+
 class DataError(UserError):
     """The dataset folder is missing pieces or holds bad files."""

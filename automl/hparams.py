@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from automl.backbones import BACKBONES
-from automl.errors import SpecError
+from automl.errors import InfeasibleError, SpecError
 
 OPTIMIZERS = ("adam", "nadam", "rmsprop", "sgd", "adamax")
 ACTIVATIONS = ("relu", "elu", "selu", "leaky_relu", "gelu", "swish", "tanh")
@@ -369,16 +369,16 @@ class ModelConfig:
                 shrink = self.convs_per_block[block] * (self.kernel_size[block] - 1)
                 h, w = h - shrink, w - shrink
                 if h < 1 or w < 1:
-                    raise SpecError(
+                    raise InfeasibleError(
                         f"{where}: block {block + 1}'s 'valid' convolutions shrink a {height}x{width} "
-                        "image to nothing; use padding: same, fewer blocks or a larger image_size"
+                        "image to nothing; use padding: same, fewer blocks or a larger image_size", "valid_padding"
                     )
             h, w = h // self.pool_size, w // self.pool_size
             if h < 1 or w < 1:
-                raise SpecError(
+                raise InfeasibleError(
                     f"{where}: {self.conv_blocks} conv blocks with pool_size {self.pool_size} are too deep "
                     f"for {height}x{width} images (block {block + 1}'s pooling leaves nothing); use at most "
-                    f"{block} blocks, a smaller pool_size or a larger image_size"
+                    f"{block} blocks, a smaller pool_size or a larger image_size", "pooling"
                 )
 
     def _check_resnet(self, height: int, width: int, where: str) -> None:
@@ -388,10 +388,11 @@ class ModelConfig:
         size = min(height, width)
         for step in steps:
             if size == 1:
-                raise SpecError(
+                raise InfeasibleError(
                     f"{where}: a resnet with {self.resnet_stages} stages (stem stride {self.resnet_stem_stride}, "
                     f"stem pool {str(self.resnet_stem_pool).lower()}) is too deep for {height}x{width} images "
-                    f"({step} halves a 1x1 map); use fewer stages, no stem stride or pool, or a larger image_size"
+                    f"({step} halves a 1x1 map); use fewer stages, no stem stride or pool, or a larger image_size",
+                    "resnet_depth",
                 )
             size = math.ceil(size / 2)
 
@@ -402,8 +403,8 @@ class ModelConfig:
         if min(h, w) < backbone.min_size:
             given = f"backbone_input_size {self.backbone_input_size}" if self.backbone_input_size else (
                 f"{height}x{width} images")
-            raise SpecError(
+            raise InfeasibleError(
                 f"{where}: {self.backbone} needs inputs of at least {backbone.min_size}x{backbone.min_size}, got "
                 f"{given}; set backbone_input_size (the images are resized inside the model) to at least "
-                f"{backbone.min_size}, e.g. its ImageNet size {backbone.default_size}"
+                f"{backbone.min_size}, e.g. its ImageNet size {backbone.default_size}", "backbone_input"
             )

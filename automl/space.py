@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from automl.errors import SpecError
-from automl.hparams import check_value
+from automl.hparams import ModelConfig, check_value
 
 _OPERATORS = {"==": operator.eq, "!=": operator.ne, "<=": operator.le, ">=": operator.ge,
               "<": operator.lt, ">": operator.gt}
@@ -126,6 +126,23 @@ class SearchSpace:
                     value = dim.values[list(dim.values).index(value)]
                 out[dim.name] = value
         return out
+
+    def infeasible(self, config: Mapping[str, Any], image_size: tuple[int, int]) -> SpecError | None:
+        """Why the candidate a draw describes cannot run on ``image_size`` images, or None when it can.
+
+        Pure Python, no model built: searchers check every draw on the driver and redraw instead of spending a
+        trial on one that cannot run. The error is an :class:`~automl.errors.InfeasibleError` (too many
+        poolings, 'valid' padding, a backbone too large for its input) whose ``kind`` names the rule, or another
+        :class:`SpecError` for a combination the hyperparameters do not allow. ``training.max_parameters`` is
+        left to the trial: counting parameters without building the model would need a second copy of the
+        builder's arithmetic for every family (keras.applications backbones included), which would drift from the
+        builder; a candidate over the limit costs a trial one model build, and no epoch.
+        """
+        try:
+            ModelConfig.from_params(self.active(config)).check_image_size(*image_size)
+        except SpecError as exc:
+            return exc
+        return None
 
     # --- engines ---------------------------------------------------------------------------------
 

@@ -59,6 +59,9 @@ from automl.space import SearchSpace
 TASKS = ("multiclass", "binary")
 MAX_SEED = 2**32 - 1  # NumPy's and TensorFlow's seeds are 32-bit
 MAX_COUNT = 10**7
+#: TPE's default start-up trials: max(TPE_STARTUP_MIN, num_samples // TPE_STARTUP_DIVISOR).
+TPE_STARTUP_MIN, TPE_STARTUP_DIVISOR = 5, 5
+TPE_STARTUP_SCALING = f"max({TPE_STARTUP_MIN}, num_samples // {TPE_STARTUP_DIVISOR})"
 
 
 def parse_image_size(value: Any, where: str) -> tuple[int, int]:
@@ -197,6 +200,18 @@ SETTINGS: dict[str, Setting] = {
                 group="search", low=0.0, high=1024.0),
         Setting("search.time_budget_s", float, None, "stop starting trials after this many seconds",
                 flag="--time-budget", group="search", low=1.0, high=1e9, optional=True),
+        Setting("search.epoch_budget", int, None, "end the search once its trials have trained this many epochs in "
+                "all (every epoch counts one, whatever the model: the same compute for every method)",
+                flag="--epoch-budget", group="search", low=1, high=10**9, optional=True),
+        Setting("search.tpe_startup_trials", int, None, "optuna: random trials before TPE models the results "
+                f"(default: scaled to num_samples, {TPE_STARTUP_SCALING})", flag="--tpe-startup-trials",
+                group="search", low=0, high=MAX_COUNT, optional=True),
+        Setting("search.tpe_sampling", str, "multivariate", "optuna: independent (one density per hyperparameter), "
+                "multivariate (joint densities over the hyperparameters every trial has) or grouped (joint "
+                "densities per group of hyperparameters that occur together: for conditional spaces)",
+                flag="--tpe-sampling", group="search", choices=("independent", "multivariate", "grouped")),
+        Setting("search.tpe_constant_liar", bool, True, "optuna: TPE counts running trials as bad results, so that "
+                "concurrent trials are not drawn near each other", flag="--tpe-constant-liar", group="search"),
         Setting("search.max_failures", int, 2, "a failing trial is retried from its last checkpoint this often",
                 flag="--max-failures", group="search", low=0, high=1000),
         Setting("search.seed", int, 0, "searcher seed", flag="--seed", group="search", low=0, high=MAX_SEED),
@@ -274,8 +289,19 @@ class SearchSettings:
     cpu: float = _default("search.resources.cpu")
     gpu: float = _default("search.resources.gpu")
     time_budget_s: float | None = _default("search.time_budget_s")
+    epoch_budget: int | None = _default("search.epoch_budget")
+    tpe_startup_trials: int | None = _default("search.tpe_startup_trials")
+    tpe_sampling: str = _default("search.tpe_sampling")
+    tpe_constant_liar: bool = _default("search.tpe_constant_liar")
     max_failures: int = _default("search.max_failures")
     seed: int = _default("search.seed")
+
+    def tpe_startup(self) -> int:
+        """TPE's random start-up trials: ``tpe_startup_trials``, or scaled to ``num_samples``
+        (:data:`TPE_STARTUP_SCALING`; benchmarks/tpe_settings.py measured it)."""
+        if self.tpe_startup_trials is not None:
+            return self.tpe_startup_trials
+        return max(TPE_STARTUP_MIN, self.num_samples // TPE_STARTUP_DIVISOR)
 
 
 #: Where each section's settings land.

@@ -6,7 +6,9 @@ One folder per run, ``RESULTS/NAME/``:
     the resolved spec the run used (settings after command-line overrides).
 ``run.json``
     engine, searcher, scheduler, metric and mode, status (``running``, ``finished``,
-    ``interrupted``), start and end times, the data fingerprint and split, the machine; later
+    ``interrupted``), start and end times, the data fingerprint and split, the machine, the budgets
+    (``time_budget_s``, ``epoch_budget``) and ``epochs_spent`` (rows of ``epochs.parquet``), and
+    ``infeasible_draws`` (``rejected``, ``by_reason``: draws the searcher rejected without a trial); later
     stages add theirs (``retrain``: start, end, members; ``command``: the ``automl run`` line).
 ``trials.parquet``
     one row per trial: ``trial_id``, ``status`` (``running|completed|pruned|errored``; pruned =

@@ -22,7 +22,7 @@ import keras
 import numpy as np
 
 from automl.data import Dataset
-from automl.errors import SpecError
+from automl.errors import InfeasibleError
 from automl.hparams import ModelConfig
 from automl.metrics import classification_metrics, prefixed
 from automl.model import (BACKBONE_LAYER, build_model, compile_model, set_output_prior, set_trainable_layers,
@@ -276,12 +276,13 @@ def candidate_callbacks(
 
 def build_candidate(config: ModelConfig, dataset: Dataset, training: TrainingSpec) -> keras.Model:
     """The candidate's compiled model, its output starting at the class mix it trains against
-    (:func:`expected_class_mix`); one above ``training.max_parameters`` is infeasible (:class:`SpecError`)."""
+    (:func:`expected_class_mix`); one above ``training.max_parameters`` is infeasible
+    (:class:`~automl.errors.InfeasibleError`)."""
     model = build_model(config, dataset.image_size, len(dataset.class_names))
     limit, count = training.max_parameters, model.count_params()
     if limit and count > limit:
-        raise SpecError(f"hyperparameters: the model has {count:,} parameters, above training.max_parameters "
-                        f"({limit:,})")
+        raise InfeasibleError(f"hyperparameters: the model has {count:,} parameters, above "
+                              f"training.max_parameters ({limit:,})", "max_parameters")
     set_output_prior(model, expected_class_mix(dataset.class_counts("train"), config.imbalance,
                                                config.oversample_to))
     return model

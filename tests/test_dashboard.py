@@ -133,6 +133,14 @@ def test_every_page_renders_its_content(results):
     assert "could not be drawn" not in compare
 
 
+def test_a_run_shows_its_rejected_draws_and_epoch_budget(results):
+    write_run_info(results / "live_run", epoch_budget=100,
+                   infeasible_draws={"rejected": 7, "by_reason": {"pooling": 3, "valid_padding": 4}})
+    experiment = text_of(page(create_app(results).server.test_client(), "/runs/live_run"))
+    assert "7 rejected without a trial (pooling 3, valid_padding 4)" in experiment
+    assert "18 of 100 epochs trained" in experiment  # still running: the epochs recorded so far (3x4 + 3x2)
+
+
 def test_broken_results_show_a_message_instead_of_an_error(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

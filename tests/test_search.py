@@ -13,7 +13,9 @@ import pytest
 from automl.cli import main
 from automl.layout import RunLayout
 from automl.search import run_search
-from automl.search._ray import CandidateTrainable
+from automl.search._feasible import MAX_REDRAWS
+from automl.search._ray import ORPHANED, CandidateTrainable
+from automl.search._searchers import INFEASIBLE, searcher
 from automl.spec import load_spec, search_overrides
 
 
@@ -49,12 +51,21 @@ search:
   resources: {cpu: 1}
 """
 FINISHED = {"completed", "pruned", "errored"}
+# At 16 px, five blocks of pool 2 leave nothing (16 -> 8 -> 4 -> 2 -> 1 -> 0): about half the draws are infeasible.
+PARTLY_INFEASIBLE = TINY_SEARCH.replace("conv_blocks: {choice: [1, 2]}", "conv_blocks: {choice: [1, 5]}")
 
 
 @pytest.fixture
 def tiny_spec(tmp_path):
     path = tmp_path / "tiny_search.yaml"
     path.write_text(TINY_SEARCH)
+    return path
+
+
+@pytest.fixture
+def partly_infeasible_spec(tmp_path):
+    path = tmp_path / "partly_infeasible.yaml"
+    path.write_text(PARTLY_INFEASIBLE)
     return path
 
 
@@ -142,18 +153,26 @@ def test_driver_killed_then_resumed_keeps_finished_trials(tiny_ham, tiny_spec, t
     assert code == 0
     after = read_trials(run_dir)
     assert finished_before <= set(after["trial_id"])  # no finished trial lost
-    assert after["status"].isin(FINISHED).all() and len(after) == 6
+    # A trial that started after Tune's last experiment snapshot is lost with the driver: recorded as such, and
+    # another runs in its place (searchers create trials one at a time, so Tune's snapshot may not have it).
+    orphans = after["error"] == ORPHANED
+    assert (after.loc[orphans, "status"] == "errored").all() and orphans.sum() <= 1
+    assert after["status"].isin(FINISHED).all() and len(after) - orphans.sum() == 6
 
 
-def test_keras_tuner_engine_writes_the_same_store(tiny_ham, tiny_spec, tmp_path):
-    spec = load_spec(tiny_spec).with_overrides(search_overrides({"engine": "keras-tuner", "keras_tuner": "hyperband"}))
+def test_keras_tuner_engine_writes_the_same_store(tiny_ham, partly_infeasible_spec, tmp_path):
+    spec = load_spec(partly_infeasible_spec).with_overrides(search_overrides({"engine": "keras-tuner",
+                                                                              "keras_tuner": "hyperband"}))
     run_dir = run_search(spec, tiny_ham, "kt", tmp_path / "results")
-    trials, epochs = read_trials(run_dir), read_epochs(run_dir)
+    trials, epochs, info = read_trials(run_dir), read_epochs(run_dir), read_run_info(run_dir)
     assert len(trials) >= 2 and set(trials["status"]) <= FINISHED
-    assert len(epochs) >= len(trials)
+    assert len(epochs) >= len(trials) and info["epochs_spent"] == len(epochs)
     assert (run_dir / "keras_tuner").is_dir()
     check_costs(trials)
     assert (epochs["epoch_s"] > 0).all()  # timed by the engine's callback
+    # KerasTuner's random draws are redrawn when they cannot run, too: no trial for them, their count recorded.
+    assert (trials["hp_conv_blocks"] == 1).all() and not (trials["status"] == "errored").any()
+    assert info["infeasible_draws"]["rejected"] >= 1
 
 
 def test_time_budget_ends_a_search_as_finished(tiny_ham, tiny_spec, tmp_path):
@@ -174,3 +193,67 @@ def test_existing_name_needs_resume_and_resume_needs_a_run(tiny_ham, tiny_spec, 
     assert main(["search", str(tiny_spec), "--data", str(tiny_ham), "--name", "nothing", "--results", str(results),
                  "--resume"]) == 2
     assert "no search to resume here" in capsys.readouterr().err
+
+
+def test_infeasible_draws_take_no_trial_and_optuna_is_told(tiny_ham, partly_infeasible_spec, tmp_path):
+    spec = load_spec(partly_infeasible_spec).with_overrides(search_overrides({"num_samples": 4, "max_epochs": 1,
+                                                                              "scheduler": "none"}))
+    run_dir = run_search(spec, tiny_ham, "feasible", tmp_path / "results")
+    trials, info = read_trials(run_dir), read_run_info(run_dir)
+    # Every trial is a candidate that runs: none started only to report that it cannot.
+    assert len(trials) == 4 and (trials["status"] == "completed").all() and (trials["hp_conv_blocks"] == 1).all()
+    rejected = info["infeasible_draws"]
+    assert rejected["rejected"] >= 1 and rejected["by_reason"] == {"pooling": rejected["rejected"]}
+    # Optuna's study has every rejected draw, told at once as infeasible, beside the 4 real trials.
+    study = optuna.load_study(study_name="feasible", storage=f"sqlite:///{run_dir / 'optuna.db'}")
+    told = [t for t in study.trials if INFEASIBLE in t.user_attrs]
+    assert len(told) == rejected["rejected"] and len(study.trials) == 4 + len(told)
+    assert all(t.params["conv_blocks"] == 5 and t.constraints == {INFEASIBLE: 1.0} for t in told)
+    assert study.best_trial.params["conv_blocks"] == 1  # the worst value they were told never makes them best
+    assert info["epochs_spent"] == 4
+
+
+def test_epoch_budget_ends_a_random_search_as_finished(tiny_ham, partly_infeasible_spec, tmp_path):
+    spec = load_spec(partly_infeasible_spec).with_overrides(search_overrides(
+        {"searcher": "random", "num_samples": 50, "max_epochs": 3, "scheduler": "none", "max_concurrent": 1,
+         "epoch_budget": 5}))
+    run_dir = run_search(spec, tiny_ham, "epochs", tmp_path / "results")
+    trials, epochs, info = read_trials(run_dir), read_epochs(run_dir), read_run_info(run_dir)
+    # One trial at a time: 3 epochs, then 2 of the next one, which the budget cuts short.
+    assert len(epochs) == 5 and info["epochs_spent"] == 5 and info["epoch_budget"] == 5
+    assert info["status"] == "finished" and len(trials) == 2
+    assert list(trials.sort_values("started_at")["status"]) == ["completed", "pruned"]
+    # Random search redraws infeasible candidates too; the draws it rejected are recorded with their reason.
+    assert (trials["hp_conv_blocks"] == 1).all()
+    assert set(info["infeasible_draws"]["by_reason"]) <= {"pooling"}
+
+
+@pytest.mark.parametrize("kind", ["random", "optuna"])
+def test_a_resumed_searcher_keeps_its_rejected_count(kind, partly_infeasible_spec, tmp_path):
+    spec = load_spec(partly_infeasible_spec).with_overrides(search_overrides({"searcher": kind,
+                                                                              "max_concurrent": 100}))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    first = searcher(spec, (16, 16), run_dir)
+    for i in range(12):
+        first.suggest(f"t{i}")
+    first.save(str(tmp_path / "searcher.pkl"))
+    counted = first.searcher.rejections.to_record()
+    assert counted["rejected"] >= 1 and read_run_info(run_dir)["infeasible_draws"] == counted
+    # What Tune does on --resume: a new searcher from the spec, its state restored from the experiment snapshot.
+    resumed = searcher(spec, (16, 16), run_dir)
+    resumed.restore(str(tmp_path / "searcher.pkl"))
+    assert resumed.searcher.rejections.to_record() == counted
+    config = resumed.suggest("t12")
+    assert config["conv_blocks"] == 1
+    assert resumed.searcher.rejections.count >= counted["rejected"]
+
+
+def test_a_space_where_nothing_fits_is_one_clear_line_before_anything_runs(tiny_ham, tmp_path, capsys):
+    spec = tmp_path / "nothing_fits.yaml"
+    spec.write_text(TINY_SEARCH.replace("conv_blocks: {choice: [1, 2]}", "conv_blocks: {choice: [5, 6]}"))
+    results = tmp_path / "results"
+    assert main(["search", str(spec), "--data", str(tiny_ham), "--name", "nothing", "--results", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert f"{spec}: hyperparameters: {MAX_REDRAWS} draws in a row" in err and "16x16" in err
+    assert not (results / "nothing" / "run.json").exists() and not (results / "nothing" / "spec.yaml").exists()

@@ -1,7 +1,7 @@
 import optuna
 import pytest
 
-from automl.errors import SpecError
+from automl.errors import InfeasibleError, SpecError
 from automl.space import SearchSpace
 
 SPACE = {
@@ -105,3 +105,26 @@ def test_conditions_on_a_string_choice_in_every_engine():
     hp = space.keras_tuner_hyperparameters()
     assert list(hp._hps["backbone"][0].conditions[0].values) == ["backbone"]
     assert list(hp._hps["conv_blocks"][0].conditions[0].values) == ["cnn"]
+
+
+@pytest.mark.parametrize("config, kind", [
+    ({"conv_blocks": 5, "pool_size": 2}, "pooling"),  # 16 -> 8 -> 4 -> 2 -> 1 -> 0
+    ({"conv_blocks": 3, "padding": "valid", "kernel_size": 5, "convs_per_block": 2, "pool_size": 2}, "valid_padding"),
+    ({"family": "resnet", "resnet_stages": 6, "resnet_stem_stride": 2}, "resnet_depth"),
+    ({"family": "backbone", "backbone": "InceptionV3"}, "backbone_input"),
+])
+def test_infeasible_names_the_rule_a_draw_breaks_without_building_it(config, kind):
+    space = SearchSpace.parse({name: {"choice": [value]} for name, value in config.items()})
+    error = space.infeasible(config, (16, 16))
+    assert isinstance(error, InfeasibleError) and error.kind == kind
+    assert "16x16" in str(error)
+    assert space.infeasible(config, (512, 512)) is None
+
+
+def test_infeasible_checks_only_the_active_dimensions():
+    space = SearchSpace.parse({"conv_blocks": {"choice": [1, 4]},
+                               "pool_size": {"choice": [2, 4], "when": "conv_blocks >= 4"}})
+    # pool_size 4 is dropped with one block (the default pool size, 2, fits); with four blocks it is too deep.
+    assert space.infeasible({"conv_blocks": 1, "pool_size": 4}, (16, 16)) is None
+    assert space.infeasible({"conv_blocks": 4, "pool_size": 4}, (16, 16)).kind == "pooling"
+    assert space.infeasible({"conv_blocks": 4, "pool_size": 2}, (16, 16)) is None

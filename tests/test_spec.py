@@ -152,3 +152,25 @@ def test_any_yaml_document_is_a_spec_or_one_clear_error(tmp_path, document):
         spec.model_config()
     except SpecError:
         pass
+
+
+def test_search_budget_and_tpe_settings(tmp_path):
+    from automl.cli import _overrides, build_parser
+
+    spec = load_spec(SPECS / "ham10000_cnn.yaml")
+    assert spec.search.epoch_budget is None and spec.search.tpe_sampling == "multivariate"
+    assert spec.search.tpe_constant_liar is True
+    # TPE's start-up trials scale with the budget unless set.
+    assert [spec.with_overrides({"search.num_samples": n}).search.tpe_startup() for n in (4, 40, 1000)] == [5, 8, 200]
+    assert spec.with_overrides({"search.tpe_startup_trials": 3}).search.tpe_startup() == 3
+    args = build_parser().parse_args(["search", str(SPECS / "ham10000_cnn.yaml"), "--data", "d", "--name", "n",
+                                      "--epoch-budget", "30", "--tpe-constant-liar", "false",
+                                      "--tpe-sampling", "grouped"])
+    overridden = spec.with_overrides(_overrides(args, "search"))
+    assert (overridden.search.epoch_budget, overridden.search.tpe_constant_liar) == (30, False)
+    assert overridden.search.tpe_sampling == "grouped"
+    assert load_spec(write(tmp_path, overridden.to_yaml())).search == overridden.search  # spec.yaml round trip
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["search", "s.yaml", "--data", "d", "--name", "n", "--tpe-constant-liar", "maybe"])
+    with pytest.raises(SpecError, match="--epoch-budget: 0 is below the minimum 1"):
+        spec.with_overrides({"search.epoch_budget": 0})

@@ -179,6 +179,13 @@ def _run_header(run: Run) -> html.Div:
         ("data", f"{info.get('task', '-')}, {_size(info)} px, split: {info.get('split', '-')}, "
                  + f"fingerprint {info.get('data_fingerprint', '-')}"),
     ]
+    rejected = info.get("infeasible_draws") or {}
+    if rejected.get("rejected"):
+        reasons = ", ".join(f"{why} {n}" for why, n in (rejected.get("by_reason") or {}).items())
+        facts.append(("infeasible draws", f"{rejected['rejected']} rejected without a trial ({reasons})"))
+    if info.get("epoch_budget"):
+        spent = info["epochs_spent"] if run.status != "running" and "epochs_spent" in info else len(run.epochs)
+        facts.append(("epoch budget", f"{spent} of {info['epoch_budget']} epochs trained"))
     if info.get("command"):
         facts.append(("command", info["command"]))
     links = [dcc.Link("models and ensemble", href=_run_href(run.name, models=True))] if run.has_models() else []

@@ -48,6 +48,7 @@ def run_search(
     run = RunLayout(Path(results_dir) / name)
     spec, storage = _starting_spec(run, spec, resume, storage)
     require_weights(spec)  # before anything is written: a backbone's ImageNet weights, fetched once or one line why not
+    require_feasible(spec)  # and a space of which nothing can run at its image size is one line too
     settings, space = spec.search, spec.space
     dataset = load_dataset(data_dir, skip_bad_images=skip_bad_images, cache_dir=cache_dir, **spec.data.dataset_args())
     for note in dataset.notes:
@@ -73,9 +74,13 @@ def run_search(
         interrupted = True
     # wall_s adds up every sitting of a resumed search; started..ended would count the pause too.
     wall_s = run.read_info().get("wall_s", 0) + round(time.monotonic() - wall, 1)
-    write_run_info(run.root, status="interrupted" if interrupted else "finished", ended=utc_now(), wall_s=wall_s)
-    if run.trial_table.exists():
-        report.leaderboard(run.read_trials())
+    trials = run.read_trials() if run.trial_table.exists() else None
+    epochs_spent = len(run.read_epochs()) if run.epoch_table.exists() else 0  # every epoch trained, counted once
+    info = write_run_info(run.root, status="interrupted" if interrupted else "finished", ended=utc_now(),
+                          wall_s=wall_s, epochs_spent=epochs_spent)
+    if trials is not None:
+        report.leaderboard(trials)
+    report.budget_lines(info)
     console.out.print(f"results: {run.root}  ({time.monotonic() - wall:.0f}s)")
     if interrupted:
         console.info(
@@ -102,17 +107,30 @@ def _starting_spec(run: RunLayout, spec: Spec, resume: bool, storage: str | None
     return spec, storage
 
 
+def require_feasible(spec: Spec) -> None:
+    """A :class:`UserError` naming the space when random draws cannot find one candidate that runs at its image size
+    (:data:`~automl.search._feasible.MAX_REDRAWS` draws in a row rejected): before anything is written or started."""
+    from automl.search._searchers import searcher
+    from automl.spec import search_overrides
+
+    probe = spec.with_overrides(search_overrides({"searcher": "random"}))
+    searcher(probe, spec.data.image_size, None).suggest("probe")
+
+
 def _record_start(run: RunLayout, spec: Spec, dataset: Dataset, data_dir: Path, resume: bool, storage) -> None:
     """Write the resolved spec and ``run.json``'s start record, and say what is about to run."""
     settings, space = spec.search, spec.space
     run.root.mkdir(parents=True, exist_ok=True)
     if not resume:
         atomic_write(run.spec, spec.to_yaml())
+        # Draws the searcher rejects as infeasible, which take no trial: the searcher updates it as it draws.
+        write_run_info(run.root, infeasible_draws={"rejected": 0, "by_reason": {}})
     write_run_info(
         run.root, name=run.name, status="running", engine=settings.engine, searcher=settings.searcher,
         scheduler=settings.scheduler if settings.engine == "ray" else settings.keras_tuner,
         **spec.objective.to_record(), num_samples=settings.num_samples,
-        max_epochs=settings.max_epochs, started=run.read_info().get("started") or utc_now(), ended=None,
+        max_epochs=settings.max_epochs, time_budget_s=settings.time_budget_s, epoch_budget=settings.epoch_budget,
+        started=run.read_info().get("started") or utc_now(), ended=None,
         data_dir=str(data_dir), data_fingerprint=dataset.fingerprint, split=dataset.split_protocol, task=dataset.task,
         image_size=list(dataset.image_size), hyperparameters=[d.name for d in space.searched], machine=machine_info(),
         storage=storage,
@@ -218,8 +236,10 @@ def _run_ray(spec: Spec, dataset: Dataset, run: RunLayout, store_args: dict, rep
         ray.shutdown()
     store = RunStore(**store_args)
     try:
-        if settings.time_budget_s is not None and time.monotonic() - started >= settings.time_budget_s:
-            # The budget ended the search: trials cut short count as pruned, and the run is finished.
+        out_of_time = settings.time_budget_s is not None and time.monotonic() - started >= settings.time_budget_s
+        epochs = sum(int(row.get("epochs") or 0) for row in store.trials.values())
+        if out_of_time or (settings.epoch_budget is not None and epochs >= settings.epoch_budget):
+            # A budget ended the search: trials cut short count as pruned, and the run is finished.
             for trial_id, row in list(store.trials.items()):
                 if row.get("status") == "running":
                     store.trial_finished(trial_id, "pruned")

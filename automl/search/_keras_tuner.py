@@ -16,6 +16,7 @@ from automl.data import Dataset
 from automl.errors import SpecError
 from automl.hparams import ModelConfig
 from automl.layout import EPOCH_SECONDS, PARAMETERS, RunLayout
+from automl.search._feasible import Rejections
 from automl.spec import Spec
 from automl.store import RunStore
 from automl.trial import build_candidate, candidate_callbacks, training_batches
@@ -29,6 +30,12 @@ class SpaceHyperModel(kt.HyperModel):
         self.spec, self.space, self.dataset, self.store, self.seed = spec, spec.space, dataset, store, spec.search.seed
         self.trial_id: str | None = None
         self.trial_started = 0.0
+        budget = spec.search.epoch_budget
+        # Every epoch trained, counted once: a resumed search starts from the epochs the store holds.
+        self.epochs_spent = len(store.layout.read_epochs()) if budget and store.layout.epoch_table.exists() else 0
+
+    def out_of_epochs(self) -> bool:
+        return self.spec.search.epoch_budget is not None and self.epochs_spent >= self.spec.search.epoch_budget
 
     def config(self, hp: kt.HyperParameters) -> ModelConfig:
         try:
@@ -72,6 +79,9 @@ class _StoreEpochs(keras.callbacks.Callback):
         costs = {PARAMETERS: self.model.count_params(), EPOCH_SECONDS: time.monotonic() - self.epoch_started}
         hm.store.epoch(hm.trial_id, epoch + 1, costs | (logs or {}), time.monotonic() - hm.trial_started,
                        {"hostname": socket.gethostname(), "node_ip": "127.0.0.1"})
+        hm.epochs_spent += 1
+        if hm.out_of_epochs():
+            self.model.stop_training = True  # the epoch budget is spent: this trial ends here, and no other starts
 
 
 def run_keras_tuner(dataset: Dataset, spec: Spec, run_dir: Path, store: RunStore, report, resume: bool) -> None:
@@ -95,8 +105,9 @@ def run_keras_tuner(dataset: Dataset, spec: Spec, run_dir: Path, store: RunStore
                                  (trial.message or "failed").strip().splitlines()[-1] if failed else None)
             store.flush(force=True)  # trials here are few and long: each outcome is written at once
             report.trial_line(store, trial.trial_id)
-            if settings.time_budget_s and time.monotonic() - started > settings.time_budget_s:
-                # Out of time: the oracle hands out no further trial once max_trials is reached.
+            if (settings.time_budget_s and time.monotonic() - started > settings.time_budget_s
+                    or hypermodel.out_of_epochs()):
+                # Out of time or epochs: the oracle hands out no further trial once max_trials is reached.
                 self.oracle.max_trials = len(self.oracle.trials)
 
     budget = (
@@ -116,4 +127,20 @@ def run_keras_tuner(dataset: Dataset, spec: Spec, run_dir: Path, store: RunStore
         max_consecutive_failed_trials=max(3, settings.num_samples),
         **budget,
     )
-    tuner.search(epochs=settings.max_epochs)
+    _draw_feasible(tuner.oracle, Rejections(space, dataset.image_size, f"{spec.source or 'spec'}: hyperparameters",
+                                            run_dir))
+    if not hypermodel.out_of_epochs():
+        tuner.search(epochs=settings.max_epochs)
+
+
+def _draw_feasible(oracle: kt.Oracle, rejections: Rejections) -> None:
+    """The oracle's random draws redrawn while the image size rejects them, counted in ``run.json``.
+
+    Every draw of RandomSearch and Hyperband, and BayesianOptimization's start-up draws, are the oracle's
+    ``_random_values``; a draw from the Gaussian process is not, and one that cannot run still fails as an errored
+    trial. KerasTuner's saved oracle does not hold the count: a resumed search takes it from ``run.json``.
+    """
+    recorded = RunLayout(rejections.run_dir).read_info().get("infeasible_draws") or {}
+    rejections.by_reason = dict(recorded.get("by_reason") or {})
+    random_values = oracle._random_values
+    oracle._random_values = lambda: rejections.draw(random_values)

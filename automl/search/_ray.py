@@ -15,6 +15,7 @@ from automl.errors import SpecError, UserError
 from automl.hparams import ModelConfig
 from automl.layout import RunLayout
 from automl.objective import Objective
+from automl.search._searchers import searcher
 from automl.space import SearchSpace
 from automl.spec import SearchSettings, Spec, TrainingSpec
 from automl.store import FINISHED, RunStore
@@ -54,17 +55,18 @@ class CandidateTrainable(tune.Trainable):
         self.started = time.monotonic()
         self.infeasible, self.restored_from_epoch = None, None
         try:
+            # The searchers draw only candidates that fit the image size (Rejections); the check stays for a
+            # search resumed from before they did. Building may find the model too big (training.max_parameters).
             model_config = ModelConfig.from_params(self.params)
             model_config.check_image_size(*self.dataset.image_size)
             # One seed for every trial: candidates differ by their hyperparameters, not by luck of the draw.
-            # Building may find it too big (training.max_parameters): infeasible too.
             self.runner = EpochRunner(model_config, self.dataset, self.objective, self.training, seed=self.base_seed)
         except SpecError as exc:
             self.infeasible, self.runner = str(exc), None
 
     def step(self) -> dict[str, Any]:
         if self.runner is None:
-            # Infeasible for the image size: report the worst score once so the searcher learns.
+            # Infeasible (above max_parameters): report the worst score once so the searcher learns.
             return {"infeasible": self.infeasible, self.objective.name: self.objective.worst, "done": True}
         metrics = self.runner.run_epoch()
         extra = {"epoch": self.runner.epochs_done, "elapsed_s": time.monotonic() - self.started,
@@ -106,14 +108,18 @@ def build_tuner(
     dataset: Dataset, spec: Spec, run_dir: Path, callbacks: list, storage: str | None = None, trainable=None,
 ) -> tune.Tuner:
     """A fresh Tuner for the spec's searcher, scheduler and resources; Ray's folder goes to :func:`experiment_root`."""
-    settings, space = spec.search, spec.space
+    settings = spec.search
+    stop = tune.stopper.MaximumIterationStopper(settings.max_epochs)  # an iteration is an epoch
+    if settings.epoch_budget is not None:
+        # First: CombinedStopper asks its stoppers in turn and stops at the first yes, and the budget must see
+        # every result (a trial's last epoch too).
+        stop = tune.stopper.CombinedStopper(EpochBudget(settings.epoch_budget, run_dir), stop)
     return tune.Tuner(
         _trainable(dataset, spec, trainable),
-        param_space=space.ray_param_space() if settings.searcher == "random" else None,
         tune_config=tune.TuneConfig(
             metric=spec.objective.name,
             mode=spec.objective.direction,
-            search_alg=_searcher(spec, run_dir),
+            search_alg=searcher(spec, dataset.image_size, run_dir),
             scheduler=_scheduler(settings),
             num_samples=settings.num_samples,
             time_budget_s=settings.time_budget_s,
@@ -122,7 +128,7 @@ def build_tuner(
         run_config=tune.RunConfig(
             name=RunLayout.ray_dir_name,
             storage_path=experiment_root(run_dir, storage),
-            stop={"training_iteration": settings.max_epochs},
+            stop=stop,
             checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1, num_to_keep=CHECKPOINTS_KEPT,
                                                     checkpoint_at_end=False),
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
@@ -139,13 +145,49 @@ def restore_tuner(
     path = f"{experiment_root(run_dir, storage)}/{RunLayout.ray_dir_name}"
     if not tune.Tuner.can_restore(path):
         raise UserError(f"{run_dir}: no interrupted Ray experiment to resume here; start it without --resume")
-    return tune.Tuner.restore(
-        path,
-        trainable=_trainable(dataset, spec, trainable),
-        param_space=spec.space.ray_param_space() if spec.search.searcher == "random" else None,
-        resume_unfinished=True,
-        resume_errored=True,
-    )
+    # The searcher, its state (the rejected draws' count too), the stoppers and the callbacks come from Tune's
+    # saved experiment.
+    return tune.Tuner.restore(path, trainable=_trainable(dataset, spec, trainable), resume_unfinished=True,
+                              resume_errored=True)
+
+
+class EpochBudget(tune.Stopper):
+    """Ends the search once its trials have trained ``budget`` epochs in all, every epoch counting one.
+
+    The epochs counted are those the results store records (a row of ``epochs.parquet`` each: an epoch that a
+    retried trial repeats counts once), over every sitting of a resumed search: a restored stopper starts from the
+    store's trials. Trials training when the budget is reached are stopped and no trial starts after it; an epoch
+    that another concurrent trial finishes at that moment can still arrive, so a search may end up to
+    ``max_concurrent - 1`` epochs past the budget.
+    """
+
+    def __init__(self, budget: int, run_dir: Path):
+        self.budget, self.run_dir = budget, Path(run_dir)
+        self.epochs: dict[str, int] | None = None  # each trial's epochs so far
+        self.spent = 0
+
+    def __getstate__(self):
+        return self.__dict__ | {"epochs": None, "spent": 0}  # Tune pickles its stoppers at the start: count again
+
+    def _load(self) -> None:
+        if self.epochs is None:
+            run = RunLayout(self.run_dir)
+            trials = run.read_trials() if run.trial_table.exists() else None
+            self.epochs = ({} if trials is None else
+                           dict(zip(trials["trial_id"], trials["epochs"].fillna(0).astype(int), strict=True)))
+            self.spent = sum(self.epochs.values())
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        self._load()
+        done = int(result.get("epoch") or 0)
+        if done > self.epochs.get(trial_id, 0):
+            self.spent += done - self.epochs.get(trial_id, 0)
+            self.epochs[trial_id] = done
+        return self.spent >= self.budget
+
+    def stop_all(self) -> bool:
+        self._load()
+        return self.spent >= self.budget
 
 
 class StoreCallback(tune.Callback):
@@ -298,30 +340,6 @@ def _trainable(dataset: Dataset, spec: Spec, trainable=None):
                                      objective=spec.objective, training=spec.training, seed=settings.seed,
                                      cpus=settings.cpu)
     return tune.with_resources(trainable, {"cpu": settings.cpu, "gpu": settings.gpu})
-
-
-def _searcher(spec: Spec, run_dir: Path):
-    from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-
-    settings = spec.search
-    if settings.searcher == "random":
-        return BasicVariantGenerator(random_state=settings.seed, max_concurrent=settings.max_concurrent)
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # The study lives in the run folder: `optuna-dashboard sqlite:///RUN/optuna.db` opens it.
-    storage = optuna.storages.RDBStorage(f"sqlite:///{RunLayout(run_dir).optuna_db.resolve()}")
-    searcher = OptunaSearch(
-        space=spec.space.optuna_define_by_run(),
-        metric=spec.objective.name,
-        mode=spec.objective.direction,
-        sampler=optuna.samplers.TPESampler(seed=settings.seed),
-        storage=storage,
-        study_name=run_dir.name,
-    )
-    return ConcurrencyLimiter(searcher, max_concurrent=settings.max_concurrent)
 
 
 def _scheduler(settings: SearchSettings):

@@ -112,6 +112,15 @@ class Report:
             table.add_row(*[cell(row) for _, cell in columns])
         console.out.print(table)
 
+    def budget_lines(self, info: dict) -> None:
+        """What the search spent: epochs (of the epoch budget), and the draws rejected as infeasible without a trial."""
+        budget = info.get("epoch_budget")
+        spent = f"{info.get('epochs_spent', 0)} epochs trained" + (f" of a budget of {budget}" if budget else "")
+        rejected = info.get("infeasible_draws") or {}
+        reasons = ", ".join(f"{why} {n}" for why, n in (rejected.get("by_reason") or {}).items())
+        console.info(f"{spent}; {rejected.get('rejected', 0)} infeasible draws rejected without a trial"
+                     + (f" ({reasons})" if reasons else ""))
+
 
 def _costs(row: dict) -> list[str]:
     """What a trial cost, as far as recorded: ``1.2M params``, ``4.3 s/epoch``."""
