@@ -29,7 +29,7 @@ def _setting_args(parser: argparse.ArgumentParser, *groups: str) -> None:
     titled = parser.add_argument_group("spec settings (override the spec file)")
     for setting in settings_with_flags(*groups):
         kind = setting.type if setting.type in (int, float) else _boolean if setting.type is bool else str
-        titled.add_argument(setting.flag, dest=setting.dest, type=kind, choices=setting.choices,
+        titled.add_argument(setting.flag, dest=setting.dest, type=kind, choices=setting.choices, nargs=setting.nargs,
                             metavar="true|false" if setting.type is bool else None,
                             help=f"{setting.help} [{setting.key}]")
 
@@ -380,9 +380,10 @@ def _dashboard(args: argparse.Namespace) -> None:
 
 
 def _submit(args: argparse.Namespace) -> None:
-    from automl.spec import settings_with_flags
+    from automl.search._warm import NO_PORTFOLIO, find_portfolio
+    from automl.spec import SETTINGS, settings_with_flags
 
-    _search_spec(args, SUBMIT_GROUPS)  # a bad spec fails here, on the laptop, not on the cluster
+    spec = _search_spec(args, SUBMIT_GROUPS)  # a bad spec fails here, on the laptop, not on the cluster
     if not Path(args.results).is_absolute():
         raise UserError(f"--results {args.results}: give an absolute path on the cluster "
                         "(the job's own folder is temporary)")
@@ -393,6 +394,12 @@ def _submit(args: argparse.Namespace) -> None:
     split_file = getattr(args, SPLIT_FILE_DEST)
     if split_file and Path(split_file).is_file():
         files["split.csv"], split_file = Path(split_file), "split.csv"  # sent with the job
+    sent = set()  # settings whose file is sent with the job
+    if spec.search.portfolio != NO_PORTFOLIO:
+        with contextlib.suppress(UserError):  # not here: a path on the cluster, passed on as it is
+            files["portfolio.yaml"] = find_portfolio(spec.search.portfolio, spec.source)
+            command += ["--portfolio", "portfolio.yaml"]  # next to spec.yaml in the job's folder
+            sent.add(SETTINGS["search.portfolio"].dest)
     for flag, value in (("--storage", args.storage), ("--split-file", split_file)):
         if value:
             command += [flag, value]
@@ -400,8 +407,8 @@ def _submit(args: argparse.Namespace) -> None:
         command.append("--resume")
     for setting in settings_with_flags(*SUBMIT_GROUPS):
         value = getattr(args, setting.dest)
-        if value is not None:
-            command += [setting.flag, str(value)]
+        if value is not None and setting.dest not in sent:
+            command += [setting.flag, *map(str, value if setting.nargs else [value])]
     job_id = jobs.submit(command, files, args.name)
     print(f"submitted {job_id} to {jobs.url}: {' '.join(command)}")
     print(f"follow it with: automl jobs logs {job_id} --follow --address {jobs.url}")

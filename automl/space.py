@@ -74,6 +74,26 @@ class Dimension:
     log: bool = False
     condition: Condition | None = None
 
+    def value_of(self, value: Any) -> Any:
+        """``value`` as this dimension's own value (a choice's as listed, an int range's as an int); a
+        :class:`SpecError` when it is outside the dimension's domain."""
+        value = _plain(value)
+        if self.kind in ("fixed", "choice"):
+            for own in self.values:
+                if own == value and isinstance(own, bool) == isinstance(value, bool):
+                    return own
+            shown = self.values[0] if self.kind == "fixed" else list(self.values)
+            raise SpecError(f"{self.name}: {value!r} is not {'one of ' if self.kind == 'choice' else ''}{shown}")
+        numeric = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        if not numeric or not self.low <= value <= self.high:
+            raise SpecError(f"{self.name}: {value!r} is outside [{self.low}, {self.high}]")
+        if self.kind == "int" and value != int(value):
+            raise SpecError(f"{self.name}: {value!r} is not an integer")
+        if self.step and not math.isclose((value - self.low) / self.step, round((value - self.low) / self.step),
+                                          abs_tol=1e-6):
+            raise SpecError(f"{self.name}: {value!r} is not on the grid of step {self.step} from {self.low}")
+        return int(value) if self.kind == "int" else float(value)
+
     def grid(self) -> list:
         """Every value of a finite dimension (choices, fixed value, or an int range)."""
         if self.kind in ("fixed", "choice"):
@@ -125,6 +145,37 @@ class SearchSpace:
                     # The dimension's own value: KerasTuner hands back a choice of True/False as 1/0.
                     value = dim.values[list(dim.values).index(value)]
                 out[dim.name] = value
+        return out
+
+    def configuration(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """``values`` (a trial's hyperparameters as another run recorded them, or a portfolio's) as a candidate of
+        this space: every dimension whose condition holds present and inside its domain, nothing else given.
+
+        A :class:`SpecError` says why it is not one (a hyperparameter missing, outside its domain, or not in this
+        space): the same values would otherwise train another model than the one they describe.
+
+        >>> space = SearchSpace.parse({"conv_blocks": {"choice": [2, 4]}, "dense_units": 64,
+        ...                            "block_dropout_4": {"float": [0.0, 0.5], "when": "conv_blocks >= 4"}})
+        >>> space.configuration({"conv_blocks": 2.0, "dense_units": 64, "block_dropout_4": None})
+        {'conv_blocks': 2, 'dense_units': 64}
+        >>> space.configuration({"conv_blocks": 3, "dense_units": 64})
+        Traceback (most recent call last):
+        ...
+        automl.errors.SpecError: conv_blocks: 3 is not one of [2, 4]
+        """
+        given = {name: value for name, value in values.items()
+                 if value is not None and not (isinstance(value, float) and math.isnan(value))}
+        out: dict[str, Any] = {}
+        for dim in self.dimensions:
+            if dim.condition is not None and not dim.condition.holds(out):
+                continue
+            if dim.name not in given:
+                raise SpecError(f"{dim.name}: missing")
+            out[dim.name] = dim.value_of(given[dim.name])
+        for name in given:
+            if name not in out:
+                why = "its condition does not hold" if name in self.by_name else "not a hyperparameter of this space"
+                raise SpecError(f"{name}: given, but {why}")
         return out
 
     def infeasible(self, config: Mapping[str, Any], image_size: tuple[int, int]) -> SpecError | None:

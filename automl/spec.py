@@ -100,6 +100,20 @@ def _path(value: Any, where: str) -> Path:
     return Path(value)
 
 
+def _names(value: Any, where: str) -> tuple[str, ...]:
+    """One name or path, or a list of them, as a tuple (empty: none)."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(v, str) and v.strip() for v in items):
+        raise SpecError(f"{where}: expected a list of run folders, got {value!r}")
+    return tuple(items)
+
+
+def _file_or_none(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise SpecError(f"{where}: expected a file path or none, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Setting:
     """One spec setting: where it lives in the file, its domain, default, help and command-line flag.
@@ -107,6 +121,7 @@ class Setting:
     ``parse`` replaces the plain type check for values with a form of their own (image sizes,
     fractions, paths). ``group`` says which commands offer ``flag``: ``data`` and ``objective``
     (every command that trains), ``train`` (``automl train``) or ``search`` (search, run, submit).
+    ``nargs`` ``"+"`` makes the flag take one value or more (a list setting).
     """
 
     key: str
@@ -121,6 +136,7 @@ class Setting:
     optional: bool = False
     parse: Callable[[Any, str], Any] | None = None
     field: str | None = None  # the dataclass field, when it differs from the key's last part
+    nargs: str | None = None
 
     @property
     def section(self) -> str:
@@ -215,6 +231,13 @@ SETTINGS: dict[str, Setting] = {
         Setting("search.max_failures", int, 2, "a failing trial is retried from its last checkpoint this often",
                 flag="--max-failures", group="search", low=0, high=1000),
         Setting("search.seed", int, 0, "searcher seed", flag="--seed", group="search", low=0, high=MAX_SEED),
+        Setting("search.warm_start", tuple, (), "earlier runs (folders, or names in --results) whose best "
+                "configurations the search starts from; told to Optuna with their results, without training, when "
+                "data, split, task, image size, space, objective, max_epochs and epoch definition agree",
+                flag="--warm-start", group="search", parse=_names, nargs="+"),
+        Setting("search.portfolio", str, "none", "optuna: a YAML file of configurations to train first (relative to "
+                "the spec's folder, or the working directory), or none", flag="--portfolio", group="search",
+                parse=_file_or_none),
     ]
 }
 #: Keys of specs written before the objective had its own section: read as the objective.
@@ -295,6 +318,8 @@ class SearchSettings:
     tpe_constant_liar: bool = _default("search.tpe_constant_liar")
     max_failures: int = _default("search.max_failures")
     seed: int = _default("search.seed")
+    warm_start: tuple[str, ...] = _default("search.warm_start")
+    portfolio: str = _default("search.portfolio")
 
     def tpe_startup(self) -> int:
         """TPE's random start-up trials: ``tpe_startup_trials``, or scaled to ``num_samples``
@@ -353,8 +378,7 @@ class Spec:
             value = self.value(key)
             if value is None:
                 continue
-            value = str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
-            _put(raw, key, value)
+            _put(raw, key, _plain(value))
         raw["hyperparameters"] = dict(self.hyperparameters)
         return raw
 
@@ -381,15 +405,21 @@ def load_spec(path: str | Path) -> Spec:
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"{path}: spec file not found")
+    raw = read_yaml(path, "spec")
+    return parse_spec(raw if raw is not None else {}, source=path)
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """A YAML file's data (safe loading; a key given twice is an error); a :class:`SpecError` naming the file and
+    the line when it is not YAML or cannot be read. ``what`` says what the file is."""
     try:
-        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+        return yaml.load(Path(path).read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" (line {mark.line + 1})" if mark else ""
         raise SpecError(f"{path}: not valid YAML{at}: {getattr(exc, 'problem', None) or exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"{path}: cannot read the spec: {exc}") from None
-    return parse_spec(raw if raw is not None else {}, source=path)
+        raise SpecError(f"{path}: cannot read the {what}: {exc}") from None
 
 
 def parse_spec(raw: Any, source: Path | None = None, where: str | None = None) -> Spec:

@@ -7,9 +7,13 @@ One folder per run, ``RESULTS/NAME/``:
 ``run.json``
     engine, searcher, scheduler, metric and mode, status (``running``, ``finished``,
     ``interrupted``), start and end times, the data fingerprint and split, the machine, the budgets
-    (``time_budget_s``, ``epoch_budget``) and ``epochs_spent`` (rows of ``epochs.parquet``), and
-    ``infeasible_draws`` (``rejected``, ``by_reason``: draws the searcher rejected without a trial); later
-    stages add theirs (``retrain``: start, end, members; ``command``: the ``automl run`` line).
+    (``time_budget_s``, ``epoch_budget``) and ``epochs_spent`` (rows of ``epochs.parquet``),
+    ``infeasible_draws`` (``rejected``, ``by_reason``: draws the searcher rejected without a trial),
+    ``epoch_definition`` (:data:`automl.trial.EPOCH_DEFINITION`; absent from runs before it: 1) and ``warm_start``
+    (:mod:`automl.search._warm`: the runs and portfolio it started from, the results ``told`` to Optuna without
+    training, which are not trials of this run, the configurations ``enqueued`` and those ``skipped``, by reason;
+    null without one); later stages add theirs (``retrain``: start, end, members; ``command``: the ``automl run``
+    line).
 ``trials.parquet``
     one row per trial: ``trial_id``, ``status`` (``running|completed|pruned|errored``; pruned =
     stopped before ``max_epochs`` by ASHA, Hyperband or the time budget),

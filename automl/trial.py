@@ -31,6 +31,13 @@ from automl.objective import HEADLINE, Objective
 from automl.spec import TrainingSpec
 
 PREDICT_BATCH = 512
+#: What one training epoch is, as a version recorded in a search's ``run.json`` (``epoch_definition``): 2 = as many
+#: samples as the train split has, whatever the imbalance strategy (:func:`epoch_class_counts`). Runs that do not
+#: record it used 1, where an oversampled epoch was the whole oversampled set (every image once, plus the copies that
+#: lift the smaller classes), so that oversampling candidates trained more per epoch. Results of runs with another
+#: definition are not comparable epoch for epoch: a warm start re-trains their configurations
+#: (:mod:`automl.search._warm`).
+EPOCH_DEFINITION = 2
 
 
 def oversampled_counts(counts: np.ndarray, oversample_to: int) -> np.ndarray:

@@ -457,7 +457,8 @@ def driver_child() -> None:
     # The seeds' full space (TPE's cost grows with its dimensions too), trials of 1 or 2 epochs, 16 px data.
     settings = search_overrides({
         "searcher": searcher, "scheduler": "asha", "num_samples": int(trials), "max_epochs": 2, "grace_period": 1,
-        "reduction_factor": 2, "max_concurrent": concurrent, "cpu": round(2 / concurrent, 4), "max_failures": 0})
+        "reduction_factor": 2, "max_concurrent": concurrent, "cpu": round(2 / concurrent, 4), "max_failures": 0,
+        "portfolio": "none"})
     spec = load_spec(REPO / "search_spaces" / "ham10000_cnn.yaml").with_overrides({"data.image_size": 16, **settings})
     data = tiny_ham(Path(results).parent / "ham16")
     run_search(spec, data, name, Path(results), resume=bool(resume), cache_dir=Path(results).parent / "cache",

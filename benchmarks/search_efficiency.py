@@ -116,8 +116,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def method_spec(base: Spec, method: str, seed: int, budget: float, max_epochs: int | None) -> Spec:
     """The space's spec with one method's search settings, the budget and the seed."""
+    # No portfolio: every method starts from nothing, so that the comparison is of the methods alone.
     settings = METHODS[method][1] | {"num_samples": NUM_SAMPLES, "time_budget_s": budget, "seed": seed,
-                                     "max_epochs": max_epochs}
+                                     "max_epochs": max_epochs, "portfolio": "none"}
     return base.with_overrides(search_overrides(settings))
 
 

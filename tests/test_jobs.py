@@ -170,9 +170,12 @@ def test_submit_forwards_every_search_setting_under_a_flag_the_cluster_understan
 
     parser = build_parser()
     samples = {"search.engine": "ray", "search.searcher": "random", "search.scheduler": "none",
-               "search.keras_tuner": "bayesian", "objective.metric": "val_auc", "objective.mode": "max"}
+               "search.keras_tuner": "bayesian", "objective.metric": "val_auc", "objective.mode": "max",
+               "search.tpe_sampling": "grouped", "search.tpe_constant_liar": "false"}
     for setting in settings_with_flags(*SUBMIT_GROUPS):
-        value = samples.get(setting.key) or (setting.choices[-1] if setting.choices else
-                                             "false" if setting.type is bool else "2")
+        value = samples.get(setting.key, "2")
         args = parser.parse_args(["run", "s.yaml", "--data", "d", "--name", "n", setting.flag, value])
-        assert str(getattr(args, setting.dest)).lower() in (value, f"{value}.0"), setting.key
+        given = getattr(args, setting.dest)
+        if setting.nargs:
+            [given] = given  # a list setting (--warm-start RUN...) takes one value or more
+        assert str(given).lower() in (value, f"{value}.0"), setting.key

@@ -19,6 +19,7 @@ from automl.errors import UserError
 from automl.files import atomic_write
 from automl.layout import RunLayout
 from automl.search._report import Report
+from automl.search._warm import WarmStart, plan_warm_start, read_sources
 from automl.spec import Spec, load_spec
 from automl.store import RunStore, machine_info, utc_now, write_run_info
 from automl.weights import require_weights
@@ -49,14 +50,17 @@ def run_search(
     spec, storage = _starting_spec(run, spec, resume, storage)
     require_weights(spec)  # before anything is written: a backbone's ImageNet weights, fetched once or one line why not
     require_feasible(spec)  # and a space of which nothing can run at its image size is one line too
+    # The runs and portfolio to start from, checked before anything is written; a resumed search has them already.
+    sources = None if resume else read_sources(spec, Path(results_dir))
     settings, space = spec.search, spec.space
     dataset = load_dataset(data_dir, skip_bad_images=skip_bad_images, cache_dir=cache_dir, **spec.data.dataset_args())
     for note in dataset.notes:
         console.info(f"note: {note}")
+    warm = plan_warm_start(spec, sources, dataset)
     storage = check_storage(storage)
     if settings.engine == "ray":
         start_ray(address)  # before anything is written: an unreachable cluster leaves no half-made run
-    _record_start(run, spec, dataset, data_dir, resume, storage)
+    _record_start(run, spec, dataset, data_dir, resume, storage, warm)
     report = Report(spec.objective, settings.num_samples, [d.name for d in space.searched])
     store_args = {"run_dir": run.root, "objective": spec.objective, "max_epochs": settings.max_epochs}
     wall = time.monotonic()
@@ -69,7 +73,7 @@ def run_search(
             run_keras_tuner(dataset, spec, run.root, store, report, resume)
             store.close()
         else:
-            interrupted = _run_ray(spec, dataset, run, store_args, report, resume, storage, trainable)
+            interrupted = _run_ray(spec, dataset, run, store_args, report, resume, storage, trainable, warm)
     except KeyboardInterrupt:
         interrupted = True
     # wall_s adds up every sitting of a resumed search; started..ended would count the pause too.
@@ -117,14 +121,19 @@ def require_feasible(spec: Spec) -> None:
     searcher(probe, spec.data.image_size, None).suggest("probe")
 
 
-def _record_start(run: RunLayout, spec: Spec, dataset: Dataset, data_dir: Path, resume: bool, storage) -> None:
+def _record_start(run: RunLayout, spec: Spec, dataset: Dataset, data_dir: Path, resume: bool, storage,
+                  warm: WarmStart | None) -> None:
     """Write the resolved spec and ``run.json``'s start record, and say what is about to run."""
+    from automl.trial import EPOCH_DEFINITION  # imports TensorFlow: not at module import
+
     settings, space = spec.search, spec.space
     run.root.mkdir(parents=True, exist_ok=True)
     if not resume:
         atomic_write(run.spec, spec.to_yaml())
-        # Draws the searcher rejects as infeasible, which take no trial: the searcher updates it as it draws.
-        write_run_info(run.root, infeasible_draws={"rejected": 0, "by_reason": {}})
+        # Draws the searcher rejects as infeasible, which take no trial: the searcher updates it as it draws. What
+        # an epoch was, and what the search was warm-started with, as it started.
+        write_run_info(run.root, infeasible_draws={"rejected": 0, "by_reason": {}}, epoch_definition=EPOCH_DEFINITION,
+                       warm_start=warm.record if warm is not None else None)
     write_run_info(
         run.root, name=run.name, status="running", engine=settings.engine, searcher=settings.searcher,
         scheduler=settings.scheduler if settings.engine == "ray" else settings.keras_tuner,
@@ -143,6 +152,8 @@ def _record_start(run: RunLayout, spec: Spec, dataset: Dataset, data_dir: Path, 
         f"{len(dataset.table)} images at {dataset.image_size[0]}x{dataset.image_size[1]}, "
         f"split {dataset.split_protocol}"
     )
+    if warm is not None:
+        console.info(warm.line())
 
 
 def start_ray(address: str | None) -> None:
@@ -217,7 +228,7 @@ def _check_reachable(address: str) -> None:
 
 
 def _run_ray(spec: Spec, dataset: Dataset, run: RunLayout, store_args: dict, report: Report, resume: bool,
-             storage: str | None, trainable) -> bool:
+             storage: str | None, trainable, warm: WarmStart | None) -> bool:
     """Run the Ray Tune engine on the Ray started by :func:`start_ray`; True if it stopped early."""
     import ray
 
@@ -230,7 +241,7 @@ def _run_ray(spec: Spec, dataset: Dataset, run: RunLayout, store_args: dict, rep
             tuner = restore_tuner(dataset, spec, run.root, storage, trainable)
         else:
             callback = StoreCallback(store_args, spec.space, report)
-            tuner = build_tuner(dataset, spec, run.root, [callback], storage, trainable)
+            tuner = build_tuner(dataset, spec, run.root, [callback], storage, trainable, warm)
         tuner.fit()
     finally:
         ray.shutdown()

@@ -16,6 +16,7 @@ from automl.hparams import ModelConfig
 from automl.layout import RunLayout
 from automl.objective import Objective
 from automl.search._searchers import searcher
+from automl.search._warm import WarmStart
 from automl.space import SearchSpace
 from automl.spec import SearchSettings, Spec, TrainingSpec
 from automl.store import FINISHED, RunStore
@@ -106,8 +107,10 @@ def experiment_root(run_dir: Path, storage: str | None) -> str:
 
 def build_tuner(
     dataset: Dataset, spec: Spec, run_dir: Path, callbacks: list, storage: str | None = None, trainable=None,
+    warm: WarmStart | None = None,
 ) -> tune.Tuner:
-    """A fresh Tuner for the spec's searcher, scheduler and resources; Ray's folder goes to :func:`experiment_root`."""
+    """A fresh Tuner for the spec's searcher, scheduler and resources; Ray's folder goes to :func:`experiment_root`.
+    ``warm``: what the searcher is told and given first (:mod:`automl.search._warm`)."""
     settings = spec.search
     stop = tune.stopper.MaximumIterationStopper(settings.max_epochs)  # an iteration is an epoch
     if settings.epoch_budget is not None:
@@ -119,7 +122,7 @@ def build_tuner(
         tune_config=tune.TuneConfig(
             metric=spec.objective.name,
             mode=spec.objective.direction,
-            search_alg=searcher(spec, dataset.image_size, run_dir),
+            search_alg=searcher(spec, dataset.image_size, run_dir, warm),
             scheduler=_scheduler(settings),
             num_samples=settings.num_samples,
             time_budget_s=settings.time_budget_s,

@@ -113,13 +113,18 @@ class Report:
         console.out.print(table)
 
     def budget_lines(self, info: dict) -> None:
-        """What the search spent: epochs (of the epoch budget), and the draws rejected as infeasible without a trial."""
+        """What the search spent: epochs (of the epoch budget), the draws rejected as infeasible without a trial, and
+        what a warm start told the searcher without training."""
         budget = info.get("epoch_budget")
         spent = f"{info.get('epochs_spent', 0)} epochs trained" + (f" of a budget of {budget}" if budget else "")
         rejected = info.get("infeasible_draws") or {}
         reasons = ", ".join(f"{why} {n}" for why, n in (rejected.get("by_reason") or {}).items())
         console.info(f"{spent}; {rejected.get('rejected', 0)} infeasible draws rejected without a trial"
                      + (f" ({reasons})" if reasons else ""))
+        if warm := info.get("warm_start"):
+            # Told results are not trials of this run: the leaderboard above has what ran here only.
+            console.info(f"warm start: {warm['told']} results of earlier runs told to Optuna without training (not "
+                         f"in the leaderboard), {warm['enqueued']} configurations trained first")
 
 
 def _costs(row: dict) -> list[str]:

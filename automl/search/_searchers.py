@@ -9,7 +9,7 @@ import math
 import pickle
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from ray.tune.search import Searcher
@@ -22,11 +22,15 @@ from automl.search._feasible import INVALID, Rejections, reason
 from automl.space import SearchSpace
 from automl.spec import SearchSettings, Spec
 
+if TYPE_CHECKING:
+    from automl.search._warm import WarmStart
 
-def searcher(spec: Spec, image_size: tuple[int, int], run_dir: Path | None):
+
+def searcher(spec: Spec, image_size: tuple[int, int], run_dir: Path | None, warm: WarmStart | None = None):
     """The spec's searcher (random, or Optuna TPE with its study in ``optuna.db``), drawing only candidates that
     fit ``image_size``, behind Tune's limit on concurrent trials. ``run_dir`` None records nothing (benchmarks, the
     probe of a space): the rejected draws are not written to ``run.json``, and the study lives in memory.
+    ``warm`` (:mod:`automl.search._warm`): results to tell Optuna, and configurations to draw first.
     """
     from ray.tune.search import ConcurrencyLimiter
 
@@ -34,7 +38,9 @@ def searcher(spec: Spec, image_size: tuple[int, int], run_dir: Path | None):
     rejections = Rejections(spec.space, image_size, f"{spec.source or 'spec'}: hyperparameters", run_dir)
     if settings.searcher == "random":
         found: Searcher = FeasibleRandomSearch(spec.space, rejections, settings.seed, metric=spec.objective.name,
-                                               mode=spec.objective.direction)
+                                               mode=spec.objective.direction,
+                                               first=[configuration for configuration, _ in warm.enqueued] if warm
+                                               else [])
     else:
         import optuna
 
@@ -53,6 +59,8 @@ def searcher(spec: Spec, image_size: tuple[int, int], run_dir: Path | None):
             storage=study_storage,
             study_name=run_dir.name if run_dir is not None else "benchmark",
         )
+        if warm is not None:
+            found.warm_start(warm)
     return ConcurrencyLimiter(found, max_concurrent=settings.max_concurrent)
 
 
@@ -94,18 +102,26 @@ class FeasibleGamma:
 
 
 class FeasibleRandomSearch(Searcher):
-    """Random search over the space's Ray Tune domains, seeded, that redraws candidates the image size rejects."""
+    """Random search over the space's Ray Tune domains, seeded, that redraws candidates the image size rejects.
 
-    def __init__(self, space: SearchSpace, rejections: Rejections, seed: int, metric: str, mode: str):
+    ``first``: configurations to give before drawing any (a warm start's); they are in the searcher's saved state
+    until given, so a resumed search gives the rest.
+    """
+
+    def __init__(self, space: SearchSpace, rejections: Rejections, seed: int, metric: str, mode: str,
+                 first: list[dict] = ()):
         super().__init__(metric=metric, mode=mode)
         self.domains = space.ray_param_space()
         self.rejections = rejections
         self.rng = np.random.default_rng(seed)
+        self.first = list(first)
 
     def suggest(self, trial_id: str) -> dict | None:
         return self.rejections.draw(self._sample)
 
     def _sample(self) -> dict[str, Any]:
+        if self.first:
+            return dict(self.first.pop(0))
         # Inactive dimensions are drawn too, and dropped by SearchSpace.active (as Tune's own random search did).
         return {name: domain.sample(random_state=self.rng) if isinstance(domain, Domain) else domain
                 for name, domain in self.domains.items()}
@@ -124,6 +140,8 @@ class FeasibleRandomSearch(Searcher):
 
 #: The Optuna user attribute and constraint that mark a draw rejected as infeasible; the attribute holds the reason.
 INFEASIBLE = "infeasible"
+#: The Optuna user attribute of a warm start's told or enqueued trial: where its configuration came from.
+WARM_START = "warm_start"
 
 
 class FeasibleOptunaSearch(OptunaSearch):
@@ -150,6 +168,24 @@ class FeasibleOptunaSearch(OptunaSearch):
             self._ot_study.tell(drawn, self.worst)
 
         return self.rejections.draw(lambda: OptunaSearch.suggest(self, trial_id), tell)
+
+    def warm_start(self, warm: WarmStart) -> None:
+        """Tell the study the warm start's results as completed trials, and enqueue its configurations: the study's
+        next asks take them, in order. Done once, as the search is built: a resumed search restores this searcher
+        and its study, which still hold them."""
+        import optuna
+
+        def searched(configuration: dict) -> optuna.trial.FixedTrial:
+            fixed = optuna.trial.FixedTrial(configuration)
+            self._space(fixed)  # the define-by-run function: the same suggest_* calls, so the same distributions
+            return fixed
+
+        self._ot_study.add_trials([
+            optuna.trial.create_trial(params=(fixed := searched(configuration)).params,
+                                      distributions=fixed.distributions, value=value, user_attrs={WARM_START: source})
+            for configuration, value, source in warm.told])
+        for configuration, source in warm.enqueued:
+            self._ot_study.enqueue_trial(searched(configuration).params, user_attrs={WARM_START: source})
 
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
