@@ -64,7 +64,7 @@ from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import DEFAULT_OUT, LOCAL_RAY, REPO, check_idle, print_table, write_result  # noqa: E402
+from _common import DEFAULT_OUT, LOCAL_RAY, REPO, check_idle, print_table, sample_params, write_result  # noqa: E402
 
 from automl import console  # noqa: E402
 from automl.layout import RunLayout  # noqa: E402
@@ -123,22 +123,6 @@ def workload(trials: int, epochs: int, workers: int, every_s: float) -> Iterator
             if epoch == epochs:
                 yield clock, "finish", trial, epoch
                 running[w] = None
-
-
-def sample_params(trials: int, seed: int = 0) -> list[dict[str, Any]]:
-    """Hyperparameters drawn at random from ``search_spaces/ham10000_cnn.yaml`` (conditional ones included)."""
-    import optuna
-
-    from automl.spec import load_spec
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sample = load_spec(REPO / "search_spaces" / "ham10000_cnn.yaml").space.optuna_define_by_run()
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-    params = []
-    for _ in range(trials):
-        trial = study.ask()
-        params.append(sample(trial) | trial.params)
-    return params
 
 
 def epoch_metrics(quality: float, epoch: int, noise: float) -> dict[str, float]:
@@ -200,7 +184,7 @@ def measure_store(kind: str, trials: int, args, window: int | None) -> dict[str,
     events = list(workload(trials, EPOCHS, args.workers, args.report_every))
     rng = random.Random(0)
     qualities = [rng.uniform(0.25, 0.65) for _ in range(trials)]
-    params = sample_params(trials)
+    params = sample_params(REPO / "search_spaces" / "ham10000_cnn.yaml", trials)
     epoch_rows = [i for i, e in enumerate(events) if e[1] == "epoch"]
     first = epoch_rows[-window] if window else 0
     with tempfile.TemporaryDirectory(dir=args.scratch) as tmp, simulated_clock(automl.store, _old_store) as clock:
