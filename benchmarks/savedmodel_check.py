@@ -1,9 +1,9 @@
 """The exported SavedModel in a fresh process, with plain TensorFlow + PIL only, against automl predict's CSV.
 
-    python benchmarks/savedmodel_check.py
+    python benchmarks/savedmodel_check.py [RUN_DIR]
 
-Reads ``results/reference/model/saved_model`` and ``results/reference/preds_sample150.csv`` (written by
-``automl predict``; see ``results/reference/predict.md``) and the pictures of
+Reads ``RUN_DIR/model/saved_model`` and ``RUN_DIR/preds_sample150.csv`` (written by ``automl predict``;
+see ``results/reference/predict.md``; RUN_DIR defaults to ``results/reference``) and the pictures of
 ``../shared/data/ham10000_sample_150``. automl is deliberately not imported: the point is that the
 SavedModel runs without it.
 """
@@ -19,7 +19,7 @@ from PIL import Image, ImageOps
 assert "automl" not in sys.modules
 # Paths from this file, not the working directory, so the check runs from anywhere in the checkout.
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE = REPO / "results" / "reference"
+REFERENCE = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO / "results" / "reference"
 IMAGES = REPO.parent / "shared" / "data" / "ham10000_sample_150" / "HAM10000_images"
 
 model = tf.saved_model.load(str(REFERENCE / "model" / "saved_model"))
