@@ -5,7 +5,9 @@ from the user; this measures each of them apart, on the lesion-grouped test spli
 ``isic_archive_150`` (other clinics: measured, never used to choose anything). Every row runs the
 product's own graph (:func:`automl.export.assemble_run`): the same members and weights, with one lever
 changed, over the test images and over the archive's files decoded as ``automl predict`` decodes them.
-A row's temperature is fitted on that row's validation probabilities, as the ensemble stage does::
+Every row keeps the shipped members and weights (the ensemble stage fits its greedy weights per TTA
+mode, so its own per-mode validation scores in ``ensemble.json`` differ). A row's temperature is fitted
+on that row's validation probabilities, as the ensemble stage does::
 
     python benchmarks/posthoc_levers.py --run results/reference-mixed
 
@@ -140,8 +142,8 @@ def main() -> int:
         row.pop("probs")
     columns = ["val_balanced_accuracy", "val_log_loss", "temperature", "test_balanced_accuracy", "test_accuracy",
                "test_auc", "test_ece", "archive_melanoma_auc", "archive_malignant_auc", "archive_sens_at_spec_0.8"]
-    lines = [f"Post-hoc levers on `{run.root.name}`'s ensemble (shipped: TTA {shipped_tta}, chosen on validation). "
-             "Δ: paired 95% bootstrap interval of (row - shipped).", "",
+    lines = [f"Post-hoc levers on `{run.root.name}`'s ensemble (shipped: TTA {shipped_tta}, chosen on validation), its "
+             "members and weights fixed. Δ: paired 95% bootstrap interval of (row - shipped).", "",
              "| row | " + " | ".join(c.replace("_", " ") for c in columns) + " |",
              "| --- |" + " ---: |" * len(columns)]
     for name, row in rows.items():
