@@ -19,6 +19,7 @@ from pathlib import Path
 
 import keras
 
+import automl.model  # noqa: F401 - registers the members' own layers (colour constancy, ...) for loading them
 from automl import posthoc
 from automl.data import resize_tensor
 from automl.files import atomic_write, staged_dir, write_json
@@ -320,7 +321,7 @@ def _load_member(run: RunLayout, member_id: str, refit: bool = False) -> keras.M
     if not path.is_file():
         raise RunFolderError(f"{path}: missing; {again}")
     try:
-        return keras.saving.load_model(path)
+        return keras.saving.load_model(path, compile=False)  # inference only: no optimizer state in the export
     except Exception as exc:  # noqa: BLE001 - a damaged .keras file raises zip, HDF5 or Keras errors
         raise RunFolderError(f"{path}: damaged ({str(exc).splitlines()[0][:200]}); {again}") from None
 

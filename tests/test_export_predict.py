@@ -103,3 +103,20 @@ def test_predict_fails_only_when_nothing_is_readable(exported, tmp_path):
     with pytest.raises(UserError, match="none of the 1 inputs could be read"):
         predict_files(model_dir, [tmp_path / "bad.jpg"], tmp_path / "preds.csv")
     assert (tmp_path / "preds.csv").is_file()  # the error rows are still written
+
+
+def test_export_alone_loads_members_with_the_models_own_layers(tmp_path):
+    """`automl export` runs in a process that has trained nothing: loading a member with colour constancy (a layer
+    of automl.model) must not depend on automl.model having been imported by someone else."""
+    import subprocess
+    import sys
+
+    from automl.model import ShadesOfGray
+
+    inputs = keras.Input((8, 8, 3))
+    keras.Model(inputs, ShadesOfGray(6.0)(inputs)).save(tmp_path / "member.keras")
+    code = ("import keras, automl.export; "
+            f"print(type(keras.saving.load_model({str(tmp_path / 'member.keras')!r}).layers[-1]).__name__)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-500:]
+    assert done.stdout.strip().endswith("ShadesOfGray")
