@@ -70,7 +70,11 @@ def classify_files(model_dir: Path, inputs: Sequence[str | Path], batch_size: in
     files = collect_inputs(inputs)
     if not files:
         raise UserError(f"no image files found in {', '.join(map(str, inputs))}")
-    model = load_model(model_dir, len(classes))
+    return classify_with(load_model(model_dir, len(classes)), files, classes, batch_size)
+
+
+def classify_with(model, files: Sequence[Path], classes: Sequence[str], batch_size: int = 64) -> pd.DataFrame:
+    """:func:`classify_files`' table for a model already loaded (an exported graph: raw uint8 images of any size)."""
     probs = np.full((len(files), len(classes)), np.nan)
     errors = [""] * len(files)
     with console.progress(len(files), f"classifying {len(files)} images") as advance:

@@ -402,7 +402,7 @@ def write_run_info(run_dir: Path, **info: Any) -> dict:
 def _note_costs(row: dict[str, Any], epochs: dict[int, dict[str, Any]]) -> None:
     """A trial's ``seconds_per_epoch`` and ``samples_seen`` from its epochs (a handful: the cost of a report does not
     grow with the run)."""
-    seconds = _epoch_seconds(epochs)
+    seconds = epoch_seconds(epochs)
     if seconds:
         row[SECONDS_PER_EPOCH] = statistics.median(seconds)
     seen = [epochs[e][SAMPLES_SEEN] for e in sorted(epochs) if epochs[e].get(SAMPLES_SEEN) is not None]
@@ -410,7 +410,7 @@ def _note_costs(row: dict[str, Any], epochs: dict[int, dict[str, Any]]) -> None:
         row[SAMPLES_SEEN] = int(seen[-1])
 
 
-def _epoch_seconds(epochs: dict[int, dict[str, Any]]) -> list[float]:
+def epoch_seconds(epochs: dict[int, dict[str, Any]]) -> list[float]:
     """The seconds each epoch took (by epoch number): ``epoch_s`` as reported, else the difference of ``elapsed_s``
     from the epoch before (for the first epoch, ``elapsed_s`` itself: model building included); an epoch with
     neither is left out."""

@@ -2,8 +2,9 @@
 
 Reads a run's store (``trials.parquet``, ``epochs.parquet``). Parameter counts come from the store's
 ``parameters`` column; a run recorded before the store had it gets them by building each trial's model
-with the product's builder (no training). Seconds per epoch are the store's ``epoch_s`` or, for older
-runs, differences of ``elapsed_s`` (the first epoch then includes building the model). They are measured
+with the product's builder (no training). Seconds per epoch are counted as the store counts them
+(:func:`automl.store.epoch_seconds`: ``epoch_s``, or for older runs differences of ``elapsed_s``, the
+first epoch then including building the model). They are measured
 while ``max_concurrent`` trials shared the machine's cores, as the search ran them::
 
     python benchmarks/family_costs.py --run results/reference-mixed
@@ -25,7 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DEFAULT_OUT, write_result  # noqa: E402
 
 from automl.layout import (  # noqa: E402
-    EPOCH_SECONDS,
     FAMILY_COLUMN,
     PARAMETERS,
     RunLayout,
@@ -34,6 +34,7 @@ from automl.layout import (  # noqa: E402
     hyperparameter_name,
 )
 from automl.spec import load_spec  # noqa: E402
+from automl.store import epoch_seconds  # noqa: E402
 
 #: Hyperparameters that say what a family's best trial is, beside its family.
 SHAPE = {"cnn": ("conv_blocks", "convs_per_block", "base_filters", "filter_growth", "padding", "batch_norm"),
@@ -68,11 +69,13 @@ def parameter_counts(trials: pd.DataFrame, run: RunLayout) -> pd.Series:
     return pd.Series(counts, index=trials.index)
 
 
-def epoch_seconds(epochs: pd.DataFrame) -> pd.Series:
-    if EPOCH_SECONDS in epochs and epochs[EPOCH_SECONDS].notna().all():
-        return epochs[EPOCH_SECONDS]
-    ordered = epochs.sort_values(["trial_id", "epoch"])
-    return ordered.groupby("trial_id")["elapsed_s"].diff().fillna(ordered["elapsed_s"])
+def spent_seconds(epochs: pd.DataFrame) -> pd.DataFrame:
+    """Each trial's epochs with the seconds each took, as the store counts them (:func:`automl.store.epoch_seconds`)."""
+    rows = []
+    for trial_id, group in epochs.groupby("trial_id"):
+        records = {int(r["epoch"]): r for r in group.to_dict("records")}
+        rows += [{"trial_id": trial_id, "seconds": s} for s in epoch_seconds(records)]
+    return pd.DataFrame(rows, columns=["trial_id", "seconds"])
 
 
 def main() -> int:
@@ -87,8 +90,7 @@ def main() -> int:
     if FAMILY_COLUMN not in trials:
         trials[FAMILY_COLUMN] = "cnn"
     trials["parameters"] = parameter_counts(trials, run)
-    epochs = epochs.assign(seconds=epoch_seconds(epochs).to_numpy())
-    epochs = epochs.merge(trials[["trial_id", FAMILY_COLUMN]], on="trial_id")
+    epochs = spent_seconds(epochs).merge(trials[["trial_id", FAMILY_COLUMN]], on="trial_id")
     best_score = best_column(objective.name)
     columns = hyperparameter_columns(trials)
     families, best_rows = {}, {}

@@ -29,41 +29,27 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import DEFAULT_DATA, DEFAULT_OUT, write_result  # noqa: E402
-from generalization import ARCHIVE, scores  # noqa: E402
+from generalization import ARCHIVE, paired_differences, scores  # noqa: E402
 
 from automl import console  # noqa: E402
 from automl.layout import RunFolderError, RunLayout  # noqa: E402
 from automl.objective import Objective  # noqa: E402
 
 
-def archive_images(archive: Path) -> tuple[list[str], list[np.ndarray]]:
-    """The archive's labelled images, decoded once as ``automl predict`` decodes files (unreadable ones left out)."""
-    from automl.data import decode_image
+def archive_probs(model, files: list[Path], classes: list[str], labelled) -> tuple[np.ndarray, np.ndarray]:
+    """The graph's probabilities on the archive's labelled, readable files, classified as ``automl predict`` does
+    (:func:`automl.predict.classify_with`), and their image ids."""
+    from automl.predict import classify_with, probabilities
 
-    labels = pd.read_csv(archive / "labels.csv")
-    files = {p.stem: p for p in (archive / "images").iterdir()}
-    ids, images = [], []
-    for image_id in labels["image_id"].astype(str):
-        if image_id in files:
-            try:
-                images.append(decode_image(files[image_id]))
-                ids.append(image_id)
-            except ValueError:
-                pass
-    return ids, images
+    table = classify_with(model, files, classes)
+    table = table[(table["error"] == "") & table["image_id"].isin(labelled)]
+    return probabilities(table, classes), table["image_id"].to_numpy()
 
 
-def predict(model, images: list[np.ndarray] | np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """The graph's probabilities, a batch of same-sized images at a time (the graph resizes a whole batch)."""
-    out = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size]
-        shapes = {image.shape for image in batch}
-        if len(shapes) == 1:
-            out.append(model(np.stack(batch), training=False).numpy())
-        else:
-            out.append(np.concatenate([model(image[None], training=False).numpy() for image in batch]))
-    return np.concatenate(out)
+def predict(model, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """The graph's probabilities on a split's images (all of one size)."""
+    return np.concatenate([model(images[i:i + batch_size], training=False).numpy()
+                           for i in range(0, len(images), batch_size)])
 
 
 def main() -> int:
@@ -75,12 +61,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1000, help="bootstrap rounds of the paired differences")
     args = parser.parse_args()
 
-    from sklearn.metrics import roc_auc_score
-
     from automl.data import load_dataset
     from automl.export import assemble_run
     from automl.metrics import calibration_metrics
     from automl.posthoc import apply_temperature, fit_temperature, tta_modes
+    from automl.predict import collect_inputs
     from automl.spec import load_spec
     from automl.trial import configure_tensorflow
 
@@ -90,11 +75,10 @@ def main() -> int:
     dataset = load_dataset(args.data, **spec.data.dataset_args())
     classes = list(dataset.class_names)
     (x_val, y_val), (x_test, y_test) = dataset.subset("val"), dataset.subset("test")
-    ids, images = archive_images(args.archive)
-    archive_labels = pd.read_csv(args.archive / "labels.csv").astype({"image_id": str}).set_index("image_id")[
-        "dx"].loc[ids].to_numpy()
+    labels = pd.read_csv(args.archive / "labels.csv").astype({"image_id": str}).set_index("image_id")["dx"]
+    files = collect_inputs([args.archive / "images"])
     console.info(f"{run.name}: ensemble {summary['method']} (TTA {summary.get('tta')}, decision "
-                 f"{summary.get('decision')}); {len(y_test)} test images, {len(ids)} archive images")
+                 f"{summary.get('decision')}); {len(y_test)} test images, {len(files)} archive files")
 
     shipped_tta = summary.get("tta", "none")
     variants = {f"tta={mode}": (mode, "balanced", True) for mode in tta_modes(dataset.image_size)}
@@ -110,34 +94,25 @@ def main() -> int:
             except RunFolderError as exc:  # members retrained before the prior correction existed
                 console.info(f"{name}: left out ({exc})")
                 continue
-            raw[tta, decision] = {"val": predict(model, x_val), "test": predict(model, x_test),
-                                  "archive": predict(model, images)}
-        probs = raw[tta, decision]
+            archive, ids = archive_probs(model, files, classes, labels.index)
+            raw[tta, decision] = {"val": predict(model, x_val), "test": predict(model, x_test), "archive": archive,
+                                  "archive_ids": ids}
+        probs = dict(raw[tta, decision])
         temperature = fit_temperature(probs["val"], y_val) if calibrate else 1.0
-        probs = {split: apply_temperature(p, temperature) for split, p in probs.items()}
-        figures = scores(y_test, probs["test"], archive_labels, probs["archive"], classes)
+        probs |= {split: apply_temperature(probs[split], temperature) for split in ("val", "test", "archive")}
+        figures = scores(y_test, probs["test"], labels.loc[probs["archive_ids"]].to_numpy(), probs["archive"],
+                         classes)
         figures |= {"val_balanced_accuracy": Objective().score(y_val, probs["val"]),
                     "val_log_loss": calibration_metrics(y_val, probs["val"])["loss"],
                     "test_accuracy": float(np.mean(probs["test"].argmax(axis=1) == y_test)),
                     "temperature": temperature}
         rows[name] = {"tta": tta, "decision": decision, **figures, "probs": probs}
     shipped = f"tta={shipped_tta}"
-    rng, mel, k = np.random.default_rng(0), archive_labels == "mel", classes.index("mel")
-    balanced = Objective()
+    rng = np.random.default_rng(0)
     for name, row in rows.items():
-        if name == shipped:
-            continue
-        mine, base = row["probs"], rows[shipped]["probs"]
-        diffs = {"test_balanced_accuracy": [], "archive_melanoma_auc": []}
-        for _ in range(args.rounds):
-            t = rng.integers(0, len(y_test), len(y_test))
-            a = rng.integers(0, len(mel), len(mel))
-            diffs["test_balanced_accuracy"].append(balanced.score(y_test[t], mine["test"][t])
-                                                   - balanced.score(y_test[t], base["test"][t]))
-            diffs["archive_melanoma_auc"].append(roc_auc_score(mel[a], mine["archive"][a, k])
-                                                 - roc_auc_score(mel[a], base["archive"][a, k]))
-        row["difference_ci95"] = {m: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]
-                                  for m, v in diffs.items()}
+        if name != shipped:  # the shipped row is the baseline of generalization.py's paired differences
+            runs = {("baseline", 0): rows[shipped]["probs"], (name, 0): row["probs"]}
+            row["difference_ci95"] = paired_differences(runs, name, [0], y_test, labels, classes, rng, args.rounds)
     for row in rows.values():
         row.pop("probs")
     columns = ["val_balanced_accuracy", "val_log_loss", "temperature", "test_balanced_accuracy", "test_accuracy",

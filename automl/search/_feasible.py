@@ -4,7 +4,7 @@ Every engine's searcher passes its draws through :meth:`Rejections.draw`, which 
 (:meth:`automl.space.SearchSpace.infeasible`: pure Python, no model built) and draws again when the candidate
 cannot run: too many poolings, 'valid' padding, a backbone too large for its input. The rejected draws are counted
 by reason and recorded in ``run.json`` as ``infeasible_draws``; Optuna is also told each one at once
-(:class:`automl.search._ray.FeasibleOptunaSearch`), so that TPE learns the region is bad.
+(:class:`automl.search._searchers.FeasibleOptunaSearch`), so that TPE learns the region is bad.
 """
 
 from __future__ import annotations
