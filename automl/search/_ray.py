@@ -19,7 +19,7 @@ from automl.search._searchers import searcher
 from automl.search._warm import WarmStart
 from automl.space import SearchSpace
 from automl.spec import SearchSettings, Spec, TrainingSpec
-from automl.store import FINISHED, RunStore
+from automl.store import FINISHED, RunStore, write_run_info
 
 #: Checkpoints Tune keeps per trial: all of them while it runs (None). With a number N, Tune snapshots the whole
 #: experiment (every trial's state, about 25 kB each: a cost that grows with the run) whenever a trial has saved N
@@ -266,8 +266,10 @@ class StoreCallback(tune.Callback):
         """Make the store agree with Tune's trials: outcomes the store lost with a killed driver, and orphans.
 
         A trial Tune has as finished but the store not (its last flush was lost) gets its last result and outcome.
-        On a restored experiment, a trial the store has as running but Tune does not know (it started after Tune's
-        last experiment snapshot, and Tune samples a new one in its place) is recorded as errored, with why.
+        On a restored experiment, Tune does not know the trials that started after its last experiment snapshot, and
+        samples as many new ones in their place: such a trial the store has as running is recorded as errored, with
+        why; one it has as finished is kept (finished work is never dropped). Both lists go to ``run.json``
+        (``after_snapshot``), so the run has ``num_samples`` trials plus these.
         """
         store, known = self._open(), set()
         for trial in trials:
@@ -282,10 +284,20 @@ class StoreCallback(tune.Callback):
                 self.on_trial_error(0, trials, trial)
             else:
                 self.on_trial_complete(0, trials, trial)
-        if restored:
-            for trial_id, row in list(store.trials.items()):
-                if row.get("status") == "running" and trial_id not in known:
-                    store.trial_finished(trial_id, "errored", ORPHANED)
+        if not restored:
+            return
+        # Trials that started after Tune's last experiment snapshot: Tune samples as many new ones in their place.
+        unknown = sorted(trial_id for trial_id in store.trials if trial_id not in known)
+        for trial_id in unknown:
+            if store.trials[trial_id].get("status") == "running":
+                store.trial_finished(trial_id, "errored", ORPHANED)
+        orphaned = [trial_id for trial_id in unknown if store.trials[trial_id].get("error") == ORPHANED]
+        kept = [trial_id for trial_id in unknown if trial_id not in orphaned]
+        if unknown:
+            console.info(f"Tune's last experiment snapshot misses {len(unknown)} trial(s) of the store: {len(kept)} "
+                         f"finished (kept), {len(orphaned)} lost while running (recorded as errored); the search "
+                         f"samples others in their place")
+        write_run_info(store.layout.root, after_snapshot={"finished_kept": kept, "orphaned": orphaned})
 
 
 class FinishedCheckpoints(tune.Callback):
