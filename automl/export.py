@@ -179,10 +179,28 @@ def export_model(model: keras.Model, out_dir: Path, card: dict, overwrite: bool 
     with staged_dir(out_dir, overwrite=overwrite) as stage:
         staged = ModelLayout(stage)
         model.save(staged.keras_file)
-        model.export(str(staged.saved_model), format="tf_saved_model", verbose=False)
+        write_saved_model(model, staged.saved_model)
         write_json(staged.card_json, card)
         atomic_write(staged.card_md, card_markdown(card))
     return out_dir
+
+
+def write_saved_model(model: keras.Model, path: Path) -> None:
+    """``model`` as a TensorFlow SavedModel whose endpoint ``serve`` takes its one input, each weight stored once.
+
+    Not ``model.export``: it stores every variable twice on the TensorFlow backend (Keras 3.15, keras-team/keras
+    #23553: once as the ``keras.Variable`` it tracks, once as the ``tf.Variable`` the endpoint captures), which
+    doubled the size of an exported ensemble (29.4 MB for 14.7 MB of weights). Without ``track``, the export
+    archive stores what the endpoint uses: every weight inference reads, once. The signature's input keeps the
+    model input's name (``image``), as ``model.export`` named it.
+    """
+    import tensorflow as tf
+
+    (image,) = model.inputs
+    archive = keras.export.ExportArchive()
+    archive.add_endpoint("serve", lambda images: model(images, training=False),
+                         input_signature=[tf.TensorSpec(image.shape, image.dtype, name=image.name)])
+    archive.write_out(str(path), verbose=False)
 
 
 def read_card(model_dir: Path) -> dict:

@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from automl.data import DX_CLASSES, decode_image, resize_image
@@ -39,6 +40,10 @@ def test_saved_model_reloads_in_plain_tensorflow(exported, tmp_path):
     np.testing.assert_allclose(reloaded(raw).numpy(), model(raw).numpy(), atol=1e-6)
     assert json.loads((model_dir / "model_card.json").read_text())["classes"] == list(DX_CLASSES)
     assert "# test" in (model_dir / "model_card.md").read_text()
+    # Each weight stored once (model.export stored each twice: keras-team/keras#23553).
+    stored = sum(int(np.prod(shape)) for name, shape in tf.train.list_variables(
+        str(model_dir / "saved_model" / "variables" / "variables")) if "VARIABLE_VALUE" in name)
+    assert model.count_params() <= stored <= sum(int(np.prod(weight.shape)) for weight in model.weights)
 
 
 def test_predict_schema_and_error_rows(exported, tmp_path):
