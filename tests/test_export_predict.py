@@ -44,6 +44,8 @@ def test_saved_model_reloads_in_plain_tensorflow(exported, tmp_path):
     stored = sum(int(np.prod(shape)) for name, shape in tf.train.list_variables(
         str(model_dir / "saved_model" / "variables" / "variables")) if "VARIABLE_VALUE" in name)
     assert model.count_params() <= stored <= sum(int(np.prod(weight.shape)) for weight in model.weights)
+    with zipfile.ZipFile(model_dir / "model.keras") as packed:  # deflated, and Keras reloaded it above
+        assert {entry.compress_type for entry in packed.infolist()} == {zipfile.ZIP_DEFLATED}
 
 
 def test_predict_schema_and_error_rows(exported, tmp_path):
