@@ -62,15 +62,20 @@ def check_idle() -> list[float]:
     return load
 
 
-def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], caption: str | None = None) -> None:
-    """A rich table on stdout; the first column is left-aligned, the others right-aligned."""
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any] | None],
+                caption: str | None = None) -> None:
+    """A rich table on stdout; the first column is left-aligned, the others right-aligned. A row that is None draws a
+    line between two groups of rows."""
     from rich.table import Table
 
     table = Table(title=title, caption=caption, caption_justify="left")
     for i, name in enumerate(columns):
         table.add_column(name, justify="left" if i == 0 else "right")
     for row in rows:
-        table.add_row(*(str(cell) for cell in row))
+        if row is None:
+            table.add_section()
+        else:
+            table.add_row(*(str(cell) for cell in row))
     console.out.print(table)
 
 

@@ -1,40 +1,63 @@
-"""Search efficiency: six search methods on the same space with the same wall-clock budget, several seeds each.
+"""Search efficiency: search methods on one space at equal compute (an epoch budget per search), several seeds each.
 
-    python benchmarks/search_efficiency.py                       # the full run: 6 methods x 3 seeds x 360 s, about 2 h
-    python benchmarks/search_efficiency.py --budget 40 --seeds 1 --methods random,optuna-asha,kt-hyperband \\
-        --space search_spaces/quick.yaml --out /tmp/bench-smoke  # a smoke test, about 3 min
+    python benchmarks/search_efficiency.py      # the full run: 6 methods x 3 seeds x 190 epochs (grace period 2)
+    python benchmarks/search_efficiency.py --epoch-budget 10 --seeds 1 --methods random-asha,optuna-asha,kt-hyperband \\
+        --space search_spaces/quick.yaml --out /tmp/eff-smoke   # a smoke test, a few minutes
 
-Methods (``--methods``): ``random`` and ``random-asha`` (Ray Tune random search without and with ASHA),
-``optuna`` and ``optuna-asha`` (Optuna TPE without and with ASHA), ``kt-hyperband`` and ``kt-bayesian``
-(KerasTuner's Hyperband and BayesianOptimization, ``engine: keras-tuner``). Every search is a real
-``automl search`` of the space (default ``search_spaces/ham10000_cnn.yaml`` with its max_epochs,
-grace period and reduction factor) in its own process, with ``time_budget_s`` = ``--budget`` and
-num_samples 1000 so that the budget is what ends it. Ray methods run 2 trials at a time with 1 CPU
-each; KerasTuner runs one trial at a time in the search's process, TensorFlow using both cores.
-The searcher seed (which also seeds every trial's weights) is 0..N-1; the data split is fixed.
+Compute is counted in equal-cost epochs: every epoch of every candidate draws as many training samples as the train
+split has, whatever its imbalance strategy (``automl.trial.EPOCH_DEFINITION``), so an epoch costs the same data for
+every method. Each search is a real ``automl search`` of the space (default ``search_spaces/ham10000_cnn.yaml`` with
+its max_epochs, grace period and reduction factor) in its own process, with ``search.epoch_budget`` = N
+(``--epoch-budget``) ending it; ``time_budget_s`` (``--time-cap``, default 2 h) is only a safety cap, and a search it
+ends is flagged. num_samples is far above what N epochs can run, so it never ends a search.
 
-Measured per method and seed, counting only epochs recorded within the budget (KerasTuner checks
-its budget between trials, so it can overrun; it is stopped a minute after the budget):
-best validation balanced accuracy at the budget; time and epochs to reach the target (by default
-the median of random search's bests at the budget), where epochs are summed over all the search's
-trials in the order they were recorded; trials evaluated (and distinct configurations, since a
-Hyperband trial that continues an earlier one is a new trial). Times count from the moment the
-search began (``run.json``'s ``started``: data loaded, Ray started), so Ray's worker start-up is
-charged to Ray. Goal check: Optuna + ASHA reaches the target in at most a third of the epochs random
-search needs, and ends ahead of both KerasTuner tuners.
+Choosing N. ASHA gives every trial ``grace_period`` epochs and lets about 1/reduction_factor of them go on at each
+rung, so a search of N epochs sees about N / E configurations, E being the epochs ASHA spends per configuration:
+with rungs at g, g*rf, g*rf^2... below max_epochs, E = g + (g*rf - g)/rf + ... + the last rung's share of the way to
+max_epochs (4.7 epochs for g 2, rf 3, max 20; 2.7 for g 1, 6.2 for g 3), times about 1.3 because ASHA promotes
+generously while few results set its cut-offs (the two 40-trial Optuna + ASHA searches of ham10000_cnn at g 2 spent
+5.5 and 6.8 epochs per configuration). The default N is 30 configurations' worth, rounded up to 10 epochs: 190 for
+g 2 (110 for g 1, 250 for g 3). The script prints its estimate for the N given, and each ASHA search's actual count
+(>= 30 or not) in the table and the JSON. KerasTuner's Hyperband runs one Hyperband iteration (226 epochs and 22
+configurations at max_epochs 20, factor 3): a larger N ends it short of the budget, which the table shows ("ended
+by"). The full run at the default N is about 18 x 190 epochs: some 8 h at the ~8 s per epoch two trials at a time
+take here (12.9 s on one core over random draws, ``epoch_cost.json``), about 4.5 h at N 110 (grace period 1).
 
-Each search lands in ``OUT/runs/METHOD-seedK/`` (a results store; checkpoints are deleted). A
-search already complete there with the same spec is reused, so an interrupted benchmark continues
-where it stopped; ``--fresh`` runs everything again. Writes ``OUT/search_efficiency.json`` (budgets,
-seeds, machine, every run's numbers and curve, the summary) and ``OUT/search_efficiency.png``.
+Methods (``--methods``, default the first six): ``random`` and ``random-asha`` (Ray Tune random search without and
+with ASHA), ``optuna-asha`` (Optuna TPE with ASHA), ``optuna-asha-portfolio`` (the same, warm-started: Optuna trains
+the configurations of the space's own ``search.portfolio`` first; reported apart from the cold methods, and left
+out, with a note, when the space names no portfolio), ``kt-hyperband`` and ``kt-bayesian`` (KerasTuner's Hyperband
+and BayesianOptimization, ``engine: keras-tuner``); ``optuna`` (TPE without ASHA) on request. Every method but the
+warm-started one runs with ``portfolio: none``. The portfolio of ham10000_cnn.yaml was chosen from the
+official-split run (``benchmarks/make_portfolio.py``), not from the benchmark's lesion-grouped split. Optuna's random
+start-up trials are the product's rule (a fifth, at least 5) applied to the configurations the budget lets the
+method see, not to num_samples (which would leave TPE in its start-up for the whole search). Ray methods run 2
+trials at a time with 1 CPU each; KerasTuner runs one trial at a time in the search's process, TensorFlow using both
+cores. The searcher seed (which also seeds every trial's weights) is 0..S-1; the data split is the space's.
+
+Measured per method and seed, from the first N epochs the search recorded, in recorded order (a search may record
+a few epochs past its budget, e.g. Ray trials in flight finishing theirs: the overrun is reported, not counted): best
+validation score at the budget; epochs (summed over all the search's trials) and wall seconds (since
+``run.json``'s ``started``: data loaded, Ray started) to reach the target, by default the median of random search's
+bests at the budget; configurations seen (distinct hyperparameter sets: a Hyperband trial that continues an earlier
+one is a new trial of the same configuration) and trials. Goals, for the cold Optuna + ASHA: it reaches the target in
+at most a third of the epochs random search needs (medians over seeds), and ends ahead of both KerasTuner tuners.
+
+Each search lands in ``OUT/runs/METHOD-seedK/`` (a results store; checkpoints are deleted). A search already
+complete there with the same spec is reused, so an interrupted benchmark continues where it stopped, across sessions
+(seed-major order: every method has its first seeds first); ``--fresh`` runs everything again. Writes
+``OUT/search_efficiency.json`` (budget, seeds, machine, every run's numbers and curve, the summary) and
+``OUT/search_efficiency.png`` (best so far versus epochs, every method in one panel).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,25 +84,60 @@ from _common import (
 
 from automl import console
 from automl.errors import UserError
-from automl.layout import hyperparameter_columns
+from automl.layout import RunLayout, hyperparameter_columns
 from automl.objective import Objective
-from automl.spec import Spec, load_spec, search_overrides
+from automl.search._warm import NO_PORTFOLIO, find_portfolio, read_portfolio
+from automl.spec import (
+    TPE_STARTUP_DIVISOR,
+    TPE_STARTUP_MIN,
+    SearchSettings,
+    Spec,
+    load_spec,
+    read_yaml,
+    search_overrides,
+)
 
-# name: (label, search settings). Ray methods: 2 concurrent trials of 1 CPU, the machine's 2 cores.
+
+@dataclass(frozen=True)
+class Method:
+    label: str
+    settings: dict[str, Any]  # search settings by SearchSettings field name
+    warm: bool = False  # trains the space's portfolio first: reported apart from the cold methods
+
+    @property
+    def asha(self) -> bool:
+        return self.settings.get("scheduler") == "asha"
+
+
+# Ray methods: 2 concurrent trials of 1 CPU, the machine's 2 cores.
 RAY = {"engine": "ray", "max_concurrent": 2, "cpu": 1}
-METHODS: dict[str, tuple[str, dict[str, Any]]] = {
-    "random": ("random search", RAY | {"searcher": "random", "scheduler": "none"}),
-    "random-asha": ("random + ASHA", RAY | {"searcher": "random", "scheduler": "asha"}),
-    "optuna": ("Optuna TPE", RAY | {"searcher": "optuna", "scheduler": "none"}),
-    "optuna-asha": ("Optuna TPE + ASHA", RAY | {"searcher": "optuna", "scheduler": "asha"}),
-    "kt-hyperband": ("KerasTuner Hyperband", {"engine": "keras-tuner", "keras_tuner": "hyperband"}),
-    "kt-bayesian": ("KerasTuner Bayesian", {"engine": "keras-tuner", "keras_tuner": "bayesian"}),
+METHODS: dict[str, Method] = {
+    "random": Method("random search", RAY | {"searcher": "random", "scheduler": "none"}),
+    "random-asha": Method("random + ASHA", RAY | {"searcher": "random", "scheduler": "asha"}),
+    "optuna-asha": Method("Optuna TPE + ASHA", RAY | {"searcher": "optuna", "scheduler": "asha"}),
+    "optuna-asha-portfolio": Method("Optuna TPE + ASHA + portfolio (warm-started)",
+                                    RAY | {"searcher": "optuna", "scheduler": "asha"}, warm=True),
+    "kt-hyperband": Method("KerasTuner Hyperband", {"engine": "keras-tuner", "keras_tuner": "hyperband"}),
+    "kt-bayesian": Method("KerasTuner Bayesian", {"engine": "keras-tuner", "keras_tuner": "bayesian"}),
+    "optuna": Method("Optuna TPE", RAY | {"searcher": "optuna", "scheduler": "none"}),
 }
+DEFAULT_METHODS = ["random", "random-asha", "optuna-asha", "optuna-asha-portfolio", "kt-hyperband", "kt-bayesian"]
+WARM_METHOD = "optuna-asha-portfolio"
 COLORS = {"random": "tab:gray", "random-asha": "tab:olive", "optuna": "tab:cyan", "optuna-asha": "tab:blue",
-          "kt-hyperband": "tab:red", "kt-bayesian": "tab:orange"}
-NUM_SAMPLES = 1000  # far more than fit in any budget: the time budget ends every search
-STOP_GRACE_S = 60  # past the budget before a search still running (a KerasTuner trial) is stopped
-START_OVERHEAD_S = 35  # per search, outside its budget: Python + TensorFlow import, data, Ray start and stop
+          "optuna-asha-portfolio": "tab:purple", "kt-hyperband": "tab:red", "kt-bayesian": "tab:orange"}
+NUM_SAMPLES = 100_000  # far more trials than any epoch budget here can run: the budget ends every search
+CONFIGS_GOAL = 30  # configurations each ASHA search should see within the budget (the issue's)
+# ASHA's epochs per configuration over what its rungs alone would spend (1/rf going on at each): it promotes
+# generously while few results set its cut-offs. Measured on the 40-trial Optuna + ASHA searches of ham10000_cnn at
+# grace period 2: 6.8 (results/ham10000_cnn_40) and 5.5 (results/reference-official-split) epochs per configuration
+# against 4.7 by the rungs.
+ASHA_PROMOTION_SURPLUS = 1.3
+DEFAULT_TIME_CAP_S = 7200  # a safety cap only: the epoch budget should end every search long before
+STOP_GRACE_S = 60  # past the time cap before a search still running (a KerasTuner trial) is stopped
+START_OVERHEAD_S = 35  # per search: Python + TensorFlow import, data, Ray start and stop
+# For the duration estimate only: epoch_cost.json measured 12.9 s per epoch on one core (mean over 20 random draws
+# of ham10000_cnn at 28 px); two trials share the 2 cores, each a little slower than alone.
+SECONDS_PER_EPOCH_GUESS = 8
 EPOCHS_GOAL = 1 / 3  # Optuna + ASHA's epochs to the target, as a fraction of random search's
 
 
@@ -88,12 +146,57 @@ def metric_label(metric: str) -> str:
     return "validation " + metric.removeprefix("val_").replace("_", " ")
 
 
+# --- the budget ----------------------------------------------------------------------------------
+
+
+def asha_rungs(settings: SearchSettings) -> list[int]:
+    """The epochs at which ASHA decides, as Ray's ASHAScheduler places them (one bracket)."""
+    g, rf, max_t = settings.grace_period, settings.reduction_factor, settings.max_epochs
+    count = int(np.log(max_t / g) / np.log(rf) + 1) if g <= max_t else 0
+    return [g * rf**k for k in range(count)]
+
+
+def rung_epochs_per_config(settings: SearchSettings) -> float:
+    """Epochs per configuration if exactly 1/reduction_factor of the trials went on at each of ASHA's rungs."""
+    spent, going_on, reached = 0.0, 1.0, 0
+    for rung in asha_rungs(settings):
+        rung = min(rung, settings.max_epochs)
+        spent += going_on * (rung - reached)
+        going_on, reached = going_on / settings.reduction_factor, rung
+    return spent + going_on * (settings.max_epochs - reached)
+
+
+def epochs_per_config(settings: SearchSettings, method: Method) -> float:
+    """About how many epochs a Ray method spends per configuration: ASHA's estimate, or every trial's max_epochs."""
+    return rung_epochs_per_config(settings) * ASHA_PROMOTION_SURPLUS if method.asha else float(settings.max_epochs)
+
+
+def default_budget(settings: SearchSettings) -> int:
+    """Epochs for :data:`CONFIGS_GOAL` configurations of an ASHA search, rounded up to 10."""
+    return int(math.ceil(CONFIGS_GOAL * epochs_per_config(settings, METHODS["optuna-asha"]) / 10) * 10)
+
+
+def tpe_startup(budget: int, settings: SearchSettings, method: Method) -> int:
+    """The product's start-up rule (``SearchSettings.tpe_startup``) applied to the configurations the budget lets
+    the method see rather than to num_samples, which is set far above them."""
+    configs = int(budget / epochs_per_config(settings, method))
+    return max(TPE_STARTUP_MIN, configs // TPE_STARTUP_DIVISOR)
+
+
+# --- the searches --------------------------------------------------------------------------------
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", type=float, default=360,
-                        help="wall-clock seconds per method and seed (default 360)")
+    parser.add_argument("--epoch-budget", type=int,
+                        help=f"equal-cost epochs per method and seed (default: {CONFIGS_GOAL} configurations' worth "
+                             "of ASHA on the space, rounded up to 10: 190 for ham10000_cnn.yaml)")
+    parser.add_argument("--time-cap", type=float, default=DEFAULT_TIME_CAP_S,
+                        help=f"wall-clock seconds after which a search is ended whatever its epochs (a safety cap; "
+                             f"default {DEFAULT_TIME_CAP_S})")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per method: 0..N-1 (default 3)")
-    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of: {', '.join(METHODS)}")
+    parser.add_argument("--methods", help=f"comma-separated, of: {', '.join(METHODS)} "
+                                          f"(default: {','.join(DEFAULT_METHODS)})")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
                         help="HAM10000 folder (default ../shared/data/ham10000_28)")
     parser.add_argument("--space", type=Path, default=REPO / "search_spaces" / "ham10000_cnn.yaml",
@@ -105,36 +208,58 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default results/benchmarks)")
     parser.add_argument("--fresh", action="store_true", help="delete and redo searches already complete in OUT/runs")
     args = parser.parse_args(argv)
-    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    args.methods_given = args.methods is not None
+    args.methods = ([m.strip() for m in args.methods.split(",") if m.strip()] if args.methods_given
+                    else list(DEFAULT_METHODS))
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown or not args.methods:
         parser.error(f"--methods: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHODS)}")
-    if args.seeds < 1 or args.budget < 10:
-        parser.error("--seeds must be at least 1 and --budget at least 10 seconds")
+    if args.seeds < 1:
+        parser.error("--seeds must be at least 1")
+    if args.epoch_budget is not None and args.epoch_budget < 1:
+        parser.error("--epoch-budget must be at least 1 epoch")
+    if args.time_cap < 60:
+        parser.error("--time-cap must be at least 60 seconds")
     return args
 
 
-def method_spec(base: Spec, method: str, seed: int, budget: float, max_epochs: int | None) -> Spec:
-    """The space's spec with one method's search settings, the budget and the seed."""
-    # No portfolio: every method starts from nothing, so that the comparison is of the methods alone.
-    settings = METHODS[method][1] | {"num_samples": NUM_SAMPLES, "time_budget_s": budget, "seed": seed,
-                                     "max_epochs": max_epochs, "portfolio": "none"}
+def space_portfolio(base: Spec) -> Path | None:
+    """The portfolio file the space names (absolute: the search reads its spec from the run folder), or None."""
+    if base.search.portfolio == NO_PORTFOLIO:
+        return None
+    return find_portfolio(base.search.portfolio, base.source)
+
+
+def method_spec(base: Spec, method: str, seed: int, args: argparse.Namespace, portfolio: Path | None) -> Spec:
+    """The space's spec with one method's search settings, the budgets and the seed."""
+    how = METHODS[method]
+    settings = how.settings | {"num_samples": NUM_SAMPLES, "epoch_budget": args.epoch_budget,
+                               "time_budget_s": args.time_cap, "seed": seed,
+                               # Only the warm-started method starts from the portfolio.
+                               "portfolio": str(portfolio) if how.warm else NO_PORTFOLIO}
+    if how.settings.get("searcher") == "optuna":
+        settings["tpe_startup_trials"] = tpe_startup(args.epoch_budget, base.search, how)
     return base.with_overrides(search_overrides(settings))
 
 
-def run_method(args: argparse.Namespace, base: Spec, method: str, seed: int) -> dict[str, Any] | None:
+def run_method(args: argparse.Namespace, spec: Spec, method: str, seed: int) -> dict[str, Any] | None:
     """Run (or reuse) one method-seed search and measure it; None if the search failed."""
-    spec = method_spec(base, method, seed, args.budget, args.max_epochs)
     run_dir = args.out / RUNS / f"{method}-seed{seed}"
     if args.fresh:
         shutil.rmtree(run_dir, ignore_errors=True)
-    reused = reusable(run_dir, spec, args.data.resolve())
+    # The spec names the portfolio's file, not what it holds: a search from another version of it is not reused.
+    portfolio = spec.search.portfolio
+    digest = None if portfolio == NO_PORTFOLIO else hashlib.sha256(Path(portfolio).read_bytes()).hexdigest()
+    reused = (reusable(run_dir, spec, args.data.resolve())
+              and RunLayout(run_dir).read_info().get("benchmark", {}).get("portfolio_sha256") == digest)
     if not reused:
-        console.info(f"running {method} seed {seed} ({args.budget:.0f} s budget; log: {run_dir / 'search.log'})")
-        outcome = run_search_process(spec, args.data.resolve(), run_dir, stop_after_s=args.budget + STOP_GRACE_S)
-        if not mark_complete(outcome, budget_s=args.budget, method=method, seed=seed):
+        console.info(f"running {method} seed {seed} ({args.epoch_budget} epochs; log: {run_dir / 'search.log'})")
+        outcome = run_search_process(spec, args.data.resolve(), run_dir, stop_after_s=args.time_cap + STOP_GRACE_S)
+        if not mark_complete(outcome, budget_s=args.time_cap, method=method, seed=seed,
+                             epoch_budget=args.epoch_budget, portfolio_sha256=digest):
             return None
-    return measure(run_dir, args.budget, spec.objective) | {"method": method, "seed": seed, "reused": reused}
+    return (measure(run_dir, args.epoch_budget, args.time_cap, spec.objective)
+            | {"method": method, "seed": seed, "reused": reused})
 
 
 def last_line(log: Path) -> str:
@@ -144,41 +269,54 @@ def last_line(log: Path) -> str:
     return lines[-1][:200] if lines else "no output"
 
 
-def measure(run_dir: Path, budget: float, objective: Objective) -> dict[str, Any]:
-    """Best-so-far curve and counts of one search, from the epochs recorded within the budget."""
+def measure(run_dir: Path, budget: int, time_cap: float, objective: Objective) -> dict[str, Any]:
+    """Best-so-far curve and counts of one search, from the first ``budget`` epochs it recorded."""
     search = read_search(run_dir)
     metric = objective.name
-    epochs = search.epochs[search.epochs["t"] <= budget] if not search.epochs.empty else search.epochs
-    values = epochs[metric].to_numpy(dtype=float) if not epochs.empty else np.array([])
+    recorded = len(search.epochs)
+    epochs = search.epochs.iloc[:budget]
+    values = epochs[metric].to_numpy(dtype=float) if recorded else np.array([])
     best = objective.running_best(pd.Series(values)).to_numpy() if len(values) else values
-    ids = set(epochs["trial_id"]) if not epochs.empty else set()
+    ids = set(epochs["trial_id"]) if recorded else set()
     trials = search.trials
     in_budget = trials[trials["trial_id"].isin(ids)] if not trials.empty else trials
     hp_columns = hyperparameter_columns(trials)
+    at_budget = float(epochs["t"].iloc[-1]) if recorded else None
     errored = 0
     if {"started_at", "status"} <= set(trials.columns):
-        late = trials["started_at"] - search.started > budget
+        late = (trials["started_at"] - search.started > at_budget) if recorded >= budget else False
         errored = int(((trials["status"] == "errored") & ~late).sum())
     benchmark = search.info.get("benchmark", {})
+    capped = bool(benchmark.get("stopped_after_budget")) or (search.info.get("wall_s") or 0) >= time_cap
+    ended_by = ("epoch budget" if recorded >= budget else "time cap" if capped
+                else "the search itself (no trial left)")
     return {
         "run_dir": str(run_dir),
         "metric": metric,
         "best_at_budget": float(best[-1]) if len(best) else math.nan,
-        "epochs_at_budget": len(best),
+        "epochs_counted": len(best),
+        "epochs_recorded": recorded,
+        "overrun_epochs": max(0, recorded - budget),
+        "ended_by": ended_by,
+        "wall_at_budget_s": at_budget,
         "trials": len(ids),
         "configs": len(in_budget[hp_columns].astype(str).drop_duplicates()) if hp_columns else len(ids),
         "errored": errored,
-        "epochs_after_budget": len(search.epochs) - len(epochs),
+        "split": search.info.get("split"),
+        "warm_start": search.info.get("warm_start"),  # what the search trained first, and what it skipped
         "search_seconds": benchmark.get("seconds"),
-        "stopped_after_budget": benchmark.get("stopped_after_budget"),
-        # One point per epoch within the budget: [seconds since the search began, best so far];
-        # the i-th point is cumulative epoch i + 1.
+        "stopped_after_time_cap": benchmark.get("stopped_after_budget"),
+        # One point per epoch counted: [seconds since the search began, best so far]; the i-th point is
+        # cumulative epoch i + 1.
         "curve": [[round(float(t), 2), float(b)] for t, b in zip(epochs["t"], best, strict=True)] if len(best) else [],
     }
 
 
+# --- the report ----------------------------------------------------------------------------------
+
+
 def reach(run: dict[str, Any], target: float, objective: Objective) -> None:
-    """Add time and epochs to the target (None: not reached within the budget)."""
+    """Add wall time and epochs to the target (None: not reached within the budget)."""
     hit = next((i for i, (_, b) in enumerate(run["curve"]) if not objective.better(target, b)), None)
     run["time_to_target_s"] = None if hit is None else run["curve"][hit][0]
     run["epochs_to_target"] = None if hit is None else hit + 1
@@ -192,11 +330,11 @@ def choose_target(runs: list[dict[str, Any]], given: float | None) -> tuple[floa
                     if r["method"] == "random" and not math.isnan(r["best_at_budget"])]
     if random_bests:
         return (float(np.median(random_bests)),
-                f"median of random search's bests at the budget over {len(random_bests)} seeds")
+                f"median of random search's bests at the budget over {len(random_bests)} seed(s)")
     bests = [r["best_at_budget"] for r in runs if not math.isnan(r["best_at_budget"])]
     if not bests:
         return math.nan, "undefined: no search recorded an epoch within the budget"
-    return float(np.median(bests)), "median of all searches' bests at the budget (random search has none)"
+    return float(np.median(bests)), "median of all searches' bests at the budget (random search did not run)"
 
 
 def median_or_none(values: list[float | None]) -> float | None:
@@ -207,44 +345,63 @@ def median_or_none(values: list[float | None]) -> float | None:
     return None if math.isinf(median) else median
 
 
-def summarise(runs: list[dict[str, Any]], methods: list[str]) -> dict[str, dict[str, Any]]:
+def configs_ok(run: dict[str, Any]) -> bool | None:
+    """Whether an ASHA search saw :data:`CONFIGS_GOAL` configurations within the budget (None: not ASHA)."""
+    return run["configs"] >= CONFIGS_GOAL if METHODS[run["method"]].asha else None
+
+
+def summarise(runs: list[dict[str, Any]], methods: list[str], budget: int) -> dict[str, dict[str, Any]]:
     """Per method, over its seeds: the best at the budget (mean, sd, range), medians to the target, mean counts."""
     summary = {}
     for method in methods:
         mine = [r for r in runs if r["method"] == method]
         bests = np.array([r["best_at_budget"] for r in mine], dtype=float)
+        checked = [configs_ok(r) for r in mine]
         summary[method] = {
-            "label": METHODS[method][0],
+            "label": METHODS[method].label,
+            "warm_started": METHODS[method].warm,
             "seeds": len(mine),
             "best_mean": float(np.nanmean(bests)) if len(mine) else None,
-            "best_sd": float(np.nanstd(bests, ddof=1)) if len(mine) > 1 else 0.0 if mine else None,
+            "best_sd": float(np.nanstd(bests, ddof=1)) if len(mine) > 1 else None,
             "best_min": float(np.nanmin(bests)) if len(mine) else None,
             "best_max": float(np.nanmax(bests)) if len(mine) else None,
             "time_to_target_s_median": median_or_none([r["time_to_target_s"] for r in mine]),
             "epochs_to_target_median": median_or_none([r["epochs_to_target"] for r in mine]),
             "reached": sum(r["epochs_to_target"] is not None for r in mine),
-            "epochs_at_budget_mean": float(np.mean([r["epochs_at_budget"] for r in mine])) if mine else None,
-            "trials_mean": float(np.mean([r["trials"] for r in mine])) if mine else None,
             "configs_mean": float(np.mean([r["configs"] for r in mine])) if mine else None,
+            "trials_mean": float(np.mean([r["trials"] for r in mine])) if mine else None,
+            "configs_goal_met": None if not METHODS[method].asha else sum(bool(c) for c in checked),
+            "overrun_max": max((r["overrun_epochs"] for r in mine), default=None),
+            "short_of_budget": sum(r["epochs_counted"] < budget for r in mine),
         }
     return summary
 
 
 def goals(summary: dict[str, dict[str, Any]], objective: Objective) -> dict[str, Any]:
-    """The issue's two goals for Optuna + ASHA, each with a sentence saying whether it is met."""
+    """The issue's two goals for the cold Optuna + ASHA, each with a sentence saying whether it is met; and the
+    warm-started method's epochs to the target, reported apart (not a goal)."""
     out: dict[str, Any] = {}
-    ours, random = summary.get("optuna-asha"), summary.get("random")
-    if ours and random and ours["seeds"] and random["seeds"]:
+    random = summary.get("random")
+    for method, key in (("optuna-asha", "epochs"), (WARM_METHOD, "warm_epochs")):
+        ours = summary.get(method)
+        if not (ours and random and ours["seeds"] and random["seeds"]):
+            continue
         mine, theirs = ours["epochs_to_target_median"], random["epochs_to_target_median"]
         ratio = mine / theirs if mine is not None and theirs else None
         met = ratio is not None and ratio <= EPOCHS_GOAL
+        who = "Optuna + ASHA" if method == "optuna-asha" else "the warm-started search"
         why = (f"{mine:.0f} / {theirs:.0f} epochs = {ratio:.2f}" if ratio is not None
-               else "Optuna + ASHA's median seed did not reach the target" if mine is None
+               else f"{who}'s median seed did not reach the target" if mine is None
                else "random search's median seed did not reach the target")
-        out["epochs_ratio"] = ratio
-        out["epochs_goal_met"] = met
-        out["epochs_sentence"] = (f"epochs to target, Optuna + ASHA / random search: {why} "
-                                  f"(goal <= {EPOCHS_GOAL:.2f}): {'goal met' if met else 'goal not met'}")
+        out[f"{key}_ratio"] = ratio
+        if method == "optuna-asha":
+            out["epochs_goal_met"] = met
+            out["epochs_sentence"] = (f"epochs to target, Optuna + ASHA / random search (medians over seeds): {why} "
+                                      f"(goal <= {EPOCHS_GOAL:.2f}): {'goal met' if met else 'goal not met'}")
+        else:
+            out["warm_epochs_sentence"] = (f"warm-started, reported apart: epochs to target, {ours['label']} / "
+                                           f"random search: {why}")
+    ours = summary.get("optuna-asha")
     rivals = {m: s["best_mean"] for m, s in summary.items() if m.startswith("kt-") and s["seeds"]}
     if ours and ours["seeds"] and rivals:
         met = all(objective.better(ours["best_mean"], v) for v in rivals.values())
@@ -255,63 +412,127 @@ def goals(summary: dict[str, dict[str, Any]], objective: Objective) -> dict[str,
     return out
 
 
-def print_summary(summary: dict[str, dict[str, Any]], runs: list[dict[str, Any]], target: float, source: str,
-                  budget: float) -> None:
-    """The summary table: one row per method, per-seed values in brackets."""
-    def per_seed(method: str, key: str, digits: int) -> str:
-        mine = [r for r in runs if r["method"] == method]
-        values = ", ".join("-" if r[key] is None else f"{r[key]:.{digits}f}" for r in mine)
-        return f"{fmt(summary[method][f'{key}_median'], digits, 'not reached')} ({values})" if mine else "-"
+def seeds_sentence(summary: dict[str, dict[str, Any]], seeds: int) -> tuple[str, dict[str, Any]]:
+    """What this many seeds can and cannot show, from the spread between seeds of the cold methods."""
+    sds = [s["best_sd"] for m, s in summary.items()
+           if not METHODS[m].warm and s["best_sd"] is not None and not math.isnan(s["best_sd"])]
+    if seeds < 2 or not sds:
+        return ("one seed per method: the spread between seeds is not measured, so no difference between methods "
+                "can be told from seed luck", {"seeds": seeds})
+    from scipy.stats import t
 
-    rows = []
-    for method, s in summary.items():
-        spread = f"{fmt(s['best_min'])}-{fmt(s['best_max'])}" if s["seeds"] else "-"
-        best = f"{fmt(s['best_mean'])} ± {fmt(s['best_sd'])}" if s["seeds"] else "-"
-        rows.append([s["label"], s["seeds"], best, spread,
-                     per_seed(method, "time_to_target_s", 0), per_seed(method, "epochs_to_target", 0),
-                     f"{s['reached']}/{s['seeds']}", fmt(s["epochs_at_budget_mean"], 1), fmt(s["trials_mean"], 1),
-                     fmt(s["configs_mean"], 1)])
+    pooled = float(np.sqrt(np.mean(np.square(sds))))
+    se = pooled / math.sqrt(seeds)
+    # A two-sided t-test at 5% between two methods' means, seeds methods apart, both with the pooled sd.
+    resolvable = float(t.ppf(0.975, 2 * seeds - 2) * pooled * math.sqrt(2 / seeds))
+    sentence = (f"What {seeds} seeds can show: the best at the budget varies between seeds with sd {pooled:.3f} "
+                f"(pooled over the cold methods), so a method's mean is known to about ± {se:.3f} (its standard "
+                f"error) and two means must be about {resolvable:.3f} apart before a t-test at 5% tells them apart. "
+                f"A gap of that size, or one method ahead at every seed, can be shown; a ranking of methods closer "
+                f"than that, and any sd itself (estimated from {seeds} values), cannot.")
+    return sentence, {"seeds": seeds, "pooled_sd": pooled, "standard_error": se, "resolvable_difference": resolvable}
+
+
+def warm_lines(runs: list[dict[str, Any]]) -> list[str]:
+    """For each warm-started search, how many of the portfolio's configurations it trained first (and why not all)."""
+    lines = []
+    for run in (r for r in runs if METHODS[r["method"]].warm):
+        record = run["warm_start"] or {}
+        portfolio = record.get("portfolio") or {}
+        enqueued, skipped = portfolio.get("enqueued", 0), record.get("skipped_by_reason") or {}
+        lines.append(f"{METHODS[run['method']].label} seed {run['seed']}: trained {enqueued} of the portfolio's "
+                     f"{portfolio.get('configurations', 0)} configurations first"
+                     + (f" (skipped: {', '.join(f'{why} {n}' for why, n in skipped.items())})" if skipped else "")
+                     + ("" if enqueued else ": NOT warm-started, its row is a cold search"))
+    return lines
+
+
+def method_groups(methods: list[str]) -> list[list[str]]:
+    """The cold methods, then the warm-started ones (a group left out when empty)."""
+    return [g for g in ([m for m in methods if not METHODS[m].warm], [m for m in methods if METHODS[m].warm]) if g]
+
+
+def print_summary(summary: dict[str, dict[str, Any]], runs: list[dict[str, Any]], methods: list[str], target: float,
+                  source: str, budget: int) -> None:
+    """The summary table (a row per method, the warm-started apart) and every seed's own row."""
+    rows: list[list[Any] | None] = []
+    for group in method_groups(methods):
+        if rows:
+            rows.append(None)
+        for method in group:
+            s = summary[method]
+            if not s["seeds"]:
+                rows.append([s["label"], 0, *["-"] * 9])
+                continue
+            goal = "-" if s["configs_goal_met"] is None else f"{s['configs_goal_met']}/{s['seeds']}"
+            rows.append([s["label"], s["seeds"], f"{fmt(s['best_mean'])} ± {fmt(s['best_sd'])}",
+                         f"{fmt(s['best_min'])}-{fmt(s['best_max'])}",
+                         fmt(s["epochs_to_target_median"], 0, "not reached"),
+                         fmt(s["time_to_target_s_median"], 0, "not reached"), f"{s['reached']}/{s['seeds']}",
+                         fmt(s["configs_mean"], 1), fmt(s["trials_mean"], 1), goal, s["overrun_max"]])
+    label = metric_label(runs[0]["metric"])
     print_table(
-        f"Search efficiency at {budget:.0f} s per search: {metric_label(runs[0]['metric'])} (target {target:.3f})",
-        ["method", "seeds", "best (mean ± sd)", "min-max", "time to target s", "epochs to target", "reached",
-         "epochs", "trials", "configs"],
+        f"Search efficiency at {budget} equal-cost epochs per search: {label} (target {target:.3f})",
+        ["method", "seeds", "best (mean ± sd)", "min-max", "epochs to target", "wall s to target", "reached",
+         "configs", "trials", f">= {CONFIGS_GOAL} configs", "overrun"],
         rows,
-        caption=f"best: at the budget. target = {target:.3f}, the {source}. Time and epochs to target: median over "
-                "seeds (each seed in brackets, '-' = not reached within the budget); epochs are summed over all of a "
-                "search's trials in recorded order. epochs, trials, configs (distinct hyperparameter sets): mean per "
-                "search within the budget.",
+        caption=f"best: at the budget (the first {budget} epochs each search recorded). target = {target:.3f}, the "
+                f"{source}. Epochs and wall seconds to target: median over seeds ('not reached' when the median seed "
+                "did not reach it within the budget); epochs are summed over a search's trials in recorded order. "
+                "configs (distinct hyperparameter sets) and trials: mean per search within the budget. "
+                f">= {CONFIGS_GOAL} configs: ASHA searches that saw that many. overrun: most epochs a search recorded "
+                "past its budget (not counted)."
+                + (" Below the line: warm-started, not compared with the cold methods."
+                   if len(method_groups(methods)) > 1 else ""),
+    )
+    rows = []
+    for group in method_groups(methods):
+        if rows:
+            rows.append(None)
+        for run in (r for m in group for r in runs if r["method"] == m):
+            ok = configs_ok(run)
+            mark = "" if ok is None else " ✓" if ok else " ✗"
+            rows.append([METHODS[run["method"]].label, run["seed"], fmt(run["best_at_budget"]),
+                         "-" if run["epochs_to_target"] is None else run["epochs_to_target"],
+                         fmt(run["time_to_target_s"], 0), f"{run['configs']}{mark}",
+                         run["trials"], run["errored"], f"{run['epochs_counted']}/{budget}", run["overrun_epochs"],
+                         fmt(run["wall_at_budget_s"], 0), run["ended_by"], "yes" if run["reused"] else "no"])
+    print_table(
+        "Every seed",
+        ["method", "seed", "best", "epochs to target", "wall s to target", "configs", "trials", "errored",
+         "epochs counted", "overrun", "wall s at budget", "ended by", "reused"],
+        rows,
+        caption=f"'-': not reached within the budget. configs: ✓ / ✗ whether an ASHA search saw >= {CONFIGS_GOAL}. "
+                "errored: trials that failed before the budget was spent. wall s at budget: when the last epoch "
+                "counted was recorded.",
     )
 
 
-def plot(runs: list[dict[str, Any]], methods: list[str], target: float, budget: float, path: Path, title: str) -> None:
-    """Best-so-far versus wall time and versus cumulative epochs: a thin line per seed, the median thick."""
+def plot(runs: list[dict[str, Any]], methods: list[str], target: float, budget: int, path: Path, title: str) -> None:
+    """Best so far versus cumulative equal-cost epochs, every method in one panel: a thin line per seed, the median
+    thick (dashed for the warm-started method), the target dotted."""
     import matplotlib.pyplot as plt
 
-    label_y = f"best {metric_label(runs[0]['metric'])} so far"
-    fig, (by_time, by_epochs) = plt.subplots(1, 2, figsize=(14, 6), sharey=True, layout="constrained")
+    fig, ax = plt.subplots(figsize=(10, 6.5), layout="constrained")
     for method in methods:
         curves = [np.array(r["curve"]) for r in runs if r["method"] == method and r["curve"]]
         if not curves:
             continue
-        color, label = COLORS[method], METHODS[method][0]
+        color, how = COLORS[method], METHODS[method]
         for curve in curves:
-            by_time.step(curve[:, 0], curve[:, 1], where="post", color=color, lw=0.8, alpha=0.35)
-            by_epochs.step(np.arange(1, len(curve) + 1), curve[:, 1], where="post", color=color, lw=0.8, alpha=0.35)
-        times = np.linspace(0, budget, 721)
-        by_time.plot(times, np.median([step_at(c[:, 0], c[:, 1], times) for c in curves], axis=0), color=color, lw=2.5,
-                     label=f"{label} (median of {len(curves)})")
+            ax.step(np.arange(1, len(curve) + 1), curve[:, 1], where="post", color=color, lw=0.8, alpha=0.35)
         counts = np.arange(1, max(len(c) for c in curves) + 1)
         stepped = [step_at(np.arange(1, len(c) + 1), c[:, 1], counts, end=len(c)) for c in curves]
-        by_epochs.plot(counts, np.median(stepped, axis=0), color=color, lw=2.5, drawstyle="steps-post")
-    for ax in (by_time, by_epochs):
-        ax.axhline(target, color="black", ls=":", lw=1)
-        ax.grid(alpha=0.3)
-    by_time.axvline(budget, color="black", lw=0.8)
-    by_time.text(0, target, " target", va="bottom", ha="left", fontsize=8)
-    by_time.set(xlabel="wall time since the search began (s)", ylabel=label_y, xlim=(0, budget * 1.02))
-    by_epochs.set(xlabel="epochs trained, summed over the search's trials", xlim=(0, None))
-    fig.legend(loc="outside lower center", ncol=3, fontsize=9)
-    fig.suptitle(title, fontsize=10)
+        ax.plot(counts, np.median(stepped, axis=0), color=color, lw=2.5, drawstyle="steps-post",
+                ls="--" if how.warm else "-", label=f"{how.label} (median of {len(curves)})")
+    ax.axhline(target, color="black", ls=":", lw=1)
+    ax.text(0, target, " target", va="bottom", ha="left", fontsize=8)
+    ax.axvline(budget, color="black", lw=0.8)
+    ax.grid(alpha=0.3)
+    ax.set(xlabel="equal-cost epochs trained, summed over the search's trials",
+           ylabel=f"best {metric_label(runs[0]['metric'])} so far", xlim=(0, budget * 1.02))
+    ax.legend(loc="lower right", fontsize=9)
+    ax.set_title(title, fontsize=10)
     save_figure(fig, path)
 
 
@@ -326,24 +547,45 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         base = load_spec(args.space)
-        specs = {m: method_spec(base, m, 0, args.budget, args.max_epochs) for m in args.methods}  # validated up front
+        base = base.with_overrides(search_overrides({"max_epochs": args.max_epochs}))  # validated up front
+        portfolio = space_portfolio(base)
+        if portfolio is None and WARM_METHOD in args.methods:
+            if args.methods_given:
+                raise UserError(f"--methods {WARM_METHOD}: {args.space} names no search.portfolio to warm-start "
+                                "from; leave the method out, or use a space that names one")
+            args.methods.remove(WARM_METHOD)
+            console.info(f"note: {WARM_METHOD} left out: {args.space} names no search.portfolio")
+        if portfolio is not None and WARM_METHOD in args.methods:
+            read_portfolio(portfolio)  # a malformed file fails here, not in every seed's search
+        settings = base.search
+        args.epoch_budget = args.epoch_budget or default_budget(settings)
+        specs = {m: method_spec(base, m, 0, args, portfolio) for m in args.methods}  # validated up front
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     load = check_idle()
     plan = [(method, seed) for seed in range(args.seeds) for method in args.methods]
-    settings = specs[args.methods[0]].search
+    per_config = epochs_per_config(settings, METHODS["optuna-asha"])
+    expected = args.epoch_budget / per_config
     console.info(
-        f"{len(plan)} searches of {args.budget:.0f} s ({len(args.methods)} methods x {args.seeds} seeds) on "
-        f"{args.space.name}, max {settings.max_epochs} epochs per trial; about "
-        f"{len(plan) * (args.budget + START_OVERHEAD_S + 10) / 60:.0f} min if none can be reused"
+        f"{len(plan)} searches of {args.epoch_budget} equal-cost epochs ({len(args.methods)} methods x {args.seeds} "
+        f"seeds) on {args.space.name}, max {settings.max_epochs} epochs per trial; about "
+        f"{len(plan) * (args.epoch_budget * SECONDS_PER_EPOCH_GUESS + START_OVERHEAD_S) / 3600:.1f} h if none can be "
+        f"reused (at about {SECONDS_PER_EPOCH_GUESS} s per epoch)"
+    )
+    console.info(
+        f"ASHA (grace period {settings.grace_period}, reduction factor {settings.reduction_factor}, rungs at "
+        f"{', '.join(map(str, asha_rungs(settings)))} of {settings.max_epochs} epochs) spends about {per_config:.1f} "
+        f"epochs per configuration: {args.epoch_budget} epochs give about {expected:.0f} configurations"
+        + ("" if expected >= CONFIGS_GOAL else
+           f", fewer than {CONFIGS_GOAL}: {CONFIGS_GOAL} need about {default_budget(settings)} epochs")
     )
     runs, failed = [], []
     # Seed-major order: an interrupted benchmark has every method at the first seeds, and drifts in the
     # machine's load spread over all methods alike.
     for i, (method, seed) in enumerate(plan, start=1):
         try:
-            run = run_method(args, base, method, seed)
+            run = run_method(args, method_spec(base, method, seed, args, portfolio), method, seed)
         except KeyboardInterrupt:
             print(f"interrupted at {method} seed {seed}; run the same command again to continue (complete searches "
                   "are reused)", file=sys.stderr)
@@ -351,14 +593,14 @@ def main(argv: list[str] | None = None) -> int:
         if run is None:
             log = args.out / RUNS / f"{method}-seed{seed}" / "search.log"
             failed.append({"method": method, "seed": seed, "log": str(log), "last_line": last_line(log)})
-            print(f"[{i:>2}/{len(plan)}] {method:<13} seed {seed}: the search failed: {failed[-1]['last_line']} "
+            print(f"[{i:>2}/{len(plan)}] {method:<21} seed {seed}: the search failed: {failed[-1]['last_line']} "
                   f"(log: {log})", flush=True)
             continue
         runs.append(run)
         took = "reused" if run["reused"] else f"search took {run['search_seconds']:.0f} s"
-        print(f"[{i:>2}/{len(plan)}] {method:<13} seed {seed}: best {fmt(run['best_at_budget'])} at "
-              f"{args.budget:.0f} s, {run['trials']} trials ({run['configs']} configs, {run['errored']} errored), "
-              f"{run['epochs_at_budget']} epochs ({took})", flush=True)
+        print(f"[{i:>2}/{len(plan)}] {method:<21} seed {seed}: best {fmt(run['best_at_budget'])} at "
+              f"{run['epochs_counted']} epochs, {run['configs']} configs ({run['trials']} trials, {run['errored']} "
+              f"errored), overrun {run['overrun_epochs']}, ended by {run['ended_by']} ({took})", flush=True)
     if not runs:
         print("no search completed; nothing to report", file=sys.stderr)
         return 1
@@ -366,30 +608,59 @@ def main(argv: list[str] | None = None) -> int:
     target, source = choose_target(runs, args.target)
     for run in runs:
         reach(run, target, objective)
-    summary = summarise(runs, args.methods)
+        run["configs_goal_met"] = configs_ok(run)
+    summary = summarise(runs, args.methods, args.epoch_budget)
     checks = goals(summary, objective)
-    print_summary(summary, runs, target, source, args.budget)
-    for key in ("epochs_sentence", "keras_tuner_sentence"):
+    spread, spread_record = seeds_sentence(summary, args.seeds)
+    print_summary(summary, runs, args.methods, target, source, args.epoch_budget)
+    short = [r for r in runs if r["epochs_counted"] < args.epoch_budget]
+    asha = [r for r in runs if configs_ok(r) is not None]
+    if asha:
+        seen = sum(bool(configs_ok(r)) for r in asha)
+        print(f"ASHA searches that saw >= {CONFIGS_GOAL} configurations within the budget: {seen} of {len(asha)}"
+              + ("" if seen == len(asha) else f" (a larger --epoch-budget gives more; the estimate for "
+                                              f"{CONFIGS_GOAL} was {default_budget(settings)} epochs)"))
+    if short:
+        print(f"{len(short)} search(es) recorded fewer epochs than the budget (not equal compute): "
+              + ", ".join(f"{r['method']} seed {r['seed']} ({r['epochs_counted']}, ended by {r['ended_by']})"
+                          for r in short))
+    for key in ("epochs_sentence", "keras_tuner_sentence", "warm_epochs_sentence"):
         if key in checks:
             print(checks[key])
+    print(spread)
+    for line in warm_lines(runs):
+        print(line)
     if failed:
         print(f"{len(failed)} search(es) failed and are left out: "
               + ", ".join(f"{f['method']} seed {f['seed']}" for f in failed))
     args.out.mkdir(parents=True, exist_ok=True)
+    warm = None
+    if portfolio is not None and WARM_METHOD in args.methods:
+        # Where the portfolio came from (its file says) beside the benchmark's own split: they should differ.
+        warm = {"method": WARM_METHOD, "portfolio": str(portfolio), "configurations": len(read_portfolio(portfolio)),
+                "description": read_yaml(portfolio, "portfolio").get("description"),
+                "benchmark_split": runs[0]["split"]}
     write_result(args.out / "search_efficiency.json", {
-        "load_average_at_start": load, "space": str(args.space), "data": str(args.data), "budget_s": args.budget,
-        "seeds": list(range(args.seeds)),
+        "load_average_at_start": load, "space": str(args.space), "data": str(args.data),
+        "budget_epochs": args.epoch_budget, "time_cap_s": args.time_cap, "seeds": list(range(args.seeds)),
         "stop_grace_s": STOP_GRACE_S, **objective.to_record(),
         "settings": {"num_samples": NUM_SAMPLES, "max_epochs": settings.max_epochs,
-                     "grace_period": settings.grace_period, "reduction_factor": settings.reduction_factor},
-        "methods": {m: {"label": METHODS[m][0], "settings": METHODS[m][1]} for m in args.methods},
+                     "grace_period": settings.grace_period, "reduction_factor": settings.reduction_factor,
+                     "asha_rungs": asha_rungs(settings), "asha_epochs_per_config_estimate": per_config,
+                     "asha_configs_expected": expected, "configs_goal": CONFIGS_GOAL},
+        "methods": {m: {"label": METHODS[m].label, "warm_started": METHODS[m].warm,
+                        "settings": METHODS[m].settings,
+                        "tpe_startup_trials": specs[m].search.tpe_startup_trials} for m in args.methods},
+        "warm_start": warm,
         "target": {"value": target, "source": source},
         "runs": runs, "failed": failed, "summary": summary, "goals": checks,
+        "seeds_can_show": spread_record | {"sentence": spread},
     })
     label_y = f"best {metric_label(runs[0]['metric'])} so far"
-    plot(runs, args.methods, target, args.budget, args.out / "search_efficiency.png",
-         f"{args.space.name}: {label_y}, {args.budget:.0f} s per search, {args.seeds} seed(s) per method "
-         f"(thin: one seed; thick: median while every seed has a point; dotted: target {target:.3f})")
+    plot(runs, args.methods, target, args.epoch_budget, args.out / "search_efficiency.png",
+         f"{args.space.name}: {label_y}, {args.epoch_budget} equal-cost epochs per search, {args.seeds} seed(s) per "
+         f"method\n(thin: one seed; thick: median while every seed has a point, dashed: warm-started; dotted: target "
+         f"{target:.3f})")
     print(f"wrote {args.out / 'search_efficiency.json'} and {args.out / 'search_efficiency.png'}")
     return 0
 
