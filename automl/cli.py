@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from automl.errors import UserError
+from automl.stages import DECISION, DECISIONS, ENSEMBLE_METHOD, ENSEMBLE_METHODS, SEEDS, TOP_K
 
 
 def _data_args(parser: argparse.ArgumentParser) -> None:
@@ -51,10 +52,8 @@ def _overrides(args: argparse.Namespace, *groups: str) -> dict:
 #: The setting groups each command offers as flags (submit handles the split file itself: it may upload it).
 TRAIN_GROUPS, SEARCH_GROUPS = ("data", "objective", "train"), ("data", "objective", "search")
 SUBMIT_GROUPS = ("objective", "search")
-METHODS = ("greedy", "mean", "weighted")  # automl.ensemble.METHODS, without importing its numpy here
-DECISIONS = ("balanced", "prior")  # automl.posthoc.DECISIONS
 DECISION_HELP = ("balanced: members' probabilities as trained (favours balanced accuracy); prior: Bayes-corrected "
-                 "to the training class prior (favours accuracy). Default balanced")
+                 f"to the training class prior (favours accuracy). Default {DECISION}")
 SPLIT_FILE_DEST = "data__split__file"
 
 
@@ -108,8 +107,8 @@ def _stage_parser(commands, command: str, text: str) -> argparse.ArgumentParser:
 def _retrain_parser(commands) -> None:
     retrain = _stage_parser(commands, "retrain", "retrain a search's top configurations from scratch (Ray Tune)")
     retrain.add_argument("--data", type=Path, help="HAM10000 folder (default: the one the search used)")
-    retrain.add_argument("--top-k", type=int, help="configurations to retrain (default 5)")
-    retrain.add_argument("--seeds", type=int, help="seeds per configuration (default 1)")
+    retrain.add_argument("--top-k", type=int, help=f"configurations to retrain (default {TOP_K})")
+    retrain.add_argument("--seeds", type=int, help=f"seeds per configuration (default {SEEDS})")
     retrain.add_argument("--epochs", type=int, help="epoch budget (default: the spec's training.epochs)")
     retrain.add_argument("--refit", action="store_true",
                          help="train the ensemble's members again on train+val, each for its best epoch count, into "
@@ -122,8 +121,8 @@ def _retrain_parser(commands) -> None:
 
 def _ensemble_parser(commands) -> None:
     ensemble = _stage_parser(commands, "ensemble", "ensemble the retrained members and evaluate on the test split")
-    ensemble.add_argument("--method", choices=METHODS, default="greedy")
-    ensemble.add_argument("--decision", choices=DECISIONS, default="balanced", help=DECISION_HELP)
+    ensemble.add_argument("--method", choices=ENSEMBLE_METHODS, default=ENSEMBLE_METHOD)
+    ensemble.add_argument("--decision", choices=DECISIONS, default=DECISION, help=DECISION_HELP)
     ensemble.set_defaults(run=_ensemble)
 
 
@@ -166,10 +165,10 @@ def _run_parser(commands) -> None:
     _run_folder_args(run, search=True)
     run.add_argument("--resume", action="store_true",
                      help="continue this run: resume an interrupted search, or skip a finished one and go on")
-    run.add_argument("--top-k", type=int, default=5)
-    run.add_argument("--seeds", type=int, default=1)
-    run.add_argument("--method", choices=METHODS, default="greedy")
-    run.add_argument("--decision", choices=DECISIONS, default="balanced", help=DECISION_HELP)
+    run.add_argument("--top-k", type=int, default=TOP_K)
+    run.add_argument("--seeds", type=int, default=SEEDS)
+    run.add_argument("--method", choices=ENSEMBLE_METHODS, default=ENSEMBLE_METHOD)
+    run.add_argument("--decision", choices=DECISIONS, default=DECISION, help=DECISION_HELP)
     _setting_args(run, *SEARCH_GROUPS)
     run.set_defaults(run=_run)
 
@@ -297,13 +296,13 @@ def _retrain(args: argparse.Namespace) -> None:
         from automl.retrain import refit, retrain
 
         if not args.refit:
-            retrain(run.root, data_dir, top_k=args.top_k or 5, seeds=args.seeds or 1, epochs=args.epochs,
+            retrain(run.root, data_dir, top_k=args.top_k or TOP_K, seeds=args.seeds or SEEDS, epochs=args.epochs,
                     address=args.address, skip_bad_images=args.skip_bad_images, cache_dir=args.cache_dir)
             return
         refit(run.root, data_dir, address=args.address, skip_bad_images=args.skip_bad_images,
               cache_dir=args.cache_dir)
         # The same choices again (all made on validation, deterministically), now with the refit's test figures.
-        evaluate_run(run.root, method=summary["method"], decision=summary.get("decision", "balanced"))
+        evaluate_run(run.root, method=summary["method"], decision=summary.get("decision", DECISION))
 
 
 def _ensemble(args: argparse.Namespace) -> None:

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from automl.objective import Objective
+from automl.stages import ENSEMBLE_METHODS as METHODS
 
-METHODS = ("greedy", "mean", "weighted")
 
 
 @dataclass

@@ -50,9 +50,10 @@ from automl.posthoc import (
     tta_modes,
 )
 from automl.published import PUBLISHED
+from automl.stages import DECISION, ENSEMBLE_METHOD
 
 
-def evaluate_run(run_dir: Path, method: str = "greedy", decision: str = "balanced", bootstrap: int = 1000,
+def evaluate_run(run_dir: Path, method: str = ENSEMBLE_METHOD, decision: str = DECISION, bootstrap: int = 1000,
                  seed: int = 0) -> dict:
     """Choose on validation, evaluate on test; see the module docstring for what is chosen and how."""
     if method not in METHODS:

@@ -27,6 +27,7 @@ from automl.data import resize_tensor
 from automl.files import atomic_write, staged_dir, write_json
 from automl.layout import ModelLayout, RunFolderError, RunLayout, hp_column
 from automl.objective import HEADLINE, Objective
+from automl.stages import DECISION
 
 
 @keras.saving.register_keras_serializable(package="automl")
@@ -289,7 +290,7 @@ def assemble_run(run: RunLayout, refit: bool = False, tta: str | None = None, de
     chosen = [m for m, w in summary["weights"].items() if w > 0]
     members = run.read_members(refit=refit)
     factors = None
-    if (decision or summary.get("decision", "balanced")) == "prior":
+    if (decision or summary.get("decision", DECISION)) == "prior":
         factors = posthoc.prior_factors(members, run.refit_members if refit else run.members)
     models = [_load_member(run, m, refit) for m in chosen]
     model = assemble(models, [summary["weights"][m] for m in chosen], tuple(info["image_size"]),
@@ -322,7 +323,7 @@ def _card(run: RunLayout, info: dict, summary: dict, members, chosen: list[str],
         "objective": str(Objective.from_record(summary.get("objective") or info)),
         "ensemble_method": summary["method"],
         "tta": summary.get("tta", "none"),
-        "decision": summary.get("decision", "balanced"),
+        "decision": summary.get("decision", DECISION),
         "temperature": float(summary.get("temperature") or 1.0),
         "members": [
             {"member_id": m, "weight": summary["weights"][m], "search_trial": members.loc[m, "trial_id"],

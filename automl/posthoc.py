@@ -37,9 +37,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from automl.stages import DECISIONS  # noqa: F401 - the rules this module applies, re-exported
+
 #: Cheapest first: a tie on validation goes to the earlier mode.
 TTA_MODES = ("none", "flips", "dihedral")
-DECISIONS = ("balanced", "prior")
 #: Each view as (quarter turns counter-clockwise, then a left-right flip). Each mode's views are a
 #: prefix of the next mode's, so scoring every mode costs one prediction per distinct view.
 VIEWS = ((0, False), (0, True), (2, False), (2, True), (1, False), (1, True), (3, False), (3, True))

@@ -45,6 +45,7 @@ from automl.metrics import classification_metrics, prefixed
 from automl.objective import Objective
 from automl.posthoc import predict_modes, tta_modes
 from automl.spec import Spec, load_spec
+from automl.stages import SEEDS, TOP_K
 from automl.store import utc_now, write_run_info
 from automl.trial import epoch_line, expected_class_mix
 from automl.weights import require_weights
@@ -75,8 +76,8 @@ def _params(row) -> dict:
 def retrain(
     run_dir: Path,
     data_dir: Path,
-    top_k: int = 5,
-    seeds: int = 1,
+    top_k: int = TOP_K,
+    seeds: int = SEEDS,
     epochs: int | None = None,
     address: str | None = None,
     skip_bad_images: bool = False,
