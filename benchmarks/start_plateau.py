@@ -24,8 +24,9 @@ accuracy within 0.01 of 1/7: one class predicted for every image, the uniform-ou
 epoch k, the summary also counts the runs at chance after epoch k that are off it by the last epoch (a first rung
 at k would have pruned them while still on the plateau), and the Spearman correlation of the ranking after epoch k
 with the ranking after the last (what a rung at k keeps). Resumable: one JSON line per finished run in
-``OUT/runs/start_plateau[-SPACE].jsonl`` (``--force`` starts over); writes ``OUT/start_plateau[-SPACE].json``
-(SPACE: the space file's stem, for any space but the default).
+``OUT/runs/start_plateau[-SPACE][-STRATEGIES].jsonl`` (``--force`` starts over); writes
+``OUT/start_plateau[-SPACE][-STRATEGIES].json`` (SPACE: the space file's stem, for any space but the default;
+STRATEGIES: those given, when not all).
 """
 
 from __future__ import annotations
@@ -170,7 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     dataset = load_dataset(args.data, **spec.data.dataset_args())
     drawn = feasible_draws(args.space, args.configs, args.seed)
     (args.out / RUNS).mkdir(parents=True, exist_ok=True)
-    name = "start_plateau" if args.space.resolve() == SPACE else f"start_plateau-{args.space.stem}"
+    # The default measurement keeps the plain name; another space or strategy set is named after them.
+    suffix = ([] if args.space.resolve() == SPACE else [args.space.stem]) + (
+        [] if args.strategies == list(STRATEGIES) else args.strategies)
+    name = "-".join(["start_plateau", *suffix])
     log = args.out / RUNS / f"{name}.jsonl"
     if args.force:
         log.unlink(missing_ok=True)
