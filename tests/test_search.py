@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -262,3 +263,15 @@ def test_a_space_where_nothing_fits_is_one_clear_line_before_anything_runs(tiny_
     err = capsys.readouterr().err
     assert f"{spec}: hyperparameters: {MAX_REDRAWS} draws in a row" in err and "16x16" in err
     assert not (results / "nothing" / "run.json").exists() and not (results / "nothing" / "spec.yaml").exists()
+
+
+def test_optuna_searcher_keeps_rays_define_by_run_timing_warning_off_the_console(tiny_spec, monkeypatch):
+    # Ray warns whenever the define-by-run space takes over 0.05 s, as TPE's sampling does past a few thousand trials.
+    from ray.tune.search.optuna import optuna_search
+
+    monkeypatch.setattr(optuna_search, "DEFINE_BY_RUN_WARN_THRESHOLD_S", -1.0)  # every call is "slow"
+    found = searcher(load_spec(tiny_spec), (16, 16), None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert found.suggest("t0") is not None
+    assert not [w for w in caught if "Define-by-run" in str(w.message)]

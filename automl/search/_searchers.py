@@ -167,7 +167,12 @@ class FeasibleOptunaSearch(OptunaSearch):
             drawn.set_constraint(INFEASIBLE, 1.0)
             self._ot_study.tell(drawn, self.worst)
 
-        return self.rejections.draw(lambda: OptunaSearch.suggest(self, trial_id), tell)
+        with warnings.catch_warnings():
+            # Ray times the define-by-run function and warns past 0.05 s that training may be running in it; ours
+            # only calls trial.suggest_*, where TPE samples: past a few thousand trials that takes a second, and the
+            # warning, once per trial, would flood the console with advice that does not apply.
+            warnings.filterwarnings("ignore", message="Define-by-run function passed in the `space` argument took")
+            return self.rejections.draw(lambda: OptunaSearch.suggest(self, trial_id), tell)
 
     def warm_start(self, warm: WarmStart) -> None:
         """Tell the study the warm start's results as completed trials, and enqueue its configurations: the study's
