@@ -57,7 +57,7 @@ import hashlib
 import math
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,15 +87,7 @@ from automl.errors import UserError
 from automl.layout import RunLayout, hyperparameter_columns
 from automl.objective import Objective
 from automl.search._warm import NO_PORTFOLIO, find_portfolio, read_portfolio
-from automl.spec import (
-    TPE_STARTUP_DIVISOR,
-    TPE_STARTUP_MIN,
-    SearchSettings,
-    Spec,
-    load_spec,
-    read_yaml,
-    search_overrides,
-)
+from automl.spec import SearchSettings, Spec, load_spec, read_yaml, search_overrides
 
 
 @dataclass(frozen=True)
@@ -180,7 +172,7 @@ def tpe_startup(budget: int, settings: SearchSettings, method: Method) -> int:
     """The product's start-up rule (``SearchSettings.tpe_startup``) applied to the configurations the budget lets
     the method see rather than to num_samples, which is set far above them."""
     configs = int(budget / epochs_per_config(settings, method))
-    return max(TPE_STARTUP_MIN, configs // TPE_STARTUP_DIVISOR)
+    return replace(settings, num_samples=configs, tpe_startup_trials=None).tpe_startup()
 
 
 # --- the searches --------------------------------------------------------------------------------
