@@ -62,6 +62,12 @@ MAX_COUNT = 10**7
 #: TPE's default start-up trials: max(TPE_STARTUP_MIN, num_samples // TPE_STARTUP_DIVISOR).
 TPE_STARTUP_MIN, TPE_STARTUP_DIVISOR = 5, 5
 TPE_STARTUP_SCALING = f"max({TPE_STARTUP_MIN}, num_samples // {TPE_STARTUP_DIVISOR})"
+#: Seconds between Tune's experiment snapshots by default: max(SNAPSHOT_PERIOD_MIN_S, num_samples / SNAPSHOTS_PER_RUN).
+#: A snapshot writes every trial's state, so its cost grows with the trials so far; a period proportional to the
+#: run's size bounds its cost per trial whatever that size (Tune's own "auto" stays at 10 s until one snapshot takes
+#: over half a second, so below some 6,000 trials its cost per trial grew with the run: benchmarks/scale.py).
+SNAPSHOT_PERIOD_MIN_S, SNAPSHOTS_PER_RUN = 10.0, 100
+SNAPSHOT_PERIOD_SCALING = f"max({SNAPSHOT_PERIOD_MIN_S:.0f} s, num_samples / {SNAPSHOTS_PER_RUN} s)"
 
 
 def parse_image_size(value: Any, where: str) -> tuple[int, int]:
@@ -228,6 +234,10 @@ SETTINGS: dict[str, Setting] = {
                 flag="--tpe-sampling", group="search", choices=("independent", "multivariate", "grouped")),
         Setting("search.tpe_constant_liar", bool, True, "optuna: TPE counts running trials as bad results, so that "
                 "concurrent trials are not drawn near each other", flag="--tpe-constant-liar", group="search"),
+        Setting("search.snapshot_period_s", float, None, "seconds between Tune's experiment snapshots, what --resume "
+                "restores; trials started since the last one are sampled again on resume (finished ones are kept: "
+                f"the results store has them) (default: {SNAPSHOT_PERIOD_SCALING})", flag="--snapshot-period",
+                group="search", low=1.0, high=1e6, optional=True),
         Setting("search.max_failures", int, 2, "a failing trial is retried from its last checkpoint this often",
                 flag="--max-failures", group="search", low=0, high=1000),
         Setting("search.seed", int, 0, "searcher seed", flag="--seed", group="search", low=0, high=MAX_SEED),
@@ -316,6 +326,7 @@ class SearchSettings:
     tpe_startup_trials: int | None = _default("search.tpe_startup_trials")
     tpe_sampling: str = _default("search.tpe_sampling")
     tpe_constant_liar: bool = _default("search.tpe_constant_liar")
+    snapshot_period_s: float | None = _default("search.snapshot_period_s")
     max_failures: int = _default("search.max_failures")
     seed: int = _default("search.seed")
     warm_start: tuple[str, ...] = _default("search.warm_start")
@@ -327,6 +338,13 @@ class SearchSettings:
         if self.tpe_startup_trials is not None:
             return self.tpe_startup_trials
         return max(TPE_STARTUP_MIN, self.num_samples // TPE_STARTUP_DIVISOR)
+
+    def snapshot_period(self) -> float:
+        """Seconds between Tune's experiment snapshots: ``snapshot_period_s``, or scaled to ``num_samples``
+        (:data:`SNAPSHOT_PERIOD_SCALING`)."""
+        if self.snapshot_period_s is not None:
+            return self.snapshot_period_s
+        return max(SNAPSHOT_PERIOD_MIN_S, self.num_samples / SNAPSHOTS_PER_RUN)
 
 
 #: Where each section's settings land.

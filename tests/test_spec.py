@@ -163,11 +163,16 @@ def test_search_budget_and_tpe_settings(tmp_path):
     # TPE's start-up trials scale with the budget unless set.
     assert [spec.with_overrides({"search.num_samples": n}).search.tpe_startup() for n in (4, 40, 1000)] == [5, 8, 200]
     assert spec.with_overrides({"search.tpe_startup_trials": 3}).search.tpe_startup() == 3
+    # Tune's experiment snapshots: a period proportional to the run's size (their cost grows with it), 10 s at least.
+    periods = [spec.with_overrides({"search.num_samples": n}).search.snapshot_period() for n in (20, 1000, 10_000)]
+    assert periods == [10.0, 10.0, 100.0]
+    assert spec.with_overrides({"search.snapshot_period_s": 2.5}).search.snapshot_period() == 2.5
     args = build_parser().parse_args(["search", str(SPECS / "ham10000_cnn.yaml"), "--data", "d", "--name", "n",
                                       "--epoch-budget", "30", "--tpe-constant-liar", "false",
-                                      "--tpe-sampling", "grouped"])
+                                      "--tpe-sampling", "grouped", "--snapshot-period", "30"])
     overridden = spec.with_overrides(_overrides(args, "search"))
     assert (overridden.search.epoch_budget, overridden.search.tpe_constant_liar) == (30, False)
+    assert overridden.search.snapshot_period() == 30.0
     assert overridden.search.tpe_sampling == "grouped"
     assert load_spec(write(tmp_path, overridden.to_yaml())).search == overridden.search  # spec.yaml round trip
     with pytest.raises(SystemExit):

@@ -8,6 +8,7 @@ KerasTuner in this process. Either way the run folder holds the contract of :mod
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -158,17 +159,12 @@ def _record_start(run: RunLayout, spec: Spec, dataset: Dataset, data_dir: Path, 
 
 def start_ray(address: str | None) -> None:
     """Embedded local Ray, or a connection to the cluster at ``address``."""
-    import os
-
     # Our own lines and leaderboard replace Tune's console output and its checkpoint-frequency warning.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Tune's own per-trial logs (result.json, progress.csv, TensorBoard events), which the driver writes for every
     # result of every trial, record what the results store records: off, unless the environment says otherwise.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    # Tune's experiment snapshot (every trial's state: it grows with the run) at its adaptive period, at least 10 s
-    # and 19 times what the last snapshot took, so that snapshots stay within about 5% of the driver's time.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "auto")
     import ray
 
     if address:
@@ -235,6 +231,8 @@ def _run_ray(spec: Spec, dataset: Dataset, run: RunLayout, store_args: dict, rep
     from automl.search._ray import StoreCallback, build_tuner, restore_tuner
 
     settings = spec.search
+    # Tune reads its experiment snapshot period from the environment as the Tuner starts.
+    os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = str(settings.snapshot_period())
     started = time.monotonic()
     try:
         if resume:
