@@ -119,11 +119,6 @@ COLORS = {"random": "tab:gray", "random-asha": "tab:olive", "optuna": "tab:cyan"
           "optuna-asha-portfolio": "tab:purple", "kt-hyperband": "tab:red", "kt-bayesian": "tab:orange"}
 NUM_SAMPLES = 100_000  # far more trials than any epoch budget here can run: the budget ends every search
 CONFIGS_GOAL = 30  # configurations each ASHA search should see within the budget (the issue's)
-# ASHA's epochs per configuration over what its rungs alone would spend (1/rf going on at each): it promotes
-# generously while few results set its cut-offs. Measured on the 40-trial Optuna + ASHA searches of ham10000_cnn at
-# grace period 2: 6.8 (results/ham10000_cnn_40) and 5.5 (results/reference-official-split) epochs per configuration
-# against 4.7 by the rungs.
-ASHA_PROMOTION_SURPLUS = 1.3
 DEFAULT_TIME_CAP_S = 7200  # a safety cap only: the epoch budget should end every search long before
 STOP_GRACE_S = 60  # past the time cap before a search still running (a KerasTuner trial) is stopped
 START_OVERHEAD_S = 35  # per search: Python + TensorFlow import, data, Ray start and stop
@@ -141,26 +136,9 @@ def metric_label(metric: str) -> str:
 # --- the budget ----------------------------------------------------------------------------------
 
 
-def asha_rungs(settings: SearchSettings) -> list[int]:
-    """The epochs at which ASHA decides, as Ray's ASHAScheduler places them (one bracket)."""
-    g, rf, max_t = settings.grace_period, settings.reduction_factor, settings.max_epochs
-    count = int(np.log(max_t / g) / np.log(rf) + 1) if g <= max_t else 0
-    return [g * rf**k for k in range(count)]
-
-
-def rung_epochs_per_config(settings: SearchSettings) -> float:
-    """Epochs per configuration if exactly 1/reduction_factor of the trials went on at each of ASHA's rungs."""
-    spent, going_on, reached = 0.0, 1.0, 0
-    for rung in asha_rungs(settings):
-        rung = min(rung, settings.max_epochs)
-        spent += going_on * (rung - reached)
-        going_on, reached = going_on / settings.reduction_factor, rung
-    return spent + going_on * (settings.max_epochs - reached)
-
-
 def epochs_per_config(settings: SearchSettings, method: Method) -> float:
-    """About how many epochs a Ray method spends per configuration: ASHA's estimate, or every trial's max_epochs."""
-    return rung_epochs_per_config(settings) * ASHA_PROMOTION_SURPLUS if method.asha else float(settings.max_epochs)
+    """About how many epochs a Ray method spends per configuration (the product's estimate, for its scheduler)."""
+    return replace(settings, scheduler=method.settings.get("scheduler", "none")).expected_epochs_per_configuration()
 
 
 def default_budget(settings: SearchSettings) -> int:
@@ -169,10 +147,11 @@ def default_budget(settings: SearchSettings) -> int:
 
 
 def tpe_startup(budget: int, settings: SearchSettings, method: Method) -> int:
-    """The product's start-up rule (``SearchSettings.tpe_startup``) applied to the configurations the budget lets
-    the method see rather than to num_samples, which is set far above them."""
-    configs = int(budget / epochs_per_config(settings, method))
-    return replace(settings, num_samples=configs, tpe_startup_trials=None).tpe_startup()
+    """The product's start-up rule (``SearchSettings.tpe_startup``: a fifth of the configurations the budget lets
+    the method see), written into the spec: searches recorded before the product applied the budget itself keep
+    their spec and are reused."""
+    return replace(settings, scheduler=method.settings.get("scheduler", "none"), epoch_budget=budget,
+                   tpe_startup_trials=None).tpe_startup()
 
 
 # --- the searches --------------------------------------------------------------------------------
@@ -567,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     console.info(
         f"ASHA (grace period {settings.grace_period}, reduction factor {settings.reduction_factor}, rungs at "
-        f"{', '.join(map(str, asha_rungs(settings)))} of {settings.max_epochs} epochs) spends about {per_config:.1f} "
+        f"{', '.join(map(str, settings.asha_rungs()))} of {settings.max_epochs} epochs) spends about {per_config:.1f} "
         f"epochs per configuration: {args.epoch_budget} epochs give about {expected:.0f} configurations"
         + ("" if expected >= CONFIGS_GOAL else
            f", fewer than {CONFIGS_GOAL}: {CONFIGS_GOAL} need about {default_budget(settings)} epochs")
@@ -638,7 +617,7 @@ def main(argv: list[str] | None = None) -> int:
         "stop_grace_s": STOP_GRACE_S, **objective.to_record(),
         "settings": {"num_samples": NUM_SAMPLES, "max_epochs": settings.max_epochs,
                      "grace_period": settings.grace_period, "reduction_factor": settings.reduction_factor,
-                     "asha_rungs": asha_rungs(settings), "asha_epochs_per_config_estimate": per_config,
+                     "asha_rungs": settings.asha_rungs(), "asha_epochs_per_config_estimate": per_config,
                      "asha_configs_expected": expected, "configs_goal": CONFIGS_GOAL},
         "methods": {m: {"label": METHODS[m].label, "warm_started": METHODS[m].warm,
                         "settings": METHODS[m].settings,

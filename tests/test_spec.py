@@ -163,6 +163,15 @@ def test_search_budget_and_tpe_settings(tmp_path):
     # TPE's start-up trials scale with the budget unless set.
     assert [spec.with_overrides({"search.num_samples": n}).search.tpe_startup() for n in (4, 40, 1000)] == [5, 8, 200]
     assert spec.with_overrides({"search.tpe_startup_trials": 3}).search.tpe_startup() == 3
+    # With an epoch budget, to the configurations it lets ASHA see: rungs at 2, 6, 18 of 20 epochs spend about
+    # 4.7 epochs per configuration (x 1.3, ASHA's generous early promotions), so 200 epochs see about 32.
+    budgeted = spec.with_overrides({"search.num_samples": 1000, "search.epoch_budget": 200}).search
+    assert budgeted.asha_rungs() == [2, 6, 18] and budgeted.expected_configurations() == 32
+    assert budgeted.tpe_startup() == 6
+    unbounded = spec.with_overrides({"search.epoch_budget": 10**6}).search
+    assert unbounded.expected_configurations() == spec.search.num_samples
+    no_asha = spec.with_overrides({"search.epoch_budget": 200, "search.scheduler": "none"}).search
+    assert no_asha.expected_configurations() == 10  # every trial runs max_epochs
     # Tune's experiment snapshots: a period proportional to the run's size (their cost grows with it), 10 s at least.
     periods = [spec.with_overrides({"search.num_samples": n}).search.snapshot_period() for n in (20, 1000, 10_000)]
     assert periods == [10.0, 10.0, 100.0]
