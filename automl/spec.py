@@ -233,8 +233,9 @@ SETTINGS: dict[str, Setting] = {
         Setting("search.epoch_budget", int, None, "end the search once its trials have trained this many epochs in "
                 "all (every epoch counts one, whatever the model: the same compute for every method)",
                 flag="--epoch-budget", group="search", low=1, high=10**9, optional=True),
-        Setting("search.tpe_startup_trials", int, None, "optuna: random trials before TPE models the results "
-                f"(default: scaled to num_samples, {TPE_STARTUP_SCALING})", flag="--tpe-startup-trials",
+        Setting("search.tpe_startup_trials", int, None, "optuna, and keras-tuner bayesian: random trials before "
+                "TPE (or KerasTuner's Gaussian process) models the results "
+                f"(default: {TPE_STARTUP_SCALING})", flag="--tpe-startup-trials",
                 group="search", low=0, high=MAX_COUNT, optional=True),
         Setting("search.tpe_sampling", str, "multivariate", "optuna: independent (one density per hyperparameter), "
                 "multivariate (joint densities over the hyperparameters every trial has) or grouped (joint "
@@ -355,9 +356,9 @@ class SearchSettings:
 
     def expected_epochs_per_configuration(self) -> float:
         """About how many epochs the search spends per configuration: every trial's ``max_epochs`` without a
-        scheduler; with ASHA, what its rungs spend if 1/reduction_factor went on at each, times
+        scheduler; with Ray's ASHA, what its rungs spend if 1/reduction_factor went on at each, times
         :data:`ASHA_PROMOTION_SURPLUS`."""
-        if self.scheduler != "asha":
+        if self.engine != "ray" or self.scheduler != "asha":
             return float(self.max_epochs)
         spent, going_on, reached = 0.0, 1.0, 0
         for rung in self.asha_rungs():

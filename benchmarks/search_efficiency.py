@@ -31,7 +31,9 @@ and BayesianOptimization, ``engine: keras-tuner``); ``optuna`` (TPE without ASHA
 warm-started one runs with ``portfolio: none``. The portfolio of ham10000_cnn.yaml was chosen from the
 official-split run (``benchmarks/make_portfolio.py``), not from the benchmark's lesion-grouped split. Optuna's random
 start-up trials are the product's rule (a fifth, at least 5) applied to the configurations the budget lets the
-method see, not to num_samples (which would leave TPE in its start-up for the whole search). Ray methods run 2
+method see, not to num_samples (which would leave TPE in its start-up for the whole search); KerasTuner's
+BayesianOptimization follows the same rule (5 trials at 20 epochs each here), not its own default of 3 per
+hyperparameter (84), which would make it a random search within the budget. Ray methods run 2
 trials at a time with 1 CPU each; KerasTuner runs one trial at a time in the search's process, TensorFlow using both
 cores. The searcher seed (which also seeds every trial's weights) is 0..S-1; the data split is the space's.
 
@@ -99,6 +101,11 @@ class Method:
     @property
     def asha(self) -> bool:
         return self.settings.get("scheduler") == "asha"
+
+    @property
+    def model_based(self) -> bool:
+        """Optuna's TPE or KerasTuner's Gaussian process: random start-up trials first (the product's rule)."""
+        return self.settings.get("searcher") == "optuna" or self.settings.get("keras_tuner") == "bayesian"
 
 
 # Ray methods: 2 concurrent trials of 1 CPU, the machine's 2 cores.
@@ -621,7 +628,8 @@ def main(argv: list[str] | None = None) -> int:
                      "asha_configs_expected": expected, "configs_goal": CONFIGS_GOAL},
         "methods": {m: {"label": METHODS[m].label, "warm_started": METHODS[m].warm,
                         "settings": METHODS[m].settings,
-                        "tpe_startup_trials": specs[m].search.tpe_startup_trials} for m in args.methods},
+                        "random_startup_trials": specs[m].search.tpe_startup() if METHODS[m].model_based else None}
+                    for m in args.methods},
         "warm_start": warm,
         "target": {"value": target, "source": source},
         "runs": runs, "failed": failed, "summary": summary, "goals": checks,

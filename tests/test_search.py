@@ -182,6 +182,19 @@ def test_keras_tuner_engine_writes_the_same_store(tiny_ham, partly_infeasible_sp
     assert info["infeasible_draws"]["rejected"] >= 1
 
 
+def test_keras_tuner_bayesian_starts_its_gaussian_process_after_the_products_start_up_trials(tiny_ham, tiny_spec,
+                                                                                             tmp_path):
+    import json
+
+    spec = load_spec(tiny_spec).with_overrides(search_overrides({"engine": "keras-tuner", "keras_tuner": "bayesian",
+                                                                 "num_samples": 3, "max_epochs": 1}))
+    run_dir = run_search(spec, tiny_ham, "kt_bayes", tmp_path / "results")
+    assert len(read_trials(run_dir)) == 3
+    oracle = json.loads((run_dir / RunLayout.keras_tuner_dir_name / "oracle.json").read_text())
+    # KerasTuner's default would be 3 random trials per hyperparameter (24 here).
+    assert oracle["num_initial_points"] == spec.search.tpe_startup() == 5
+
+
 def test_time_budget_ends_a_search_as_finished(tiny_ham, tiny_spec, tmp_path):
     spec = load_spec(tiny_spec).with_overrides(search_overrides({"num_samples": 1000, "max_epochs": 50,
                                                                  "scheduler": "none", "time_budget_s": 45}))

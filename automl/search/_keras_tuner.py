@@ -110,11 +110,14 @@ def run_keras_tuner(dataset: Dataset, spec: Spec, run_dir: Path, store: RunStore
                 # Out of time or epochs: the oracle hands out no further trial once max_trials is reached.
                 self.oracle.max_trials = len(self.oracle.trials)
 
-    budget = (
-        {"max_epochs": settings.max_epochs, "factor": settings.reduction_factor}
-        if settings.keras_tuner == "hyperband"
-        else {"max_trials": settings.num_samples}
-    )
+    budget = {"max_trials": settings.num_samples}
+    if settings.keras_tuner == "hyperband":
+        budget = {"max_epochs": settings.max_epochs, "factor": settings.reduction_factor}
+    elif settings.keras_tuner == "bayesian":
+        # KerasTuner's own default, 3 random trials per hyperparameter (over 80 for ham10000_cnn.yaml), would leave
+        # the Gaussian process idle in most budgets: the start-up rule TPE has, the same setting (KerasTuner reads 0
+        # as its default, and its process needs two points).
+        budget["num_initial_points"] = max(2, settings.tpe_startup())
     tuner = Tuner(
         hypermodel=hypermodel,
         objective=kt.Objective(spec.objective.name, direction=spec.objective.direction),
