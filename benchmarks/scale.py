@@ -432,17 +432,18 @@ def tiny_ham(root: Path) -> Path:
 
 
 def driver_child() -> None:
-    """``scale.py --child-search SEARCHER TRIALS CONCURRENT SLEEP RESULTS NAME [resume]``: one sleeping search."""
+    """``scale.py --child-search SEARCHER TRIALS CONCURRENT SLEEP SNAPSHOT_PERIOD RESULTS NAME [resume]``: one
+    sleeping search (SNAPSHOT_PERIOD: seconds, or ``default``)."""
     from automl.search import run_search
     from automl.spec import load_spec, search_overrides
 
-    searcher, trials, concurrent, sleep_s, results, name, *resume = sys.argv[2:]
+    searcher, trials, concurrent, sleep_s, snapshot_period, results, name, *resume = sys.argv[2:]
     concurrent = int(concurrent)
     # The seeds' full space (TPE's cost grows with its dimensions too), trials of 1 or 2 epochs, 16 px data.
     settings = search_overrides({
         "searcher": searcher, "scheduler": "asha", "num_samples": int(trials), "max_epochs": 2, "grace_period": 1,
         "reduction_factor": 2, "max_concurrent": concurrent, "cpu": round(2 / concurrent, 4), "max_failures": 0,
-        "portfolio": "none"})
+        "portfolio": "none", "snapshot_period_s": None if snapshot_period == "default" else float(snapshot_period)})
     spec = load_spec(REPO / "search_spaces" / "ham10000_cnn.yaml").with_overrides({"data.image_size": 16, **settings})
     data = tiny_ham(Path(results).parent / "ham16")
     run_search(spec, data, name, Path(results), resume=bool(resume), cache_dir=Path(results).parent / "cache",
@@ -479,7 +480,8 @@ def start_search(args, searcher: str, trials: int, name: str, resume: bool = Fal
     if not resume:
         shutil.rmtree(results / name, ignore_errors=True)
     command = [sys.executable, str(Path(__file__).resolve()), "--child-search", searcher, str(trials),
-               str(args.driver_concurrent), str(args.sleep), str(results), name, *(["resume"] if resume else [])]
+               str(args.driver_concurrent), str(args.sleep), str(args.snapshot_period or "default"), str(results),
+               name, *(["resume"] if resume else [])]
     log = open(results / f"{name}.log", "a")  # noqa: SIM115 - the child writes it until it ends
     # Ray starts its workers at niceness 15: on a machine whose cores other work keeps busy they would wait behind
     # it, and the measurement would be of that work, not of Tune. Here they run at the driver's niceness.
@@ -601,15 +603,17 @@ def driver_settings(args) -> dict[str, Any]:
     from automl.spec import SNAPSHOT_PERIOD_SCALING, SearchSettings
     from automl.store import FLUSH_EVERY_S, FLUSH_ROWS
 
-    snapshot_period = SearchSettings(num_samples=args.driver_trials).snapshot_period()
+    snapshot_period = SearchSettings(num_samples=args.driver_trials,
+                                     snapshot_period_s=args.snapshot_period).snapshot_period()
 
     return {"concurrent": args.driver_concurrent, "cpu_per_trial": round(2 / args.driver_concurrent, 4),
             "sleep_s_per_report": args.sleep, "reports_per_trial": "1 or 2 (ASHA: grace period 1, max 2 epochs)",
             "checkpoint": "every report, as a candidate's", "worker_niceness": 0,
             "product_settings": {"checkpoints_kept_per_trial": CHECKPOINTS_KEPT or "all while it runs, none after",
                                  "tune_auto_loggers": "off (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1)",
-                                 "experiment_snapshot_period": f"{SNAPSHOT_PERIOD_SCALING}: "
-                                                               f"{snapshot_period:.0f} s here",
+                                 "experiment_snapshot_period": (f"{args.snapshot_period:.0f} s (--snapshot-period)"
+                                                                if args.snapshot_period else
+                                                                f"{SNAPSHOT_PERIOD_SCALING}: {snapshot_period:.0f} s"),
                                  "store_flush": f"every {FLUSH_EVERY_S} s or {FLUSH_ROWS} epoch rows, writer thread",
                                  "progress": f"a line per trial up to {LINES_UP_TO}, then a summary every "
                                              f"{SUMMARY_EVERY_S:.0f} s and new bests"}}
@@ -677,6 +681,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sleep", type=float, default=1.0, help="driver: seconds each report sleeps")
     parser.add_argument("--driver-max-minutes", type=float, default=12.0,
                         help="driver: a search still running after this is stopped (Ctrl-C) and reported as such")
+    parser.add_argument("--snapshot-period", type=float, default=None,
+                        help="driver, resume: the searches' search.snapshot_period_s (default: the product's)")
     parser.add_argument("--resume-trials", type=int, default=1000)
     args = parser.parse_args()
     args.scratch = args.out / "runs" / "scale"
