@@ -70,12 +70,6 @@ TPE_STARTUP_SCALING = (f"max({TPE_STARTUP_MIN}, configurations // {TPE_STARTUP_D
 #: ham10000_cnn at grace period 2: 6.8 (results/ham10000_cnn_40) and 5.5 (results/reference-official-split) epochs
 #: per configuration against 4.7 by the rungs.
 ASHA_PROMOTION_SURPLUS = 1.3
-#: Seconds between Tune's experiment snapshots by default: max(SNAPSHOT_PERIOD_MIN_S, num_samples / SNAPSHOTS_PER_RUN).
-#: A snapshot writes every trial's state, so its cost grows with the trials so far; a period proportional to the
-#: run's size bounds its cost per trial whatever that size (Tune's own "auto" stays at 10 s until one snapshot takes
-#: over half a second, so below some 6,000 trials its cost per trial grew with the run: benchmarks/scale.py).
-SNAPSHOT_PERIOD_MIN_S, SNAPSHOTS_PER_RUN = 10.0, 100
-SNAPSHOT_PERIOD_SCALING = f"max({SNAPSHOT_PERIOD_MIN_S:.0f} s, num_samples / {SNAPSHOTS_PER_RUN} s)"
 
 
 def parse_image_size(value: Any, where: str) -> tuple[int, int]:
@@ -244,9 +238,11 @@ SETTINGS: dict[str, Setting] = {
         Setting("search.tpe_constant_liar", bool, True, "optuna: TPE counts running trials as bad results, so that "
                 "concurrent trials are not drawn near each other", flag="--tpe-constant-liar", group="search"),
         Setting("search.snapshot_period_s", float, None, "seconds between Tune's experiment snapshots, what --resume "
-                "restores; trials started since the last one are sampled again on resume (finished ones are kept: "
-                f"the results store has them) (default: {SNAPSHOT_PERIOD_SCALING})", flag="--snapshot-period",
-                group="search", low=1.0, high=1e6, optional=True),
+                "restores (default: Tune's auto, 10 s or 19 times what the last one took, at most a twentieth of "
+                "the driver's time); longer costs the driver less in searches of thousands of short trials, and loses "
+                "more on a crash: trials started since the last snapshot are sampled again (finished ones are kept), "
+                "running ones restart from the checkpoint it names", flag="--snapshot-period", group="search",
+                low=1.0, high=1e6, optional=True),
         Setting("search.max_failures", int, 2, "a failing trial is retried from its last checkpoint this often",
                 flag="--max-failures", group="search", low=0, high=1000),
         Setting("search.seed", int, 0, "searcher seed", flag="--seed", group="search", low=0, high=MAX_SEED),
@@ -372,13 +368,6 @@ class SearchSettings:
         if self.epoch_budget is None:
             return self.num_samples
         return min(self.num_samples, max(1, int(self.epoch_budget / self.expected_epochs_per_configuration())))
-
-    def snapshot_period(self) -> float:
-        """Seconds between Tune's experiment snapshots: ``snapshot_period_s``, or scaled to ``num_samples``
-        (:data:`SNAPSHOT_PERIOD_SCALING`)."""
-        if self.snapshot_period_s is not None:
-            return self.snapshot_period_s
-        return max(SNAPSHOT_PERIOD_MIN_S, self.num_samples / SNAPSHOTS_PER_RUN)
 
 
 #: Where each section's settings land.

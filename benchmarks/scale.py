@@ -600,11 +600,7 @@ def driver_part(args) -> dict[str, Any]:
 def driver_settings(args) -> dict[str, Any]:
     from automl.search._ray import CHECKPOINTS_KEPT
     from automl.search._report import LINES_UP_TO, SUMMARY_EVERY_S
-    from automl.spec import SNAPSHOT_PERIOD_SCALING, SearchSettings
     from automl.store import FLUSH_EVERY_S, FLUSH_ROWS
-
-    snapshot_period = SearchSettings(num_samples=args.driver_trials,
-                                     snapshot_period_s=args.snapshot_period).snapshot_period()
 
     return {"concurrent": args.driver_concurrent, "cpu_per_trial": round(2 / args.driver_concurrent, 4),
             "sleep_s_per_report": args.sleep, "reports_per_trial": "1 or 2 (ASHA: grace period 1, max 2 epochs)",
@@ -612,8 +608,8 @@ def driver_settings(args) -> dict[str, Any]:
             "product_settings": {"checkpoints_kept_per_trial": CHECKPOINTS_KEPT or "all while it runs, none after",
                                  "tune_auto_loggers": "off (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1)",
                                  "experiment_snapshot_period": (f"{args.snapshot_period:.0f} s (--snapshot-period)"
-                                                                if args.snapshot_period else
-                                                                f"{SNAPSHOT_PERIOD_SCALING}: {snapshot_period:.0f} s"),
+                                                                if args.snapshot_period else "Tune's auto: max(10 s, "
+                                                                "19 x the last snapshot's time)"),
                                  "store_flush": f"every {FLUSH_EVERY_S} s or {FLUSH_ROWS} epoch rows, writer thread",
                                  "progress": f"a line per trial up to {LINES_UP_TO}, then a summary every "
                                              f"{SUMMARY_EVERY_S:.0f} s and new bests"}}

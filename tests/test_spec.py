@@ -172,16 +172,12 @@ def test_search_budget_and_tpe_settings(tmp_path):
     assert unbounded.expected_configurations() == spec.search.num_samples
     no_asha = spec.with_overrides({"search.epoch_budget": 200, "search.scheduler": "none"}).search
     assert no_asha.expected_configurations() == 10  # every trial runs max_epochs
-    # Tune's experiment snapshots: a period proportional to the run's size (their cost grows with it), 10 s at least.
-    periods = [spec.with_overrides({"search.num_samples": n}).search.snapshot_period() for n in (20, 1000, 10_000)]
-    assert periods == [10.0, 10.0, 100.0]
-    assert spec.with_overrides({"search.snapshot_period_s": 2.5}).search.snapshot_period() == 2.5
     args = build_parser().parse_args(["search", str(SPECS / "ham10000_cnn.yaml"), "--data", "d", "--name", "n",
                                       "--epoch-budget", "30", "--tpe-constant-liar", "false",
                                       "--tpe-sampling", "grouped", "--snapshot-period", "30"])
     overridden = spec.with_overrides(_overrides(args, "search"))
     assert (overridden.search.epoch_budget, overridden.search.tpe_constant_liar) == (30, False)
-    assert overridden.search.snapshot_period() == 30.0
+    assert overridden.search.snapshot_period_s == 30.0 and spec.search.snapshot_period_s is None  # None: Tune's auto
     assert overridden.search.tpe_sampling == "grouped"
     assert load_spec(write(tmp_path, overridden.to_yaml())).search == overridden.search  # spec.yaml round trip
     with pytest.raises(SystemExit):

@@ -232,7 +232,8 @@ def _run_ray(spec: Spec, dataset: Dataset, run: RunLayout, store_args: dict, rep
 
     settings = spec.search
     # Tune reads its experiment snapshot period from the environment as the Tuner starts.
-    os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = str(settings.snapshot_period())
+    os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = ("auto" if settings.snapshot_period_s is None
+                                              else str(settings.snapshot_period_s))
     started = time.monotonic()
     try:
         if resume:
