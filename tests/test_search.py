@@ -191,7 +191,7 @@ def test_keras_tuner_bayesian_starts_its_gaussian_process_after_the_products_sta
     run_dir = run_search(spec, tiny_ham, "kt_bayes", tmp_path / "results")
     assert len(read_trials(run_dir)) == 3
     oracle = json.loads((run_dir / RunLayout.keras_tuner_dir_name / "oracle.json").read_text())
-    # KerasTuner's default would be 3 random trials per hyperparameter (24 here).
+    # Not KerasTuner's default of 3 random trials per hyperparameter: the product's start-up rule.
     assert oracle["num_initial_points"] == spec.search.tpe_startup() == 5
 
 
