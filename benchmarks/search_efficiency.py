@@ -144,8 +144,8 @@ def metric_label(metric: str) -> str:
 
 
 def epochs_per_config(settings: SearchSettings, method: Method) -> float:
-    """About how many epochs a Ray method spends per configuration (the product's estimate, for its scheduler)."""
-    return replace(settings, scheduler=method.settings.get("scheduler", "none")).expected_epochs_per_configuration()
+    """About how many epochs a method spends per configuration: the product's estimate, for its settings."""
+    return replace(settings, **method.settings).expected_epochs_per_configuration()
 
 
 def default_budget(settings: SearchSettings) -> int:
@@ -157,8 +157,7 @@ def tpe_startup(budget: int, settings: SearchSettings, method: Method) -> int:
     """The product's start-up rule (``SearchSettings.tpe_startup``: a fifth of the configurations the budget lets
     the method see), written into the spec: searches recorded before the product applied the budget itself keep
     their spec and are reused."""
-    return replace(settings, scheduler=method.settings.get("scheduler", "none"), epoch_budget=budget,
-                   tpe_startup_trials=None).tpe_startup()
+    return replace(settings, **method.settings, epoch_budget=budget, tpe_startup_trials=None).tpe_startup()
 
 
 # --- the searches --------------------------------------------------------------------------------
