@@ -46,7 +46,7 @@ from automl.objective import Objective
 from automl.posthoc import predict_modes, tta_modes
 from automl.spec import Spec, load_spec
 from automl.stages import SEEDS, TOP_K
-from automl.store import utc_now, write_run_info
+from automl.store import missing, utc_now, write_run_info
 from automl.trial import epoch_line, expected_class_mix
 from automl.weights import require_weights
 
@@ -70,7 +70,7 @@ def top_configurations(run_dir: Path, top_k: int) -> list[dict]:
 def _params(row) -> dict:
     """The hyperparameters of a table row (``hp_*`` columns), in their own types, conditionals left out when absent."""
     return {hyperparameter_name(c): _param(hyperparameter_name(c), row[c])
-            for c in row.index if c.startswith(HP_PREFIX) and not _missing(row[c])}
+            for c in row.index if c.startswith(HP_PREFIX) and not missing(row[c])}
 
 
 def retrain(
@@ -165,12 +165,12 @@ def _refit_member(run: RunLayout, member_id: str, table: pd.DataFrame) -> dict:
                         f"run automl ensemble {run.name} again")
     row = table.loc[member_id]
     best = row.get("best_epoch")
-    if _missing(best) or int(best) < 1:
+    if missing(best) or int(best) < 1:
         raise UserError(f"{run.members}: member {member_id} has no best epoch; run automl retrain {run.name} again")
     params = _params(row)
     history = RunLayout.member_history(run.member(member_id))
     rates = pd.read_csv(history)["learning_rate"].tolist()[: int(best)] if history.is_file() else []
-    if len(rates) < int(best) or any(_missing(r) for r in rates):
+    if len(rates) < int(best) or any(missing(r) for r in rates):
         rates = [ModelConfig.from_params(params).learning_rate] * int(best)  # no schedule recorded: the initial rate
     return {"member_id": member_id, "trial_id": row["trial_id"], "search_score": row.get("search_score"),
             "seed": int(row["seed"]), "params": params, "learning_rates": rates}
@@ -357,7 +357,3 @@ def _param(name: str, value):
     if hp.type is int and isinstance(value, float) and value.is_integer():
         return int(value)
     return value
-
-
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))

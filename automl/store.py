@@ -114,7 +114,7 @@ class RunStore:
         if not self.layout.trial_table.exists():
             return
         for row in self.layout.read_trials().to_dict("records"):
-            self.trials[row["trial_id"]] = {k: v for k, v in row.items() if not _missing(v)}
+            self.trials[row["trial_id"]] = {k: v for k, v in row.items() if not missing(v)}
         self._finished = sum(1 for r in self.trials.values() if r.get("status") in FINISHED)
         self._find_best()
         running = {t for t, r in self.trials.items() if r.get("status") not in FINISHED}
@@ -129,7 +129,7 @@ class RunStore:
         if self.layout.epoch_table.exists():
             epochs = self.layout.read_epochs()
             for row in epochs[epochs["trial_id"].isin(trial_ids)].to_dict("records"):
-                found[row["trial_id"]][int(row["epoch"])] = {k: v for k, v in row.items() if not _missing(v)}
+                found[row["trial_id"]][int(row["epoch"])] = {k: v for k, v in row.items() if not missing(v)}
         for (trial_id, epoch), record in self._pending.items():
             if trial_id in found:
                 found[trial_id][epoch] = record
@@ -417,12 +417,12 @@ def epoch_seconds(epochs: dict[int, dict[str, Any]]) -> list[float]:
     seconds = []
     for epoch in sorted(epochs):
         record = epochs[epoch]
-        if not _missing(record.get(EPOCH_SECONDS)):
+        if not missing(record.get(EPOCH_SECONDS)):
             seconds.append(float(record[EPOCH_SECONDS]))
             continue
         before = 0.0 if epoch <= 1 else (epochs.get(epoch - 1) or {}).get("elapsed_s")
         elapsed = record.get("elapsed_s")
-        if not _missing(elapsed) and not _missing(before) and elapsed >= before:
+        if not missing(elapsed) and not missing(before) and elapsed >= before:
             seconds.append(float(elapsed) - float(before))
     return seconds
 
@@ -439,5 +439,6 @@ def _integer(value: Any) -> int | None:
     return None if number is None or math.isnan(number) else int(number)
 
 
-def _missing(value: Any) -> bool:
+def missing(value: Any) -> bool:
+    """Whether a stored value is absent: None, or the NaN a Parquet column holds where a row has no value."""
     return value is None or (isinstance(value, float) and math.isnan(value))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 
 import optuna
 import optuna.importance  # pulls in scipy and scikit-learn (seconds): paid at start-up, not on the first page
@@ -10,6 +9,7 @@ import pandas as pd
 
 from automl.layout import best_column, hp_column, hyperparameter_columns, hyperparameter_name
 from automl.objective import Objective
+from automl.store import missing
 
 # Numeric hyperparameters with at most this many values seen are treated as choices (e.g. conv_blocks).
 MAX_CHOICES = 5
@@ -50,7 +50,7 @@ def param_importances(trials: pd.DataFrame, objective: Objective,
     study = optuna.create_study(direction=f"{objective.direction}imize")
     for row in usable.to_dict("records"):
         params = {n: _value(distributions[n], row[hp_column(n)]) for n in distributions
-                  if not _missing(row[hp_column(n)])}
+                  if not missing(row[hp_column(n)])}
         study.add_trial(optuna.trial.create_trial(
             params=params, distributions={n: distributions[n] for n in params}, value=float(row[column])))
     try:
@@ -90,7 +90,3 @@ def _plain(value):
 def _value(distribution, value):
     # An int column with missing values is read back as floats.
     return int(value) if isinstance(distribution, optuna.distributions.IntDistribution) else _plain(value)
-
-
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))

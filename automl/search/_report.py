@@ -13,7 +13,7 @@ from automl.layout import (
     FAMILY_COLUMN, PARAMETERS, SECONDS_PER_EPOCH, best_column, hp_column, hyperparameter_columns, hyperparameter_name,
 )
 from automl.objective import Objective
-from automl.store import STATUSES, RunStore
+from automl.store import STATUSES, RunStore, missing
 
 # Shown in progress lines when they are searched: the hyperparameters that matter most in the seeds.
 KEY_HYPERPARAMETERS = ("family", "conv_blocks", "base_filters", "filters", "dense_units", "optimizer", "learning_rate",
@@ -130,16 +130,16 @@ class Report:
 def _costs(row: dict) -> list[str]:
     """What a trial cost, as far as recorded: ``1.2M params``, ``4.3 s/epoch``."""
     costs = []
-    if not _missing(row.get(PARAMETERS)):
+    if not missing(row.get(PARAMETERS)):
         costs.append(f"{_count(row[PARAMETERS])} params")
-    if not _missing(row.get(SECONDS_PER_EPOCH)):
+    if not missing(row.get(SECONDS_PER_EPOCH)):
         costs.append(f"{_seconds(row[SECONDS_PER_EPOCH])} s/epoch")
     return costs
 
 
 def _count(value) -> str:
     """A count at a glance: ``950``, ``85.3k``, ``1.2M``."""
-    if _missing(value):
+    if missing(value):
         return "-"
     for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(value) >= size * 0.9995:  # 999,999 is 1M, not 1e+03k
@@ -148,21 +148,17 @@ def _count(value) -> str:
 
 
 def _seconds(value) -> str:
-    if _missing(value):
+    if missing(value):
         return "-"
     return f"{value:.2f}" if value < 1 else f"{value:.1f}" if value < 100 else f"{value:.0f}"
 
 
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
 def _fmt(value) -> str:
-    return "-" if _missing(value) else f"{value:.3f}"
+    return "-" if missing(value) else f"{value:.3f}"
 
 
 def _short(value) -> str:
-    if _missing(value):
+    if missing(value):
         return "-"
     if isinstance(value, float):
         return f"{value:.3g}"
