@@ -296,13 +296,14 @@ if leaderboard == "yes":
     page(f"/runs/{name}")
     # The family dropdown's input, where the code has it (all families).
     board = next(c for c in client.get("/_dash-dependencies").get_json()
-                 if c["output"] == "..leaderboard.data...leaderboard.page_count..")
+                 if c["output"].startswith("..leaderboard.data...leaderboard.page_count"))
+    outputs = [tuple(o.split(".")) for o in board["output"].strip(".").split("...")]  # with the page shown, if any
     family = [("leaderboard-family", "value", None)] * any(i["id"] == "leaderboard-family" for i in board["inputs"])
     queries = {"leaderboard page 1": (0, [], ""), "leaderboard page 100": (99, [], ""),
                "leaderboard sorted by learning rate": (0, [{"column_id": "hp_learning_rate", "direction": "desc"}], ""),
                "leaderboard filtered": (0, [], "{hp_optimizer} contains adam && {best_val_balanced_accuracy} > 0.4")}
     for label, (number, sort_by, query) in queries.items():
-        request = lambda: post([("leaderboard", "data"), ("leaderboard", "page_count")],
+        request = lambda: post(outputs,
                                [("leaderboard", "page_current", number), ("leaderboard", "sort_by", sort_by),
                                 ("leaderboard", "filter_query", query), *family],
                                [("url", "pathname", f"/runs/{name}")])

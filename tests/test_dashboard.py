@@ -230,7 +230,8 @@ def test_read_only_loopback_and_no_external_assets(results):
     # Nothing a page can do changes files: its only callbacks draw pages, a page of the leaderboard, and set the
     # compare selection.
     outputs = {c["output"] for c in client.get("/_dash-dependencies").get_json()}
-    assert outputs == {"..page.children...shown.data..", "..leaderboard.data...leaderboard.page_count..", "url.search"}
+    assert outputs == {"..page.children...shown.data..", "url.search",
+                       "..leaderboard.data...leaderboard.page_count...leaderboard.page_current.."}
     assert {r.rule for r in app.server.url_map.iter_rules() if "POST" in r.methods} == {"/_dash-update-component"}
     assert serve.__defaults__ == ("127.0.0.1", 8050)
 
@@ -332,13 +333,20 @@ def test_pages_in_a_real_browser_with_live_refresh(results, tmp_path):
         wait_for(graphs_drawn(4), "the comparison plots")
         assert len(driver.find_elements(By.CSS_SELECTOR, "#compare tbody tr")) == 2
 
-        make_run(results, "mixed", trials=12, epochs=2, running=0, families=("cnn", "cnn", "resnet"))
+        # Picked on the last of 3 pages (50 rows each), a family of 2 pages shows its first page, and says so.
+        make_run(results, "mixed", trials=120, epochs=2, running=0, families=("cnn", "cnn", "resnet"))
         driver.get(base + "/runs/mixed")
-        wait_for(lambda: len(leaderboard_ids()) == 12, "12 leaderboard rows")
+        wait_for(lambda: len(leaderboard_ids()) == 50, "50 leaderboard rows")
+        driver.find_element(By.CSS_SELECTOR, "#leaderboard button.last-page").click()
+        wait_for(lambda: len(leaderboard_ids()) == 20, "the last page's 20 rows")
         driver.find_element(By.ID, "leaderboard-family").click()
         wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "[role=option]"), "the family options")
-        next(o for o in driver.find_elements(By.CSS_SELECTOR, "[role=option]") if o.text == "resnet").click()
-        wait_for(lambda: leaderboard_cells("hp_family") == ["resnet"] * 4, "the resnet trials only")
+        next(o for o in driver.find_elements(By.CSS_SELECTOR, "[role=option]") if o.text == "cnn").click()
+        wait_for(lambda: leaderboard_cells("hp_family") == ["cnn"] * 50, "the first page of the cnn trials")
+        page_shown = driver.execute_script("return document.querySelector('#leaderboard input.current-page')"
+                                           ".placeholder + ' / ' + document.querySelector('#leaderboard .last-page')"
+                                           ".innerText")
+        assert page_shown == "1 / 2", page_shown
 
         loaded = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
         assert loaded and all(url.startswith(base) for url in loaded), [u for u in loaded if not u.startswith(base)]
@@ -348,19 +356,20 @@ def test_pages_in_a_real_browser_with_live_refresh(results, tmp_path):
 
 
 def leaderboard(client, name: str, page_current: int = 0, sort_by=(), filter_query: str = "",
-                family: str | None = None) -> tuple[list, int]:
-    """What the table asks for when the user pages, sorts, filters or picks a family: one page of rows, and the
-    page count."""
-    payload = {"output": "..leaderboard.data...leaderboard.page_count..",
-               "outputs": [{"id": "leaderboard", "property": "data"}, {"id": "leaderboard", "property": "page_count"}],
+                family: str | None = None, changed: str = "page_current", with_page: bool = False) -> tuple:
+    """What the table asks for when the user pages, sorts, filters or picks a family (``changed``: the table's
+    property, or ``family``): one page of rows, the page count, and with ``with_page`` the page it shows."""
+    payload = {"output": "..leaderboard.data...leaderboard.page_count...leaderboard.page_current..",
+               "outputs": [{"id": "leaderboard", "property": p} for p in ("data", "page_count", "page_current")],
                "inputs": [{"id": "leaderboard", "property": "page_current", "value": page_current},
                           {"id": "leaderboard", "property": "sort_by", "value": list(sort_by)},
                           {"id": "leaderboard", "property": "filter_query", "value": filter_query},
                           {"id": "leaderboard-family", "property": "value", "value": family}],
-               "changedPropIds": ["leaderboard.page_current"],
+               "changedPropIds": ["leaderboard-family.value" if changed == "family" else f"leaderboard.{changed}"],
                "state": [{"id": "url", "property": "pathname", "value": f"/runs/{name}"}]}
     response = client.post("/_dash-update-component", json=payload).get_json()["response"]["leaderboard"]
-    return response["data"], response["page_count"]
+    shown = (response["data"], response["page_count"])
+    return (*shown, response["page_current"]) if with_page else shown
 
 
 def test_leaderboard_pages_sorts_and_filters_on_the_server(tmp_path):
@@ -418,6 +427,7 @@ def test_leaderboard_shows_compute_and_filters_by_family_on_the_server(tmp_path)
     assert rows[0]["seconds_per_epoch"] == 1.5 and rows[0]["parameters"] == 10_000 * (2 + 119 % 3) + 119
     rows, pages = leaderboard(client, "mixed", family="cnn")
     assert pages == 2 and len(rows) == 50 and {r["hp_family"] for r in rows} == {"cnn"}
+
     assert rows[0]["rank"] == 2  # ranks among all trials: the best (trial119) is a resnet
     rows, _ = leaderboard(client, "mixed", page_current=1, family="cnn")
     assert len(rows) == 30 and {r["hp_family"] for r in rows} == {"cnn"}
@@ -428,6 +438,18 @@ def test_leaderboard_shows_compute_and_filters_by_family_on_the_server(tmp_path)
     assert pages == 1 and [r["parameters"] for r in rows] == expected
     rows, pages = leaderboard(client, "mixed", family=None)
     assert pages == 3 and len(rows) == 50
+
+    # Picking a family (or a filter, or a sort) while on page 3 of all trials shows the first page of the new rows,
+    # and the table's page counter follows; paging keeps the page asked for, or the last one there is.
+    rows, pages, shown = leaderboard(client, "mixed", page_current=2, family="resnet", changed="family", with_page=True)
+    assert (pages, shown) == (1, 0) and rows == leaderboard(client, "mixed", family="resnet")[0]
+    sgd = "{hp_optimizer} contains sgd"
+    rows, pages, shown = leaderboard(client, "mixed", page_current=1, filter_query=sgd, changed="filter_query",
+                                     with_page=True)
+    assert (pages, shown) == (2, 0) and rows == leaderboard(client, "mixed", filter_query=sgd)[0] and len(rows) == 50
+    rows, pages, shown = leaderboard(client, "mixed", page_current=1, family="cnn", with_page=True)
+    assert (pages, shown) == (2, 1) and len(rows) == 30
+    assert leaderboard(client, "mixed", page_current=7, family="cnn", with_page=True)[1:] == (2, 1)
 
 
 def test_a_run_recorded_before_costs_and_families_still_shows(tmp_path):

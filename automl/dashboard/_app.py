@@ -54,6 +54,7 @@ def create_app(results_dir: Path | str) -> dash.Dash:
         return render_page(results_dir, parts, search or ""), current
 
     @app.callback(Output("leaderboard", "data"), Output("leaderboard", "page_count"),
+                  Output("leaderboard", "page_current"),
                   Input("leaderboard", "page_current"), Input("leaderboard", "sort_by"),
                   Input("leaderboard", "filter_query"), Input("leaderboard-family", "value"),
                   State("url", "pathname"))
@@ -62,6 +63,9 @@ def create_app(results_dir: Path | str) -> dash.Dash:
         parts = [unquote(p) for p in (pathname or "/").strip("/").split("/") if p]
         if parts[:1] != ["runs"] or len(parts) < 2:
             raise PreventUpdate
+        changed = set(dash.ctx.triggered_prop_ids)
+        if changed and "leaderboard.page_current" not in changed:
+            page = 0  # other rows: a new sort, filter or family starts at their first page
         return pages.leaderboard_rows(results_dir, parts[1], page or 0, sort_by or [], filter_query or "", family)
 
     @app.callback(Output("url", "search"), Input("compare-runs", "value"), State("url", "search"),

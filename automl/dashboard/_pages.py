@@ -21,7 +21,7 @@ from automl.layout import (
 )
 from automl.objective import HEADLINE, METRICS, Objective
 from automl.published import PUBLISHED
-from automl.store import STATUSES
+from automl.store import STATUSES, missing
 
 BINARY_METRICS = ("sensitivity", "specificity")
 NO_WALL_TIME = "wall-time data not recorded<br>(epochs.parquet without timestamps, written before they were added)"
@@ -41,16 +41,12 @@ def note(text: str, kind: str = "info") -> html.Div:
     return html.Div(text, className=f"note {kind}")
 
 
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
 def _size(info: dict) -> str:
     return "x".join(map(str, info.get("image_size") or [])) or "-"
 
 
 def _fmt(value, digits: int = 3) -> str:
-    if _missing(value):
+    if missing(value):
         return "-"
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
@@ -199,14 +195,14 @@ def _best_trial(run: Run) -> html.Div:
         return note("No trial has a value of the metric yet.")
     scores = [(m, _fmt(best.get(best_column(m)), 4)) for m in METRICS if best_column(m) in best]
     params = [(hyperparameter_name(c), f"{best[c]:.4g}" if isinstance(best[c], float) else str(best[c]))
-              for c in hyperparameter_columns(run.trials) if not _missing(best[c])]
+              for c in hyperparameter_columns(run.trials) if not missing(best[c])]
     status = f"{best.get('status')}, {best.get('epochs')} epochs, best at epoch {_fmt(best.get('best_epoch'), 0)}"
     cost = []  # as far as recorded (runs recorded before have none of it)
-    if not _missing(best.get(PARAMETERS)):
+    if not missing(best.get(PARAMETERS)):
         cost.append(f"{best[PARAMETERS]:,.0f} parameters")
-    if not _missing(best.get(SECONDS_PER_EPOCH)):
+    if not missing(best.get(SECONDS_PER_EPOCH)):
         cost.append(f"{best[SECONDS_PER_EPOCH]:.1f} s/epoch")
-    if not _missing(best.get(WALL_TIME)):
+    if not missing(best.get(WALL_TIME)):
         cost.append(f"{best[WALL_TIME]:.0f} s in all")
     facts = [("status", status), *([("compute", ", ".join(cost))] if cost else []), *scores, *params]
     return html.Div([html.H3(f"Best trial: {best['trial_id']}"), _facts(facts)], className="card")
@@ -241,12 +237,13 @@ def _leaderboard(run: Run) -> dash_table.DataTable:
 
 
 def leaderboard_rows(results_dir: Path, name: str, page: int, sort_by: list[dict], filter_query: str,
-                     family: str | None = None, page_size: int = LEADERBOARD_PAGE) -> tuple[list[dict], int]:
+                     family: str | None = None, page_size: int = LEADERBOARD_PAGE) -> tuple[list[dict], int, int]:
     """One page of the leaderboard, of one model ``family`` (or all), filtered and sorted as the table asks (Dash's
-    ``filter_query`` and ``sort_by``), and the number of pages. Ranks stay those among all the run's trials."""
+    ``filter_query`` and ``sort_by``), the number of pages, and the page shown (``page``, or the last one when
+    fewer rows are left). Ranks stay those among all the run's trials."""
     run = load_run(results_dir, name, epochs=False)
     if run is None or run.trials.empty:
-        return [], 1
+        return [], 1, 0
     frame, _ = _ranked(run)
     if family and FAMILY_COLUMN in frame:
         frame = frame[frame[FAMILY_COLUMN] == family]
@@ -257,7 +254,7 @@ def leaderboard_rows(results_dir: Path, name: str, page: int, sort_by: list[dict
                                   ascending=[s["direction"] == "asc" for s in sort_by])
     pages = _page_count(frame, page_size)
     page = min(max(int(page or 0), 0), pages - 1)
-    return _records(frame.iloc[page * page_size:(page + 1) * page_size]), pages
+    return _records(frame.iloc[page * page_size:(page + 1) * page_size]), pages, page
 
 
 def _ranked(run: Run) -> tuple[pd.DataFrame, list[dict]]:
@@ -298,7 +295,7 @@ def _records(frame: pd.DataFrame) -> list[dict]:
         table["started_at"] = pd.to_datetime(table["started_at"], unit="s", utc=True).dt.strftime("%H:%M:%S")
     for column in table:
         if pd.api.types.is_bool_dtype(table[column]) or not _numeric(table[column]):
-            table[column] = table[column].map(lambda v: "-" if _missing(v) else str(v) if isinstance(v, bool) else v)
+            table[column] = table[column].map(lambda v: "-" if missing(v) else str(v) if isinstance(v, bool) else v)
     return json.loads(table.to_json(orient="records"))  # NaN as null; much faster than DataFrame.where
 
 
