@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from automl import console
 from automl.data._cache import cache_key, data_fingerprint, default_cache_dir, read_cache, write_cache
 from automl.data._images import index_images, load_images
 from automl.data._metadata import DX_CLASSES, MALIGNANT, METADATA_FILE, read_metadata
-from automl.data._split import file_split, grouped_split, lesion_leaks
+from automl.data._split import file_split, grouped_split, lesion_leaks, split_fingerprint
 from automl.errors import DataError
 
 BINARY_CLASSES = ("benign", "malignant")
@@ -46,6 +47,12 @@ class Dataset:
         """``(images, labels)`` of one split."""
         mask = (self.table["split"] == split).to_numpy()
         return self.images[mask], self.table["label"].to_numpy()[mask]
+
+    @cached_property
+    def split_fingerprint(self) -> str:
+        """Which image is in which split, as a short hash: what tells two runs' splits apart (their
+        :attr:`split_protocol` describes how a split was made, not what it holds)."""
+        return split_fingerprint(self.table["image_id"], self.table["split"])
 
     def with_train_and_val(self) -> Dataset:
         """The same images with the val split moved into train (test untouched): what a refit learns from.

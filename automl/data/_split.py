@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,21 @@ import pandas as pd
 from automl.errors import DataError
 
 SPLITS = ("train", "val", "test")
+
+
+def split_fingerprint(image_ids, split) -> str:
+    """A short hash of which image is in which split, in any row order: two splits are the same when their
+    fingerprints are, whatever made them (a seed, a file that was since edited, another version of this code).
+
+    >>> split_fingerprint(["a", "b"], ["train", "val"]) == split_fingerprint(["b", "a"], ["val", "train"])
+    True
+    >>> split_fingerprint(["a", "b"], ["train", "val"]) == split_fingerprint(["a", "b"], ["val", "train"])
+    False
+    """
+    digest = hashlib.sha256()
+    for image_id, part in sorted(zip(map(str, image_ids), map(str, split))):
+        digest.update(f"{image_id}:{part}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 def grouped_split(table: pd.DataFrame, fractions: tuple[float, float, float], seed: int) -> np.ndarray:

@@ -141,9 +141,9 @@ def _record_start(run: RunLayout, spec: Spec, dataset: Dataset, data_dir: Path, 
         **spec.objective.to_record(), num_samples=settings.num_samples,
         max_epochs=settings.max_epochs, time_budget_s=settings.time_budget_s, epoch_budget=settings.epoch_budget,
         started=run.read_info().get("started") or utc_now(), ended=None,
-        data_dir=str(data_dir), data_fingerprint=dataset.fingerprint, split=dataset.split_protocol, task=dataset.task,
-        image_size=list(dataset.image_size), hyperparameters=[d.name for d in space.searched], machine=machine_info(),
-        storage=storage,
+        data_dir=str(data_dir), data_fingerprint=dataset.fingerprint, split=dataset.split_protocol,
+        split_fingerprint=dataset.split_fingerprint, task=dataset.task, image_size=list(dataset.image_size),
+        hyperparameters=[d.name for d in space.searched], machine=machine_info(), storage=storage,
     )
     engine = (settings.engine if settings.engine == "keras-tuner"
               else f"ray ({settings.searcher} + {settings.scheduler})")

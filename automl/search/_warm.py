@@ -3,11 +3,11 @@
 ``search.warm_start`` names earlier runs (``--warm-start RUN...``: run folders, or run names in ``--results``) and
 ``search.portfolio`` a YAML file of configurations (``search_spaces/portfolios/``). Before the first trial:
 
-- a run whose results compare with this search's (:func:`search_key`: the same data fingerprint, split, task, image
-  size, hyperparameter space, objective, ``max_epochs`` and epoch definition) has each trial's best value told to
-  Optuna as a completed trial, without training it: they count among TPE's start-up trials, and TPE models them
-  with its own. They are not trials of this run (the results store holds what ran here only); ``run.json`` counts
-  them.
+- a run whose results compare with this search's (:func:`search_key`: the same data fingerprint, split (by its
+  images), task, image size, hyperparameter space, objective, ``max_epochs`` and epoch definition) has each trial's
+  best value told to Optuna as a completed trial, without training it: they count among TPE's start-up trials,
+  and TPE models them with its own. They are not trials of this run (the results store holds what ran here only);
+  ``run.json`` counts them.
 - the best configurations of every other run (ranked by that run's own objective, taken in turn from each run),
   the compatible runs' too when the searcher is random (it learns nothing from results), then the portfolio's
   (Optuna searches only) are enqueued: the searcher's first draws are them, and they are trained here. At most
@@ -161,19 +161,23 @@ def read_portfolio(path: Path) -> list[dict]:
 
 
 def search_key(spec: Spec, dataset: Dataset) -> dict[str, Any]:
-    """What a run's results must share with this search's to be told without training: the same data, split, task
-    and image size, the same space, objective and epochs per trial, and the same epoch definition."""
+    """What a run's results must share with this search's to be told without training: the same data, split (its
+    images, not only its description), task and image size, the same space, objective and epochs per trial, and
+    the same epoch definition."""
     from automl.trial import EPOCH_DEFINITION  # imports TensorFlow: not at module import
 
-    return {"data_fingerprint": dataset.fingerprint, "split": dataset.split_protocol, "task": dataset.task,
+    return {"data_fingerprint": dataset.fingerprint, "split": dataset.split_protocol,
+            "split_fingerprint": dataset.split_fingerprint, "task": dataset.task,
             "image_size": tuple(dataset.image_size), "hyperparameters": _space_key(spec.space),
             "objective": spec.objective, "max_epochs": spec.search.max_epochs, "epoch_definition": EPOCH_DEFINITION}
 
 
 def run_key(run: SourceRun) -> dict[str, Any]:
-    """:func:`search_key` of an earlier run, from its ``run.json`` and ``spec.yaml``."""
+    """:func:`search_key` of an earlier run, from its ``run.json`` and ``spec.yaml`` (a run recorded before split
+    fingerprints has none: its results cannot be shown to share the split, and its configurations train again)."""
     info = run.info
-    return {"data_fingerprint": info.get("data_fingerprint"), "split": info.get("split"), "task": info.get("task"),
+    return {"data_fingerprint": info.get("data_fingerprint"), "split": info.get("split"),
+            "split_fingerprint": info.get("split_fingerprint"), "task": info.get("task"),
             "image_size": tuple(info.get("image_size") or ()),
             "hyperparameters": _space_key(run.space) if run.space is not None else None,
             "objective": Objective.from_record(info), "max_epochs": info.get("max_epochs"),
