@@ -233,10 +233,16 @@ def card_markdown(card: dict) -> str:
             value = card[key]
             lines.append(f"- **{key.replace('_', ' ')}**: "
                          f"{', '.join(map(str, value)) if isinstance(value, list) else value}")
+    if "parameters" in card:
+        lines.append(f"- **parameters**: {card['parameters']:,}" + (f" in {len(card['members'])} members"
+                                                                    if len(card.get("members") or []) > 1 else ""))
     if card.get("members"):
-        lines += ["", "| member | family | weight | search trial | seed |", "| --- | --- | ---: | --- | ---: |"]
+        sized = all("parameters" in m for m in card["members"])  # cards exported before parameters were counted
+        lines += ["", "| member | family | weight | search trial | seed |" + " parameters |" * sized,
+                  "| --- | --- | ---: | --- | ---: |" + " ---: |" * sized]
         lines += [f"| {m['member_id']} | {' '.join(filter(None, [m.get('family', 'cnn'), m.get('backbone')]))} "
-                  f"| {m['weight']:.2f} | {m['search_trial']} | {m['seed']} |" for m in card["members"]]
+                  f"| {m['weight']:.2f} | {m['search_trial']} | {m['seed']} |"
+                  + (f" {m['parameters']:,} |" if sized else "") for m in card["members"]]
     if "metrics" in card:
         ci = card.get("metrics_ci95", {})
         lines += ["", "| test metric | value | 95% bootstrap interval |", "| --- | ---: | --- |"]
@@ -278,6 +284,10 @@ def export_run(run_dir: Path, out_dir: Path, overwrite: bool = False, refit: boo
     model, factors = assemble_run(run, refit=refit)
     members = run.read_members(refit=refit)
     card = _card(run, info, summary, members.set_index("member_id"), chosen, shipped, factors, refit)
+    # What the shipped graph holds: each member's weights (assemble names them member_1.. in chosen order) and all.
+    for i, member in enumerate(card["members"]):
+        member["parameters"] = int(model.get_layer(f"member_{i + 1}").count_params())
+    card["parameters"] = int(model.count_params())
     return export_model(model, out_dir, card, overwrite=overwrite)
 
 

@@ -40,7 +40,7 @@ from automl.data import Dataset, load_dataset
 from automl.errors import UserError
 from automl.files import atomic_write, staged_dir
 from automl.hparams import ModelConfig, parse_name
-from automl.layout import HP_PREFIX, RunLayout, best_column, hp_column, hyperparameter_name
+from automl.layout import HP_PREFIX, PARAMETERS, RunLayout, best_column, hp_column, hyperparameter_name
 from automl.metrics import classification_metrics, prefixed
 from automl.objective import Objective
 from automl.posthoc import predict_modes, tta_modes
@@ -245,12 +245,14 @@ def _collect(run: RunLayout, dataset: Dataset, members: list[dict], results, ref
 
 
 def _member_row(member: dict, metrics: dict, counts: np.ndarray) -> dict:
-    """A member's row of ``members.parquet``: identity, ``hp_*``, scores, epochs, training prior and effective mix."""
+    """A member's row of ``members.parquet``: identity, ``hp_*``, scores, epochs, parameters, training prior and
+    effective mix."""
     config = ModelConfig.from_params(member["params"])
     return ({k: v for k, v in member.items() if k not in ("params", "learning_rates")}
             | {hp_column(k): v for k, v in member["params"].items()}
             | {k: v for k, v in metrics.items() if k.startswith(("val_", "test_"))}
             | {"epochs": metrics.get("epochs"), "best_epoch": metrics.get("best_epoch"),
+               PARAMETERS: metrics.get(PARAMETERS),
                "class_prior": (counts / counts.sum()).tolist(),
                "class_mix": expected_class_mix(counts, config.imbalance, config.oversample_to).tolist()})
 
@@ -280,7 +282,8 @@ def train_member(config: dict, dataset: Dataset = None, spec: Spec = None, membe
                            epochs=epochs, seed=member["seed"], learning_rates=rates)
     folder = Path(tempfile.mkdtemp(prefix=f"{member['member_id']}-"))
     result.model.save(RunLayout.member_model(folder))
-    final = {"epochs": len(result.history)} | ({"best_epoch": result.best_epoch} if rates is None else {})
+    final = ({"epochs": len(result.history), PARAMETERS: int(result.model.count_params())}
+             | ({"best_epoch": result.best_epoch} if rates is None else {}))
     final |= _score_member(result.model, trained_on, folder)
     pd.DataFrame(result.history).to_csv(RunLayout.member_history(folder), index=False)
     RunLayout.member_record(folder).write_text(json.dumps(member | final))

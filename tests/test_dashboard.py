@@ -71,9 +71,9 @@ def add_models(run_dir: Path) -> None:
         results[model] = {"val": classification_metrics(y, probs, ("benign", "malignant")),
                           "test": classification_metrics(y, probs, ("benign", "malignant"))}
     results["ensemble"]["test_ci95"] = {"balanced_accuracy": [0.7, 0.8]}
-    members = pd.DataFrame([{"member_id": m, "trial_id": t, "seed": 0, "epochs": 4, "best_epoch": 3,
+    members = pd.DataFrame([{"member_id": m, "trial_id": t, "seed": 0, "epochs": 4, "best_epoch": 3, "parameters": n,
                              "test_balanced_accuracy": results[m]["test"]["balanced_accuracy"]}
-                            for m, t in (("m01", "trial04"), ("m02", "trial02"))])
+                            for m, t, n in (("m01", "trial04", 40_119), ("m02", "trial02", 1_250_000))])
     (run_dir / "retrain").mkdir()
     members.to_parquet(run_dir / "retrain" / "members.parquet", index=False)
     write_json(run_dir / "ensemble" / "metrics.json", results)
@@ -126,7 +126,8 @@ def test_every_page_renders_its_content(results):
         assert part in experiment, part
     models = text_of(page(client, "/runs/finished_run/models"))
     for part in ('"id":"models"', '"id":"per-class"', '"id":"confusion-matrix"', "/files/finished_run/roc.png",
-                 "/files/finished_run/model.zip", "/files/finished_run/model_card.md", "seed 001, weighted ensemble"):
+                 "/files/finished_run/model.zip", "/files/finished_run/model_card.md", "seed 001, weighted ensemble",
+                 '"parameters"', '"40,119"', '"1,290,119"'):  # the ensemble's: its two members' in all
         assert part in models, part
     compare = text_of(page(client, "/compare", "?run=finished_run&run=live_run"))
     assert '"id":"compare-trials"' in compare and '"id":"compare-time"' in compare

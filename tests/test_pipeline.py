@@ -53,6 +53,11 @@ def test_run_then_predict(tiny_ham, tmp_path, capsys):
     assert card["classes"] == list(DX_CLASSES) and "not for diagnosis" in card["intended_use"]
     assert (card["tta"], card["decision"], card["temperature"]) == (summary["tta"], "prior", summary["temperature"])
     assert card["trained_on"] == "train" and "test_after_temperature" in card["calibration"]
+    # The shipped graph's size: each member's, as retrain recorded it, and the sum.
+    sizes = members.set_index("member_id")["parameters"]
+    assert all(m["parameters"] == sizes[m["member_id"]] > 0 for m in card["members"])
+    assert card["parameters"] == sum(m["parameters"] for m in card["members"])
+    assert f"- **parameters**: {card['parameters']:,}" in (model_dir / "model_card.md").read_text()
     images = tiny_ham / "HAM10000_images"
     assert main(["predict", str(model_dir), str(images), "--out", str(tmp_path / "preds.csv")]) == 0
     preds = pd.read_csv(tmp_path / "preds.csv", keep_default_na=False)

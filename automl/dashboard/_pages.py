@@ -390,11 +390,15 @@ def _model_rows(models: Models, objective: Objective) -> list[dict]:
         m: {split: {k.removeprefix(f"{split}_"): v for k, v in row.items() if k.startswith(f"{split}_")}
             for split in ("val", "test")}
         for m, row in members.items()}
+    sizes = {m: row.get(PARAMETERS) for m, row in members.items()}  # retrained before they were counted: absent
+    chosen = [m for m, w in weights.items() if w > 0]
+    if chosen and not any(missing(sizes.get(m)) for m in chosen):
+        sizes["ensemble"] = sum(sizes[m] for m in chosen)
     rows = []
     for model, result in sorted(results.items(), key=lambda item: item[0] != "ensemble"):
         member, test = members.get(model, {}), result.get("test") or {}
         rows.append({"model": model, "trial": member.get("trial_id", "-"), "seed": member.get("seed", "-"),
-                     "epochs": member.get("epochs", "-"), "weight": weights.get(model),
+                     "epochs": member.get("epochs", "-"), "parameters": sizes.get(model), "weight": weights.get(model),
                      "val": (result.get("val") or {}).get(objective.key), "ci": result.get("test_ci95") or {},
                      "per_class": test.get("per_class"), "confusion_matrix": test.get("confusion_matrix"),
                      **{m: test.get(m) for m in HEADLINE + BINARY_METRICS}})
@@ -410,13 +414,15 @@ def _comparison_table(run: Run, rows: list[dict], metrics: tuple[str, ...], task
         return [text, html.Br(), html.Small(f"[{low_high[0]:.3f},\u00a0{low_high[1]:.3f}]")]
 
     split, size = run.info.get("split", "-"), _size(run.info)
-    header = ["model", "source trial", "seed", "epochs", "weight", f"val {run.objective.key.replace('_', ' ')}",
-              *[f"test {m.replace('_', ' ')}" for m in metrics], "resolution", "split"]
-    table = [[r["model"], r["trial"], r["seed"], r["epochs"], _fmt(r["weight"], 2), _fmt(r["val"]),
-              *[value(r, m) for m in metrics], size, split] for r in rows]
+    header = ["model", "source trial", "seed", "epochs", "parameters", "weight",
+              f"val {run.objective.key.replace('_', ' ')}", *[f"test {m.replace('_', ' ')}" for m in metrics],
+              "resolution", "split"]
+    table = [[r["model"], r["trial"], r["seed"], r["epochs"], "-" if missing(r["parameters"]) else
+              f"{r['parameters']:,.0f}", _fmt(r["weight"], 2), _fmt(r["val"]), *[value(r, m) for m in metrics], size,
+              split] for r in rows]
     published = [p for p in PUBLISHED if p["task"] == task]
-    table += [[p["source"], "-", "-", "-", "-", "-", *[_fmt(p.get(m)) for m in metrics], p["resolution"], p["split"]]
-              for p in published]
+    table += [[p["source"], "-", "-", "-", "-", "-", "-", *[_fmt(p.get(m)) for m in metrics], p["resolution"],
+               p["split"]] for p in published]
     classes = ["ensemble" if r["model"] == "ensemble" else "" for r in rows] + ["published"] * len(published)
     return html.Div([html.H3("Ensemble, members and published numbers (published: grey; none used a lesion-grouped "
                              "split)"), _table(header, table, "models", classes)])
