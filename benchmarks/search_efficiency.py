@@ -47,7 +47,8 @@ at most a third of the epochs random search needs (medians over seeds), and ends
 
 Each search lands in ``OUT/runs/METHOD-seedK/`` (a results store; checkpoints are deleted). A search already
 complete there with the same spec is reused, so an interrupted benchmark continues where it stopped, across sessions
-(seed-major order: every method has its first seeds first); ``--fresh`` runs everything again. Writes
+(seed-major order: every method has its first seeds first); ``--fresh`` runs everything again; ``--report-only``
+runs nothing and reports the complete searches (the table so far; the JSON lists the pending ones). Writes
 ``OUT/search_efficiency.json`` (budget, seeds, machine, every run's numbers and curve, the summary) and
 ``OUT/search_efficiency.png`` (best so far versus epochs, every method in one panel).
 """
@@ -184,6 +185,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="target value (default: median of random search's bests at the budget)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default results/benchmarks)")
     parser.add_argument("--fresh", action="store_true", help="delete and redo searches already complete in OUT/runs")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run no search: report the complete ones (an unfinished benchmark's table so far; the "
+                             "JSON lists what is pending)")
     args = parser.parse_args(argv)
     args.methods_given = args.methods is not None
     args.methods = ([m.strip() for m in args.methods.split(",") if m.strip()] if args.methods_given
@@ -197,6 +201,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--epoch-budget must be at least 1 epoch")
     if args.time_cap < 60:
         parser.error("--time-cap must be at least 60 seconds")
+    if args.fresh and args.report_only:
+        parser.error("--fresh and --report-only: choose one")
     return args
 
 
@@ -219,8 +225,13 @@ def method_spec(base: Spec, method: str, seed: int, args: argparse.Namespace, po
     return base.with_overrides(search_overrides(settings))
 
 
-def run_method(args: argparse.Namespace, spec: Spec, method: str, seed: int) -> dict[str, Any] | None:
-    """Run (or reuse) one method-seed search and measure it; None if the search failed."""
+#: What :func:`run_method` gives for a search that is not complete and ``--report-only`` does not run.
+PENDING = "pending"
+
+
+def run_method(args: argparse.Namespace, spec: Spec, method: str, seed: int) -> dict[str, Any] | str | None:
+    """Run (or reuse) one method-seed search and measure it; None if the search failed, :data:`PENDING` if it is
+    not complete and ``--report-only`` leaves it."""
     run_dir = args.out / RUNS / f"{method}-seed{seed}"
     if args.fresh:
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -229,6 +240,8 @@ def run_method(args: argparse.Namespace, spec: Spec, method: str, seed: int) -> 
     digest = None if portfolio == NO_PORTFOLIO else hashlib.sha256(Path(portfolio).read_bytes()).hexdigest()
     reused = (reusable(run_dir, spec, args.data.resolve())
               and RunLayout(run_dir).read_info().get("benchmark", {}).get("portfolio_sha256") == digest)
+    if not reused and args.report_only:
+        return PENDING
     if not reused:
         console.info(f"running {method} seed {seed} ({args.epoch_budget} epochs; log: {run_dir / 'search.log'})")
         outcome = run_search_process(spec, args.data.resolve(), run_dir, stop_after_s=args.time_cap + STOP_GRACE_S)
@@ -557,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
         + ("" if expected >= CONFIGS_GOAL else
            f", fewer than {CONFIGS_GOAL}: {CONFIGS_GOAL} need about {default_budget(settings)} epochs")
     )
-    runs, failed = [], []
+    runs, failed, pending = [], [], []
     # Seed-major order: an interrupted benchmark has every method at the first seeds, and drifts in the
     # machine's load spread over all methods alike.
     for i, (method, seed) in enumerate(plan, start=1):
@@ -567,6 +580,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"interrupted at {method} seed {seed}; run the same command again to continue (complete searches "
                   "are reused)", file=sys.stderr)
             return 130
+        if run == PENDING:
+            pending.append({"method": method, "seed": seed})
+            print(f"[{i:>2}/{len(plan)}] {method:<21} seed {seed}: not complete (left by --report-only)", flush=True)
+            continue
         if run is None:
             log = args.out / RUNS / f"{method}-seed{seed}" / "search.log"
             failed.append({"method": method, "seed": seed, "log": str(log), "last_line": last_line(log)})
@@ -610,6 +627,9 @@ def main(argv: list[str] | None = None) -> int:
     if failed:
         print(f"{len(failed)} search(es) failed and are left out: "
               + ", ".join(f"{f['method']} seed {f['seed']}" for f in failed))
+    if pending:
+        print(f"partial: {len(runs)} of {len(plan)} searches complete; {len(pending)} pending (run without "
+              "--report-only to continue): the target, the summary and the goals are those of the complete ones")
     args.out.mkdir(parents=True, exist_ok=True)
     warm = None
     if portfolio is not None and WARM_METHOD in args.methods:
@@ -631,14 +651,15 @@ def main(argv: list[str] | None = None) -> int:
                     for m in args.methods},
         "warm_start": warm,
         "target": {"value": target, "source": source},
-        "runs": runs, "failed": failed, "summary": summary, "goals": checks,
+        "runs": runs, "failed": failed, "pending": pending, "summary": summary, "goals": checks,
         "seeds_can_show": spread_record | {"sentence": spread},
     })
     label_y = f"best {metric_label(runs[0]['metric'])} so far"
+    partial = f" (partial: {len(runs)} of {len(plan)} searches)" if pending else ""
     plot(runs, args.methods, target, args.epoch_budget, args.out / "search_efficiency.png",
          f"{args.space.name}: {label_y}, {args.epoch_budget} equal-cost epochs per search, {args.seeds} seed(s) per "
-         f"method\n(thin: one seed; thick: median while every seed has a point, dashed: warm-started; dotted: target "
-         f"{target:.3f})")
+         f"method{partial}\n(thin: one seed; thick: median while every seed has a point, dashed: warm-started; "
+         f"dotted: target {target:.3f})")
     print(f"wrote {args.out / 'search_efficiency.json'} and {args.out / 'search_efficiency.png'}")
     return 0
 
