@@ -655,10 +655,10 @@ def main(argv: list[str] | None = None) -> int:
         "seeds_can_show": spread_record | {"sentence": spread},
     })
     label_y = f"best {metric_label(runs[0]['metric'])} so far"
-    partial = f" (partial: {len(runs)} of {len(plan)} searches)" if pending else ""
+    partial = f"PARTIAL: {len(runs)} of {len(plan)} searches complete, {len(pending)} pending\n" if pending else ""
     plot(runs, args.methods, target, args.epoch_budget, args.out / "search_efficiency.png",
          f"{args.space.name}: {label_y}, {args.epoch_budget} equal-cost epochs per search, {args.seeds} seed(s) per "
-         f"method{partial}\n(thin: one seed; thick: median while every seed has a point, dashed: warm-started; "
+         f"method\n{partial}(thin: one seed; thick: median while every seed has a point, dashed: warm-started; "
          f"dotted: target {target:.3f})")
     print(f"wrote {args.out / 'search_efficiency.json'} and {args.out / 'search_efficiency.png'}")
     return 0
