@@ -238,7 +238,7 @@ def run_method(args: argparse.Namespace, spec: Spec, method: str, seed: int) -> 
     # The spec names the portfolio's file, not what it holds: a search from another version of it is not reused.
     portfolio = spec.search.portfolio
     digest = None if portfolio == NO_PORTFOLIO else hashlib.sha256(Path(portfolio).read_bytes()).hexdigest()
-    reused = (reusable(run_dir, spec, args.data.resolve())
+    reused = (reusable(run_dir, portfolio_as_stored(spec, run_dir), args.data.resolve())
               and RunLayout(run_dir).read_info().get("benchmark", {}).get("portfolio_sha256") == digest)
     if not reused and args.report_only:
         return PENDING
@@ -250,6 +250,20 @@ def run_method(args: argparse.Namespace, spec: Spec, method: str, seed: int) -> 
             return None
     return (measure(run_dir, args.epoch_budget, args.time_cap, spec.objective)
             | {"method": method, "seed": seed, "reused": reused})
+
+
+def portfolio_as_stored(spec: Spec, run_dir: Path) -> Spec:
+    """``spec`` with the portfolio file named as the search in ``run_dir`` named it, for the reuse check: the path is
+    absolute, so it depends on where the benchmark's code was checked out, and the check compares what the file
+    holds (its digest) instead."""
+    stored = RunLayout(run_dir).spec
+    if spec.search.portfolio == NO_PORTFOLIO or not stored.is_file():
+        return spec
+    search = (read_yaml(stored, "spec") or {}).get("search")
+    named = search.get("portfolio") if isinstance(search, dict) else None
+    if not isinstance(named, str) or named == NO_PORTFOLIO:
+        return spec
+    return spec.with_overrides(search_overrides({"portfolio": named}))
 
 
 def last_line(log: Path) -> str:
