@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import optuna
 import optuna.importance  # pulls in scipy and scikit-learn (seconds): paid at start-up, not on the first page
 import pandas as pd
