@@ -283,11 +283,7 @@ def export_run(run_dir: Path, out_dir: Path, overwrite: bool = False, refit: boo
                                  f"run automl retrain {run.name} --refit first (it adds the refit to the report)")
     model, factors = assemble_run(run, refit=refit)
     members = run.read_members(refit=refit)
-    card = _card(run, info, summary, members.set_index("member_id"), chosen, shipped, factors, refit)
-    # What the shipped graph holds: each member's weights (assemble names them member_1.. in chosen order) and all.
-    for i, member in enumerate(card["members"]):
-        member["parameters"] = int(model.get_layer(f"member_{i + 1}").count_params())
-    card["parameters"] = int(model.count_params())
+    card = _card(run, info, summary, members.set_index("member_id"), chosen, shipped, factors, refit, model)
     return export_model(model, out_dir, card, overwrite=overwrite)
 
 
@@ -311,8 +307,9 @@ def assemble_run(run: RunLayout, refit: bool = False, tta: str | None = None, de
 
 
 def _card(run: RunLayout, info: dict, summary: dict, members, chosen: list[str], shipped: dict,
-          factors: dict | None, refit: bool) -> dict:
-    """The model card: what the model is, how it was chosen and trained, and what it scored on test."""
+          factors: dict | None, refit: bool, model: keras.Model) -> dict:
+    """The model card: what the model is, how it was chosen and trained, its size (counted in the shipped
+    ``model``), and what it scored on test."""
     import yaml
 
     from automl.data import RESIZE_METHOD
@@ -341,8 +338,11 @@ def _card(run: RunLayout, info: dict, summary: dict, members, chosen: list[str],
             | ({} if refit else {"best_epoch": int(members.loc[m, "best_epoch"])})  # the epoch whose weights ship
             | member_family(members.loc[m])
             | ({"prior_factor": [float(f) for f in factors[m]]} if factors else {})
-            for m in chosen
+            # assemble names the members' sub-models member_1, member_2... in chosen order
+            | {"parameters": int(model.get_layer(f"member_{i + 1}").count_params())}
+            for i, m in enumerate(chosen)
         ],
+        "parameters": int(model.count_params()),
         "metrics": {f"test_{k}": test[k] for k in HEADLINE},
         "metrics_ci95": {f"test_{k}": v for k, v in ci.items()},
         "calibration": {f"test_{when}_temperature": values for when, values in calibration.items()},
