@@ -212,6 +212,12 @@ class RunLayout:
         """Every trial's every epoch, by trial and epoch."""
         return _read_table(self.epoch_table, "run automl search first, or check --results and the name")
 
+    def epochs_trained(self) -> int:
+        """Every epoch the run's trials trained, each counted once: a row of ``epochs.parquet`` each (an epoch a
+        retried trial repeats is one row; a KerasTuner Hyperband trial that goes on from another's model has rows
+        for its own epochs only). What ``epoch_budget`` counts, and run.json's ``epochs_spent``."""
+        return len(self.read_epochs()) if self.epoch_table.exists() else 0
+
     def read_members(self, refit: bool = False):
         import pandas as pd
 

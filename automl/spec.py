@@ -363,6 +363,10 @@ class SearchSettings:
             going_on, reached = going_on / self.reduction_factor, rung
         return (spent + going_on * (self.max_epochs - reached)) * ASHA_PROMOTION_SURPLUS
 
+    def budget_spent(self, epochs_trained: int) -> bool:
+        """Whether a search that has trained ``epochs_trained`` epochs in all has used up its ``epoch_budget``."""
+        return self.epoch_budget is not None and epochs_trained >= self.epoch_budget
+
     def expected_configurations(self) -> int:
         """The configurations the search will see: ``num_samples``, or fewer when ``epoch_budget`` ends it first."""
         if self.epoch_budget is None:

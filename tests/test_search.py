@@ -15,7 +15,7 @@ from automl.cli import main
 from automl.layout import RunLayout
 from automl.search import run_search
 from automl.search._feasible import MAX_REDRAWS
-from automl.search._ray import ORPHANED, CandidateTrainable
+from automl.search._ray import ORPHANED, CandidateTrainable, EpochBudget
 from automl.search._searchers import INFEASIBLE, searcher
 from automl.spec import load_spec, search_overrides
 
@@ -246,6 +246,36 @@ def test_epoch_budget_ends_a_random_search_as_finished(tiny_ham, partly_infeasib
     # Random search redraws infeasible candidates too; the draws it rejected are recorded with their reason.
     assert (trials["hp_conv_blocks"] == 1).all()
     assert set(info["infeasible_draws"]["by_reason"]) <= {"pooling"}
+
+
+def test_keras_tuner_stops_at_the_epoch_budget(tiny_ham, tiny_spec, tmp_path):
+    spec = load_spec(tiny_spec).with_overrides(search_overrides({"engine": "keras-tuner", "keras_tuner": "random",
+                                                                 "num_samples": 50, "max_epochs": 3,
+                                                                 "epoch_budget": 4}))
+    run_dir = run_search(spec, tiny_ham, "kt_budget", tmp_path / "results")
+    trials, info = read_trials(run_dir), read_run_info(run_dir)
+    # One trial at a time: 3 epochs, then 1 of the next, which the budget cuts short; no third trial starts.
+    assert info["epochs_spent"] == len(read_epochs(run_dir)) == 4 and info["status"] == "finished"
+    assert list(trials["epochs"]) == [3, 1]
+
+
+def test_a_resumed_epoch_budget_counts_the_epochs_of_earlier_sittings(tiny_spec, tmp_path):
+    from automl.objective import Objective
+    from automl.store import RunStore
+
+    run_dir = tmp_path / "run"
+    store = RunStore(run_dir, Objective.of("val_balanced_accuracy"), max_epochs=3)
+    for trial_id, epochs in (("a", 3), ("b", 2)):
+        for epoch in range(1, epochs + 1):
+            store.epoch(trial_id, epoch, {"val_balanced_accuracy": 0.5}, epoch, {})
+    store.epoch("b", 2, {"val_balanced_accuracy": 0.6}, 2, {})  # retried: epoch 2 again, counted once
+    store.close()
+    settings = load_spec(tiny_spec).with_overrides(search_overrides({"epoch_budget": 7})).search
+    budget = EpochBudget(settings, run_dir)
+    assert not budget.stop_all()  # 5 of 7 spent in the earlier sitting
+    assert not budget("b", {"epoch": 2})  # b's epoch 2 repeated after a restore from its checkpoint: not new
+    assert not budget("b", {"epoch": 3})  # 6
+    assert budget("c", {"epoch": 1}) and budget.stop_all()  # 7: spent
 
 
 @pytest.mark.parametrize("kind", ["random", "optuna"])

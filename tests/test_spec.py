@@ -182,5 +182,7 @@ def test_search_budget_and_tpe_settings(tmp_path):
     assert load_spec(write(tmp_path, overridden.to_yaml())).search == overridden.search  # spec.yaml round trip
     with pytest.raises(SystemExit):
         build_parser().parse_args(["search", "s.yaml", "--data", "d", "--name", "n", "--tpe-constant-liar", "maybe"])
+    assert [budgeted.budget_spent(n) for n in (0, 199, 200, 201)] == [False, False, True, True]
+    assert not spec.search.budget_spent(10**9)  # no epoch budget: never spent
     with pytest.raises(SpecError, match="--epoch-budget: 0 is below the minimum 1"):
         spec.with_overrides({"search.epoch_budget": 0})

@@ -63,7 +63,7 @@ def test_reopened_store_keeps_finished_trials_and_overwrites_repeated_epochs(tmp
     trials = read_trials(tmp_path).set_index("trial_id")
     assert trials.loc["a", "status"] == "errored" and trials.loc["a", "error"] == "boom"
     epochs = read_epochs(tmp_path)
-    assert len(epochs) == 2
+    assert len(epochs) == 2 and RunLayout(tmp_path).epochs_trained() == 2  # the repeated epoch counts once
     assert epochs.set_index("trial_id").loc["b", "val_balanced_accuracy"] == 0.3
     assert isinstance(trials, pd.DataFrame)
 

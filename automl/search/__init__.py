@@ -80,9 +80,8 @@ def run_search(
     # wall_s adds up every sitting of a resumed search; started..ended would count the pause too.
     wall_s = run.read_info().get("wall_s", 0) + round(time.monotonic() - wall, 1)
     trials = run.read_trials() if run.trial_table.exists() else None
-    epochs_spent = len(run.read_epochs()) if run.epoch_table.exists() else 0  # every epoch trained, counted once
     info = write_run_info(run.root, status="interrupted" if interrupted else "finished", ended=utc_now(),
-                          wall_s=wall_s, epochs_spent=epochs_spent)
+                          wall_s=wall_s, epochs_spent=run.epochs_trained())
     if trials is not None:
         report.leaderboard(trials)
     report.budget_lines(info)
@@ -247,8 +246,7 @@ def _run_ray(spec: Spec, dataset: Dataset, run: RunLayout, store_args: dict, rep
     store = RunStore(**store_args)
     try:
         out_of_time = settings.time_budget_s is not None and time.monotonic() - started >= settings.time_budget_s
-        epochs = sum(int(row.get("epochs") or 0) for row in store.trials.values())
-        if out_of_time or (settings.epoch_budget is not None and epochs >= settings.epoch_budget):
+        if out_of_time or settings.budget_spent(run.epochs_trained()):  # opening the store wrote the engine's out
             # A budget ended the search: trials cut short count as pruned, and the run is finished.
             for trial_id, row in list(store.trials.items()):
                 if row.get("status") == "running":

@@ -30,12 +30,10 @@ class SpaceHyperModel(kt.HyperModel):
         self.spec, self.space, self.dataset, self.store, self.seed = spec, spec.space, dataset, store, spec.search.seed
         self.trial_id: str | None = None
         self.trial_started = 0.0
-        budget = spec.search.epoch_budget
-        # Every epoch trained, counted once: a resumed search starts from the epochs the store holds.
-        self.epochs_spent = len(store.layout.read_epochs()) if budget and store.layout.epoch_table.exists() else 0
+        self.epochs_trained = store.layout.epochs_trained()  # a resumed search goes on from what the store holds
 
     def out_of_epochs(self) -> bool:
-        return self.spec.search.epoch_budget is not None and self.epochs_spent >= self.spec.search.epoch_budget
+        return self.spec.search.budget_spent(self.epochs_trained)
 
     def config(self, hp: kt.HyperParameters) -> ModelConfig:
         try:
@@ -79,7 +77,7 @@ class _StoreEpochs(keras.callbacks.Callback):
         costs = {PARAMETERS: self.model.count_params(), EPOCH_SECONDS: time.monotonic() - self.epoch_started}
         hm.store.epoch(hm.trial_id, epoch + 1, costs | (logs or {}), time.monotonic() - hm.trial_started,
                        {"hostname": socket.gethostname(), "node_ip": "127.0.0.1"})
-        hm.epochs_spent += 1
+        hm.epochs_trained += 1
         if hm.out_of_epochs():
             self.model.stop_training = True  # the epoch budget is spent: this trial ends here, and no other starts
 

@@ -116,7 +116,7 @@ def build_tuner(
     if settings.epoch_budget is not None:
         # First: CombinedStopper asks its stoppers in turn and stops at the first yes, and the budget must see
         # every result (a trial's last epoch too).
-        stop = tune.stopper.CombinedStopper(EpochBudget(settings.epoch_budget, run_dir), stop)
+        stop = tune.stopper.CombinedStopper(EpochBudget(settings, run_dir), stop)
     return tune.Tuner(
         _trainable(dataset, spec, trainable),
         tune_config=tune.TuneConfig(
@@ -155,17 +155,17 @@ def restore_tuner(
 
 
 class EpochBudget(tune.Stopper):
-    """Ends the search once its trials have trained ``budget`` epochs in all, every epoch counting one.
+    """Ends the search once its trials have trained ``settings.epoch_budget`` epochs in all, every epoch counting one.
 
-    The epochs counted are those the results store records (a row of ``epochs.parquet`` each: an epoch that a
-    retried trial repeats counts once), over every sitting of a resumed search: a restored stopper starts from the
-    store's trials. Trials training when the budget is reached are stopped and no trial starts after it; an epoch
-    that another concurrent trial finishes at that moment can still arrive, so a search may end up to
-    ``max_concurrent - 1`` epochs past the budget.
+    The epochs counted are those the results store records (:meth:`~automl.layout.RunLayout.epochs_trained`: an
+    epoch that a retried trial repeats counts once), over every sitting of a resumed search: a restored stopper
+    starts from the store's epochs and adds each trial's new ones as Tune reports them. Trials training when the
+    budget is reached are stopped and no trial starts after it; an epoch that another concurrent trial finishes at
+    that moment can still arrive, so a search may end up to ``max_concurrent - 1`` epochs past the budget.
     """
 
-    def __init__(self, budget: int, run_dir: Path):
-        self.budget, self.run_dir = budget, Path(run_dir)
+    def __init__(self, settings: SearchSettings, run_dir: Path):
+        self.settings, self.run_dir = settings, Path(run_dir)
         self.epochs: dict[str, int] | None = None  # each trial's epochs so far
         self.spent = 0
 
@@ -175,10 +175,8 @@ class EpochBudget(tune.Stopper):
     def _load(self) -> None:
         if self.epochs is None:
             run = RunLayout(self.run_dir)
-            trials = run.read_trials() if run.trial_table.exists() else None
-            self.epochs = ({} if trials is None else
-                           dict(zip(trials["trial_id"], trials["epochs"].fillna(0).astype(int), strict=True)))
-            self.spent = sum(self.epochs.values())
+            self.spent = run.epochs_trained()
+            self.epochs = run.read_epochs().groupby("trial_id").size().to_dict() if self.spent else {}
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         self._load()
@@ -186,11 +184,11 @@ class EpochBudget(tune.Stopper):
         if done > self.epochs.get(trial_id, 0):
             self.spent += done - self.epochs.get(trial_id, 0)
             self.epochs[trial_id] = done
-        return self.spent >= self.budget
+        return self.settings.budget_spent(self.spent)
 
     def stop_all(self) -> bool:
         self._load()
-        return self.spent >= self.budget
+        return self.settings.budget_spent(self.spent)
 
 
 class StoreCallback(tune.Callback):
