@@ -15,7 +15,9 @@ import functools
 import json
 import math
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
@@ -166,7 +168,8 @@ def check_output_dir(out: Path, overwrite: bool = False, expected: Collection[st
 
 @contextlib.contextmanager
 def staged_dir(out: Path, overwrite: bool = False, expected: Collection[str] | None = None) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces ``out``, on failure it is removed.
+    """Yield a temporary sibling folder; on success it replaces ``out``, on failure it is removed (and one that a
+    killed command left is removed by the next ``staged_dir`` of ``out`` on the same machine).
 
     Never deletes what the product did not write: ``out`` is replaced only under the rule of
     :func:`check_output_dir`, unless ``overwrite`` is true: checked before the block runs (against ``expected``, the
@@ -178,7 +181,8 @@ def staged_dir(out: Path, overwrite: bool = False, expected: Collection[str] | N
     out = check_output_dir(out, overwrite, expected)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
+        _remove_abandoned_stages(out)
+        stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=_stage_prefix(out), suffix=_STAGE_SUFFIX))
     except OSError as exc:
         raise OutputDirError(f"{out}: cannot create a folder here ({exc.strerror}); choose another --out") from None
     try:
@@ -192,6 +196,39 @@ def staged_dir(out: Path, overwrite: bool = False, expected: Collection[str] | N
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
+
+
+_STAGE_SUFFIX = ".partial"
+
+
+def _stage_prefix(out: Path) -> str:
+    """A stage's name says which machine and process builds it: a later command can tell one a killed command left."""
+    return f"{_stages_here(out)}{os.getpid()}-"
+
+
+def _stages_here(out: Path) -> str:
+    return f".{out.name}.{socket.gethostname()}-"
+
+
+def _remove_abandoned_stages(out: Path) -> None:
+    """Delete the stages of ``out`` that a killed command left behind (a SIGKILL skips the cleanup): those named
+    by this machine for a process that no longer runs. Any other stage is left alone: it may be being written."""
+    named = re.compile(re.escape(_stages_here(out)) + r"(\d+)-\w+" + re.escape(_STAGE_SUFFIX))
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(out.parent):
+            if (found := named.fullmatch(entry.name)) and entry.is_dir(follow_symlinks=False) \
+                    and not _running(int(found[1])):
+                shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process: it exists
+        return True
+    return True
 
 
 def _swap_in(stage: Path, out: Path) -> None:

@@ -1,7 +1,11 @@
 """Atomic, durable writes and staged folders that never delete what the product did not write."""
 
 import os
+import signal
+import socket
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -117,6 +121,25 @@ def test_failure_inside_the_block_keeps_the_old_folder_and_leaves_nothing_hidden
             (stage / "a.txt").write_text("half")
             raise error()
         assert (out / "a.txt").read_text() == "old" and hidden(tmp_path) == []
+
+
+def test_a_stage_left_by_a_killed_command_is_removed_by_the_next_one(tmp_path):
+    out = tmp_path / "retrain"
+    killed = ("import os, signal, sys; from pathlib import Path; from automl.files import staged_dir\n"
+              "with staged_dir(Path(sys.argv[1])) as stage:\n"
+              "    (stage / 'member.keras').write_bytes(b'x' * 1000)\n"
+              "    os.kill(os.getpid(), signal.SIGKILL)  # no cleanup runs")
+    assert subprocess.run([sys.executable, "-c", killed, str(out)]).returncode == -signal.SIGKILL
+    [abandoned] = hidden(tmp_path)
+    # Stages that may still be written: this (running) process's, and one named by another machine.
+    running = tmp_path / f".retrain.{socket.gethostname()}-{os.getpid()}-abc.partial"
+    elsewhere = tmp_path / ".retrain.other-host-1-abc.partial"
+    running.mkdir()
+    elsewhere.mkdir()
+    with staged_dir(out) as stage:
+        (stage / "a.txt").write_text("new")
+    assert hidden(tmp_path) == sorted([running.name, elsewhere.name])  # the abandoned stage is gone
+    assert (out / "a.txt").read_text() == "new"
 
 
 def test_output_paths_are_resolved_and_the_working_folder_is_never_replaced(tmp_path, monkeypatch):
