@@ -195,6 +195,19 @@ def test_keras_tuner_bayesian_starts_its_gaussian_process_after_the_products_sta
     assert oracle["num_initial_points"] == spec.search.tpe_startup() == 5
 
 
+def test_keras_tuner_bayesian_is_told_its_infeasible_proposals_without_a_trial(tiny_ham, partly_infeasible_spec,
+                                                                                tmp_path):
+    spec = load_spec(partly_infeasible_spec).with_overrides(search_overrides(
+        {"engine": "keras-tuner", "keras_tuner": "bayesian", "num_samples": 6, "max_epochs": 1,
+         "tpe_startup_trials": 2}))
+    run_dir = run_search(spec, tiny_ham, "kt_bayes_feasible", tmp_path / "results")
+    trials, info = read_trials(run_dir), read_run_info(run_dir)
+    # 4 trials from the Gaussian process, which first proposes 5 blocks (unexplored by the start-up draws): told
+    # as the worst result and proposed again, not trained as errored trials.
+    assert len(trials) == 6 and (trials["status"] == "completed").all() and (trials["hp_conv_blocks"] == 1).all()
+    assert info["infeasible_draws"]["rejected"] >= 1
+
+
 def test_time_budget_ends_a_search_as_finished(tiny_ham, tiny_spec, tmp_path):
     spec = load_spec(tiny_spec).with_overrides(search_overrides({"num_samples": 1000, "max_epochs": 50,
                                                                  "scheduler": "none", "time_budget_s": 45}))
