@@ -89,6 +89,15 @@ def save_figure(fig, path: Path) -> None:
     plt.close(fig)
 
 
+#: A model whose validation balanced accuracy is this close to 1 / classes predicts (almost) one class whatever
+#: the image: the uniform-output plateau that class-weighted models sit on for their first epochs.
+CHANCE_MARGIN = 0.01
+
+
+def at_chance(balanced_accuracy: float, n_classes: int = 7) -> bool:
+    return abs(balanced_accuracy - 1 / n_classes) < CHANCE_MARGIN
+
+
 def fmt(value: float | None, digits: int = 3, missing: str = "-") -> str:
     """A number for a table cell; None and NaN show as ``missing``."""
     if value is None or math.isnan(value):

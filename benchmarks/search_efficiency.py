@@ -73,7 +73,9 @@ from _common import (
     DEFAULT_DATA,
     DEFAULT_OUT,
     REPO,
+    CHANCE_MARGIN,
     RUNS,
+    at_chance,
     check_idle,
     fmt,
     mark_complete,
@@ -87,7 +89,7 @@ from _common import (
 
 from automl import console
 from automl.errors import UserError
-from automl.layout import RunLayout, hyperparameter_columns
+from automl.layout import RunLayout, hyperparameter_columns, last_column
 from automl.objective import Objective
 from automl.search._warm import NO_PORTFOLIO, find_portfolio, read_portfolio
 from automl.spec import SearchSettings, Spec, load_spec, read_yaml, search_overrides
@@ -248,7 +250,9 @@ def run_method(args: argparse.Namespace, spec: Spec, method: str, seed: int) -> 
         if not mark_complete(outcome, budget_s=args.time_cap, method=method, seed=seed,
                              epoch_budget=args.epoch_budget, portfolio_sha256=digest):
             return None
-    return (measure(run_dir, args.epoch_budget, args.time_cap, spec.objective)
+    asha = spec.search.engine == "ray" and spec.search.scheduler == "asha"
+    return (measure(run_dir, args.epoch_budget, args.time_cap, spec.objective,
+                    first_rung=spec.search.grace_period if asha else None)
             | {"method": method, "seed": seed, "reused": reused})
 
 
@@ -273,8 +277,10 @@ def last_line(log: Path) -> str:
     return lines[-1][:200] if lines else "no output"
 
 
-def measure(run_dir: Path, budget: int, time_cap: float, objective: Objective) -> dict[str, Any]:
-    """Best-so-far curve and counts of one search, from the first ``budget`` epochs it recorded."""
+def measure(run_dir: Path, budget: int, time_cap: float, objective: Objective,
+            first_rung: int | None = None) -> dict[str, Any]:
+    """Best-so-far curve and counts of one search, from the first ``budget`` epochs it recorded. ``first_rung``:
+    ASHA's, to count the trials it stopped there while still at chance (None: no ASHA)."""
     search = read_search(run_dir)
     metric = objective.name
     recorded = len(search.epochs)
@@ -306,6 +312,7 @@ def measure(run_dir: Path, budget: int, time_cap: float, objective: Objective) -
         "trials": len(ids),
         "configs": len(in_budget[hp_columns].astype(str).drop_duplicates()) if hp_columns else len(ids),
         "errored": errored,
+        "pruned_at_chance": pruned_at_chance(in_budget, first_rung, metric),
         "split": search.info.get("split"),
         "warm_start": search.info.get("warm_start"),  # what the search trained first, and what it skipped
         "search_seconds": benchmark.get("seconds"),
@@ -314,6 +321,15 @@ def measure(run_dir: Path, budget: int, time_cap: float, objective: Objective) -
         # cumulative epoch i + 1.
         "curve": [[round(float(t), 2), float(b)] for t, b in zip(epochs["t"], best, strict=True)] if len(best) else [],
     }
+
+
+def pruned_at_chance(trials: pd.DataFrame, first_rung: int | None, metric: str) -> int | None:
+    """Trials ASHA stopped at its first rung while at chance: the start-up plateau, where a rung decides nothing."""
+    column = last_column(metric)
+    if first_rung is None or metric != "val_balanced_accuracy" or column not in trials:
+        return None
+    stopped = trials[(trials["status"] == "pruned") & (trials["epochs"] == first_rung)]
+    return int(sum(at_chance(value) for value in stopped[column].dropna()))
 
 
 # --- the report ----------------------------------------------------------------------------------
@@ -375,6 +391,8 @@ def summarise(runs: list[dict[str, Any]], methods: list[str], budget: int) -> di
             "configs_mean": float(np.mean([r["configs"] for r in mine])) if mine else None,
             "trials_mean": float(np.mean([r["trials"] for r in mine])) if mine else None,
             "configs_goal_met": None if not METHODS[method].asha else sum(bool(c) for c in checked),
+            "pruned_at_chance_mean": (float(np.mean([r["pruned_at_chance"] for r in mine]))
+                                      if mine and all(r.get("pruned_at_chance") is not None for r in mine) else None),
             "overrun_max": max((r["overrun_epochs"] for r in mine), default=None),
             "short_of_budget": sum(r["epochs_counted"] < budget for r in mine),
         }
@@ -499,16 +517,18 @@ def print_summary(summary: dict[str, dict[str, Any]], runs: list[dict[str, Any]]
             rows.append([METHODS[run["method"]].label, run["seed"], fmt(run["best_at_budget"]),
                          "-" if run["epochs_to_target"] is None else run["epochs_to_target"],
                          fmt(run["time_to_target_s"], 0), f"{run['configs']}{mark}",
-                         run["trials"], run["errored"], f"{run['epochs_counted']}/{budget}", run["overrun_epochs"],
+                         run["trials"], run["errored"], fmt(run.get("pruned_at_chance"), 0),
+                         f"{run['epochs_counted']}/{budget}", run["overrun_epochs"],
                          fmt(run["wall_at_budget_s"], 0), run["ended_by"], "yes" if run["reused"] else "no"])
     print_table(
         "Every seed",
         ["method", "seed", "best", "epochs to target", "wall s to target", "configs", "trials", "errored",
-         "epochs counted", "overrun", "wall s at budget", "ended by", "reused"],
+         "pruned at chance", "epochs counted", "overrun", "wall s at budget", "ended by", "reused"],
         rows,
         caption=f"'-': not reached within the budget. configs: ✓ / ✗ whether an ASHA search saw >= {CONFIGS_GOAL}. "
-                "errored: trials that failed before the budget was spent. wall s at budget: when the last epoch "
-                "counted was recorded.",
+                "errored: trials that failed before the budget was spent. pruned at chance: trials ASHA stopped at "
+                f"its first rung while within {CHANCE_MARGIN} of chance (the start-up plateau). wall s at budget: "
+                "when the last epoch counted was recorded.",
     )
 
 

@@ -48,11 +48,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
+    CHANCE_MARGIN,
     DEFAULT_DATA,
     DEFAULT_OUT,
     REPO,
     RUNS,
     append_row,
+    at_chance,
     check_idle,
     fmt,
     print_table,
@@ -67,7 +69,6 @@ from automl.spec import load_spec
 from automl.trial import EpochRunner, configure_tensorflow
 
 SPACE = REPO / "search_spaces" / "quick.yaml"
-CHANCE_MARGIN = 0.01
 STRATEGIES = ("drawn", "none", "oversample")
 
 
@@ -130,10 +131,6 @@ def train(run: dict[str, Any], dataset, spec, epochs: int) -> dict[str, Any]:
         logs = runner.run_epoch()
         history.append({k: logs[k] for k in ("val_balanced_accuracy", "val_loss", "loss", "epoch_s", "samples_seen")})
     return run | {"start_bias": start, "epochs": history, "seconds": time.monotonic() - started}
-
-
-def at_chance(balanced_accuracy: float, n_classes: int = 7) -> bool:
-    return abs(balanced_accuracy - 1 / n_classes) < CHANCE_MARGIN
 
 
 def summarise(rows: list[dict[str, Any]], epochs: int) -> list[dict[str, Any]]:
