@@ -70,10 +70,10 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
+    CHANCE_MARGIN,
     DEFAULT_DATA,
     DEFAULT_OUT,
     REPO,
-    CHANCE_MARGIN,
     RUNS,
     at_chance,
     check_idle,
@@ -88,6 +88,7 @@ from _common import (
 )
 
 from automl import console
+from automl.data import class_names
 from automl.errors import UserError
 from automl.layout import RunLayout, hyperparameter_columns, last_column
 from automl.objective import Objective
@@ -250,9 +251,8 @@ def run_method(args: argparse.Namespace, spec: Spec, method: str, seed: int) -> 
         if not mark_complete(outcome, budget_s=args.time_cap, method=method, seed=seed,
                              epoch_budget=args.epoch_budget, portfolio_sha256=digest):
             return None
-    asha = spec.search.engine == "ray" and spec.search.scheduler == "asha"
-    return (measure(run_dir, args.epoch_budget, args.time_cap, spec.objective,
-                    first_rung=spec.search.grace_period if asha else None)
+    return (measure(run_dir, args.epoch_budget, args.time_cap, spec.objective, len(class_names(spec.data.task)),
+                    first_rung=spec.search.grace_period if METHODS[method].asha else None)
             | {"method": method, "seed": seed, "reused": reused})
 
 
@@ -277,7 +277,7 @@ def last_line(log: Path) -> str:
     return lines[-1][:200] if lines else "no output"
 
 
-def measure(run_dir: Path, budget: int, time_cap: float, objective: Objective,
+def measure(run_dir: Path, budget: int, time_cap: float, objective: Objective, n_classes: int,
             first_rung: int | None = None) -> dict[str, Any]:
     """Best-so-far curve and counts of one search, from the first ``budget`` epochs it recorded. ``first_rung``:
     ASHA's, to count the trials it stopped there while still at chance (None: no ASHA)."""
@@ -312,7 +312,7 @@ def measure(run_dir: Path, budget: int, time_cap: float, objective: Objective,
         "trials": len(ids),
         "configs": len(in_budget[hp_columns].astype(str).drop_duplicates()) if hp_columns else len(ids),
         "errored": errored,
-        "pruned_at_chance": pruned_at_chance(in_budget, first_rung, metric),
+        "pruned_at_chance": pruned_at_chance(in_budget, first_rung, metric, n_classes),
         "split": search.info.get("split"),
         "warm_start": search.info.get("warm_start"),  # what the search trained first, and what it skipped
         "search_seconds": benchmark.get("seconds"),
@@ -323,13 +323,13 @@ def measure(run_dir: Path, budget: int, time_cap: float, objective: Objective,
     }
 
 
-def pruned_at_chance(trials: pd.DataFrame, first_rung: int | None, metric: str) -> int | None:
+def pruned_at_chance(trials: pd.DataFrame, first_rung: int | None, metric: str, n_classes: int) -> int | None:
     """Trials ASHA stopped at its first rung while at chance: the start-up plateau, where a rung decides nothing."""
     column = last_column(metric)
     if first_rung is None or metric != "val_balanced_accuracy" or column not in trials:
         return None
     stopped = trials[(trials["status"] == "pruned") & (trials["epochs"] == first_rung)]
-    return int(sum(at_chance(value) for value in stopped[column].dropna()))
+    return int(sum(at_chance(value, n_classes) for value in stopped[column].dropna()))
 
 
 # --- the report ----------------------------------------------------------------------------------
