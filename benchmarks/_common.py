@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,11 +45,20 @@ CHECKPOINT_DIRS = ("ray", "keras_tuner")
 LOCAL_RAY = {"RAY_ADDRESS": "local"}
 
 
+def command_line() -> str:
+    """How this benchmark was run, as a shell command."""
+    return shlex.join([Path(sys.executable).name, *sys.argv])
+
+
 def write_result(path: Path, payload: dict[str, Any]) -> None:
     """Write a benchmark's JSON atomically, with the command, the time, the machine and its load at the end."""
-    command = shlex.join([Path(sys.executable).name, *sys.argv])
-    write_json(path, {"command": command, "written": utc_now(), "machine": machine_info(),
+    write_json(path, {"command": command_line(), "written": utc_now(), "machine": machine_info(),
                       "load_average_at_end": list(os.getloadavg())} | payload)
+
+
+def write_text_result(path: Path, text: str) -> None:
+    """Write a benchmark's markdown atomically, under a line saying how it was run and when."""
+    atomic_write(path, f"`{command_line()}`, written {utc_now()}.\n\n{text}")
 
 
 def check_idle() -> list[float]:
@@ -63,20 +72,33 @@ def check_idle() -> list[float]:
 
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any] | None],
-                caption: str | None = None) -> None:
-    """A rich table on stdout; the first column is left-aligned, the others right-aligned. A row that is None draws a
-    line between two groups of rows."""
+                caption: str | None = None, left: Collection[str] = ()) -> None:
+    """A rich table on stdout; the first column and those named in ``left`` are left-aligned, the others
+    right-aligned. A row that is None draws a line between two groups of rows."""
     from rich.table import Table
 
     table = Table(title=title, caption=caption, caption_justify="left")
     for i, name in enumerate(columns):
-        table.add_column(name, justify="left" if i == 0 else "right")
+        table.add_column(name, justify="left" if i == 0 or name in left else "right")
     for row in rows:
         if row is None:
             table.add_section()
         else:
             table.add_row(*(str(cell) for cell in row))
     console.out.print(table)
+
+
+def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any] | None], title: str | None = None,
+                   caption: str | None = None, left: Collection[str] = ()) -> str:
+    """The same table as ``print_table`` in GitHub markdown, for a result file or a README: the title as a bold line
+    above it, the caption below; a row that is None is an empty row between two groups."""
+    def line(cells: Sequence[Any]) -> str:
+        return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"
+
+    align = ["---" if i == 0 or name in left else "---:" for i, name in enumerate(columns)]
+    body = [line(columns), "| " + " | ".join(align) + " |",
+            *(line([""] * len(columns)) if row is None else line(row) for row in rows)]
+    return "\n".join([*([f"**{title}**", ""] if title else []), *body, *(["", caption] if caption else [])]) + "\n"
 
 
 def save_figure(fig, path: Path) -> None:

@@ -49,8 +49,9 @@ Each search lands in ``OUT/runs/METHOD-seedK/`` (a results store; checkpoints ar
 complete there with the same spec is reused, so an interrupted benchmark continues where it stopped, across sessions
 (seed-major order: every method has its first seeds first); ``--fresh`` runs everything again; ``--report-only``
 runs nothing and reports the complete searches (the table so far; the JSON lists the pending ones). Writes
-``OUT/search_efficiency.json`` (budget, seeds, machine, every run's numbers and curve, the summary) and
-``OUT/search_efficiency.png`` (best so far versus epochs, every method in one panel).
+``OUT/search_efficiency.json`` (budget, seeds, machine, every run's numbers and curve, the summary),
+``OUT/search_efficiency.md`` (the tables and the goals, as printed) and ``OUT/search_efficiency.png`` (best so far
+versus epochs, every method in one panel).
 """
 
 from __future__ import annotations
@@ -79,12 +80,14 @@ from _common import (
     check_idle,
     fmt,
     mark_complete,
+    markdown_table,
     print_table,
     read_search,
     reusable,
     run_search_process,
     save_figure,
     write_result,
+    write_text_result,
 )
 
 from automl import console
@@ -474,9 +477,10 @@ def method_groups(methods: list[str]) -> list[list[str]]:
     return [g for g in ([m for m in methods if not METHODS[m].warm], [m for m in methods if METHODS[m].warm]) if g]
 
 
-def print_summary(summary: dict[str, dict[str, Any]], runs: list[dict[str, Any]], methods: list[str], target: float,
-                  source: str, budget: int) -> None:
-    """The summary table (a row per method, the warm-started apart) and every seed's own row."""
+def tables(summary: dict[str, dict[str, Any]], runs: list[dict[str, Any]], methods: list[str], target: float,
+           source: str, budget: int) -> list[dict[str, Any]]:
+    """The summary table (a row per method, the warm-started apart) and every seed's own row, each as the keyword
+    arguments of ``print_table`` and ``markdown_table``."""
     rows: list[list[Any] | None] = []
     for group in method_groups(methods):
         if rows:
@@ -493,18 +497,18 @@ def print_summary(summary: dict[str, dict[str, Any]], runs: list[dict[str, Any]]
                          fmt(s["time_to_target_s_median"], 0, "not reached"), f"{s['reached']}/{s['seeds']}",
                          fmt(s["configs_mean"], 1), fmt(s["trials_mean"], 1), goal, s["overrun_max"]])
     label = metric_label(runs[0]["metric"])
-    print_table(
-        f"Search efficiency at {budget} equal-cost epochs per search: {label} (target {target:.3f})",
-        ["method", "seeds", "best (mean ± sd)", "min-max", "epochs to target", "wall s to target", "reached",
-         "configs", "trials", f">= {CONFIGS_GOAL} configs", "overrun"],
-        rows,
+    summary_table = dict(
+        title=f"Search efficiency at {budget} equal-cost epochs per search: {label} (target {target:.3f})",
+        columns=["method", "seeds", "best (mean ± sd)", "min-max", "epochs to target", "wall s to target", "reached",
+                 "configs", "trials", f">= {CONFIGS_GOAL} configs", "overrun"],
+        rows=rows,
         caption=f"best: at the budget (the first {budget} epochs each search recorded). target = {target:.3f}, the "
                 f"{source}. Epochs and wall seconds to target: median over seeds ('not reached' when the median seed "
                 "did not reach it within the budget); epochs are summed over a search's trials in recorded order. "
                 "configs (distinct hyperparameter sets) and trials: mean per search within the budget. "
                 f">= {CONFIGS_GOAL} configs: ASHA searches that saw that many. overrun: most epochs a search recorded "
                 "past its budget (not counted)."
-                + (" Below the line: warm-started, not compared with the cold methods."
+                + (" After the break: warm-started, not compared with the cold methods."
                    if len(method_groups(methods)) > 1 else ""),
     )
     rows = []
@@ -520,16 +524,17 @@ def print_summary(summary: dict[str, dict[str, Any]], runs: list[dict[str, Any]]
                          run["trials"], run["errored"], fmt(run.get("pruned_at_chance"), 0),
                          f"{run['epochs_counted']}/{budget}", run["overrun_epochs"],
                          fmt(run["wall_at_budget_s"], 0), run["ended_by"], "yes" if run["reused"] else "no"])
-    print_table(
-        "Every seed",
-        ["method", "seed", "best", "epochs to target", "wall s to target", "configs", "trials", "errored",
-         "pruned at chance", "epochs counted", "overrun", "wall s at budget", "ended by", "reused"],
-        rows,
+    seed_table = dict(
+        title="Every seed",
+        columns=["method", "seed", "best", "epochs to target", "wall s to target", "configs", "trials", "errored",
+                 "pruned at chance", "epochs counted", "overrun", "wall s at budget", "ended by", "reused"],
+        rows=rows, left=["ended by"],
         caption=f"'-': not reached within the budget. configs: ✓ / ✗ whether an ASHA search saw >= {CONFIGS_GOAL}. "
                 "errored: trials that failed before the budget was spent. pruned at chance: trials ASHA stopped at "
                 f"its first rung while within {CHANCE_MARGIN} of chance (the start-up plateau). wall s at budget: "
                 "when the last epoch counted was recorded.",
     )
+    return [summary_table, seed_table]
 
 
 def plot(runs: list[dict[str, Any]], methods: list[str], target: float, budget: int, path: Path, title: str) -> None:
@@ -640,30 +645,34 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise(runs, args.methods, args.epoch_budget)
     checks = goals(summary, objective)
     spread, spread_record = seeds_sentence(summary, args.seeds)
-    print_summary(summary, runs, args.methods, target, source, args.epoch_budget)
+    shown = tables(summary, runs, args.methods, target, source, args.epoch_budget)
+    for table in shown:
+        print_table(**table)
+    findings = []  # printed, and written under the tables in search_efficiency.md
     short = [r for r in runs if r["epochs_counted"] < args.epoch_budget]
     asha = [r for r in runs if configs_ok(r) is not None]
     if asha:
         seen = sum(bool(configs_ok(r)) for r in asha)
-        print(f"ASHA searches that saw >= {CONFIGS_GOAL} configurations within the budget: {seen} of {len(asha)}"
-              + ("" if seen == len(asha) else f" (a larger --epoch-budget gives more; the estimate for "
-                                              f"{CONFIGS_GOAL} was {default_budget(settings)} epochs)"))
+        findings.append(f"ASHA searches that saw >= {CONFIGS_GOAL} configurations within the budget: {seen} of "
+                        f"{len(asha)}" + ("" if seen == len(asha) else
+                                          f" (a larger --epoch-budget gives more; the estimate for {CONFIGS_GOAL} "
+                                          f"was {default_budget(settings)} epochs)"))
     if short:
-        print(f"{len(short)} search(es) recorded fewer epochs than the budget (not equal compute): "
-              + ", ".join(f"{r['method']} seed {r['seed']} ({r['epochs_counted']}, ended by {r['ended_by']})"
-                          for r in short))
-    for key in ("epochs_sentence", "keras_tuner_sentence", "warm_epochs_sentence"):
-        if key in checks:
-            print(checks[key])
-    print(spread)
-    for line in warm_lines(runs):
-        print(line)
+        findings.append(f"{len(short)} search(es) recorded fewer epochs than the budget (not equal compute): "
+                        + ", ".join(f"{r['method']} seed {r['seed']} ({r['epochs_counted']}, ended by "
+                                    f"{r['ended_by']})" for r in short))
+    findings += [checks[key] for key in ("epochs_sentence", "keras_tuner_sentence", "warm_epochs_sentence")
+                 if key in checks]
+    findings += [spread, *warm_lines(runs)]
     if failed:
-        print(f"{len(failed)} search(es) failed and are left out: "
-              + ", ".join(f"{f['method']} seed {f['seed']}" for f in failed))
+        findings.append(f"{len(failed)} search(es) failed and are left out: "
+                        + ", ".join(f"{f['method']} seed {f['seed']}" for f in failed))
     if pending:
-        print(f"partial: {len(runs)} of {len(plan)} searches complete; {len(pending)} pending (run without "
-              "--report-only to continue): the target, the summary and the goals are those of the complete ones")
+        findings.append(f"PARTIAL: {len(runs)} of {len(plan)} searches complete; {len(pending)} pending (run "
+                        "without --report-only to continue): the target, the summary and the goals are those of the "
+                        "complete ones")
+    for line in findings:
+        print(line)
     args.out.mkdir(parents=True, exist_ok=True)
     warm = None
     if portfolio is not None and WARM_METHOD in args.methods:
@@ -694,7 +703,10 @@ def main(argv: list[str] | None = None) -> int:
          f"{args.space.name}: {label_y}, {args.epoch_budget} equal-cost epochs per search, {args.seeds} seed(s) per "
          f"method\n{partial}(thin: one seed; thick: median while every seed has a point, dashed: warm-started; "
          f"dotted: target {target:.3f})")
-    print(f"wrote {args.out / 'search_efficiency.json'} and {args.out / 'search_efficiency.png'}")
+    write_text_result(args.out / "search_efficiency.md", "\n".join([
+        *(markdown_table(**table) for table in shown), *(f"- {line}" for line in findings)]) + "\n")
+    print(f"wrote {args.out / 'search_efficiency.json'}, {args.out / 'search_efficiency.md'} and "
+          f"{args.out / 'search_efficiency.png'}")
     return 0
 
 
