@@ -72,6 +72,7 @@ class Curve:
 @dataclass
 class Trial:
     curve: Curve
+    trial_id: int  # what Tune's bracket records a result under
     epochs: int = 0
 
 
@@ -101,10 +102,10 @@ class Policy:
     """Which trial a free worker trains next, to which epoch, and whether a trial goes on after an epoch."""
 
     def __init__(self, settings: Settings, draws: Iterator[Curve]):
-        self.settings, self.draws = settings, draws
+        self.settings, self.draws, self.trial_ids = settings, draws, itertools.count()
 
     def new_trial(self) -> Trial:
-        return Trial(next(self.draws))
+        return Trial(next(self.draws), next(self.trial_ids))
 
     def next_job(self) -> tuple[Trial, int]:
         """A trial and the epoch it trains to, unless ``goes_on`` stops it sooner."""
@@ -115,20 +116,22 @@ class Policy:
 
 
 class TuneASHA(Policy):
-    """Ray 2.60's ``ASHAScheduler`` with one bracket: at a rung, stop the trial if its score is below the
-    ``1 - 1/rf`` percentile of the scores recorded there so far (none recorded: it goes on), then record it."""
+    """Ray Tune's ``ASHAScheduler`` with one bracket, by its own bookkeeping (``_Bracket``): at a rung, stop the
+    trial if its score is below the ``1 - 1/rf`` percentile of the scores recorded there so far (none recorded: it
+    goes on), then record it."""
 
     def __init__(self, settings: Settings, draws: Iterator[Curve]):
+        from ray.tune.schedulers.async_hyperband import _Bracket
+
         super().__init__(settings, draws)
-        self.recorded: dict[int, list[float]] = {rung: [] for rung in settings.rungs}
+        self.bracket = _Bracket(min_t=settings.rungs[0], max_t=settings.max_epochs,
+                                reduction_factor=settings.reduction_factor, s=0)
 
     def goes_on(self, trial: Trial) -> bool:
-        if trial.epochs not in self.recorded:
-            return True
-        score, recorded = trial.curve.scores[trial.epochs - 1], self.recorded[trial.epochs]
-        cutoff = np.nanpercentile(recorded, (1 - 1 / self.settings.reduction_factor) * 100) if recorded else None
-        recorded.append(score)
-        return cutoff is None or score >= cutoff
+        from ray.tune.schedulers import TrialScheduler
+
+        score = trial.curve.scores[trial.epochs - 1]
+        return self.bracket.on_result(trial, trial.epochs, score) == TrialScheduler.CONTINUE
 
 
 class PromotionASHA(Policy):
