@@ -33,7 +33,8 @@ import pandas as pd
 from sklearn.metrics import brier_score_loss, roc_auc_score, roc_curve
 
 from automl import console
-from automl.data import BINARY_CLASSES, DX_CLASSES, MALIGNANT, METADATA_FILE, index_images, read_image_table
+from automl.data import (BINARY_CLASSES, DX_CLASSES, MALIGNANT, METADATA_FILE, read_image_table, scan_images,
+                         skipped_line)
 from automl.errors import DataError, UserError
 from automl.files import atomic_write, check_output_dir, staged_dir, write_json
 from automl.layout import EvaluationLayout, ModelLayout
@@ -81,7 +82,9 @@ def evaluate_model(model_dir: str | Path, data_dir: str | Path, out: str | Path 
     name = _evaluation_name(name, data_dir)
     target = EvaluationLayout(out) if out is not None else ModelLayout(model_dir).evaluation(name)
     check_output_dir(target.root)  # before the images are classified
-    labels_file, table, missing, unlabelled = _read_labelled(data_dir, labels)
+    labels_file, table, missing, unlabelled, skipped = _read_labelled(data_dir, labels)
+    if line := skipped_line(skipped):
+        console.info(f"{data_dir}: {line}")
     predictions = classify_files(model_dir, list(table["path"]), batch_size)
     if len(predictions) != len(table):  # one row per path, and every labelled id has its own path
         raise AssertionError("predictions do not line up with the labels")
@@ -100,6 +103,7 @@ def evaluate_model(model_dir: str | Path, data_dir: str | Path, out: str | Path 
         "bootstrap": {"rounds": rounds, "seed": seed, "resampled": "images", "interval": "95% percentile"},
         "images": {"labelled": len(table) + len(missing), "found": len(table), "missing": len(missing),
                    "missing_first": missing[:10], "unlabelled_files": unlabelled,
+                   "skipped_files": len(skipped), "skipped_first": [str(p) for p in list(skipped)[:10]],
                    "unreadable": int((~readable).sum()), "scored": int(readable.sum())},
         "labels": _label_counts(predictions, images),
         **_measure(images, rounds, seed),
@@ -122,24 +126,28 @@ def _evaluation_name(name: str | None, data_dir: Path) -> str:
     return name
 
 
-def _read_labelled(data_dir: Path, labels: str | Path | None = None) -> tuple[Path, pd.DataFrame, list[str], int]:
+def _read_labelled(data_dir: Path, labels: str | Path | None = None
+                   ) -> tuple[Path, pd.DataFrame, list[str], int, dict[Path, str]]:
     """The labels file used, its rows that have an image file (``image_id, dx, path``; ``dx`` in lower case), the
-    labelled ids without an image file, and the number of image files without a label.
+    labelled ids without an image file, the number of image files without a label, and the files passed over with
+    why (not an image format, or a second file of one image id; the labels file itself is not counted).
     """
     if not data_dir.is_dir():
         raise DataError(f"{data_dir}: data folder not found")
     path = _labels_file(data_dir, labels)
     table = read_image_table(path, REQUIRED_COLUMNS)[list(REQUIRED_COLUMNS)]
     table["dx"] = table["dx"].str.lower()
-    found = index_images(data_dir)
+    scan = scan_images(data_dir)
+    found, repeated = scan.by_id()
+    skipped = {p: why for p, why in scan.others.items() if p.resolve() != path.resolve()} | repeated
     table["path"] = table["image_id"].map(found)
     if table["path"].isna().all():
         raise DataError(f"{path}: none of its {len(table)} image_ids has an image file below {data_dir} (looked for "
-                        f"IMAGE_ID.jpg, .jpeg or .png, e.g. {table['image_id'].iloc[0]}.jpg; {len(found)} image files "
-                        "found there)")
+                        f"IMAGE_ID.jpg, .png, .tif or another image format, e.g. {table['image_id'].iloc[0]}.jpg; "
+                        f"{len(found)} image files found there)")
     missing = table.loc[table["path"].isna(), "image_id"].tolist()
     unlabelled = len(set(found) - set(table["image_id"]))
-    return path, table.dropna(subset=["path"]).reset_index(drop=True), missing, unlabelled
+    return path, table.dropna(subset=["path"]).reset_index(drop=True), missing, unlabelled, skipped
 
 
 def _labels_file(data_dir: Path, labels: str | Path | None) -> Path:

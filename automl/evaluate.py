@@ -35,7 +35,7 @@ from automl import console
 from automl.ensemble import METHODS, Ensemble, build_ensemble
 from automl.errors import UserError
 from automl.files import atomic_write, staged_dir, write_json
-from automl.layout import RunLayout
+from automl.layout import RunLayout, member_image_size
 from automl.metrics import HEADLINE, bootstrap_intervals, calibration_metrics, classification_metrics
 from automl.objective import Objective
 from automl.posthoc import (
@@ -67,7 +67,7 @@ def evaluate_run(run_dir: Path, method: str = ENSEMBLE_METHOD, decision: str = D
     classes = tuple(str(c) for c in labels["class_names"])
     y_val, y_test = labels["y_val"], labels["y_test"]
     ids = list(members["member_id"])
-    probs = _member_probs(run, ids, info.get("image_size"))
+    probs = _member_probs(run, ids, member_image_size(info))
     tta, ensemble, tta_scores = choose_tta(method, {mode: p["val"] for mode, p in probs.items()}, y_val, objective)
     val, test = probs[tta]["val"], probs[tta]["test"]
     has_mix = {"class_prior", "class_mix"} <= set(members.columns)
@@ -218,11 +218,17 @@ def bootstrap_ci(y: np.ndarray, probs: np.ndarray, classes: tuple[str, ...], rou
     return bootstrap_intervals(len(y), headline, rounds, seed)
 
 
+def _searched_at(info: dict) -> str:
+    searched = tuple(info["image_size"])
+    return "" if searched == member_image_size(info) else f" (searched at {'x'.join(map(str, searched))})"
+
+
 def report_markdown(name: str, info: dict, summary: dict, results: dict) -> str:
     best = summary["best_member"]
     lines = [
         f"# {name}: ensemble report", "",
-        (f"Task {info.get('task')}, {info.get('image_size')} pixels, split: {summary['split']}. "
+        (f"Task {info.get('task')}, members at {'x'.join(map(str, member_image_size(info)))} pixels"
+         f"{_searched_at(info)}, split: {summary['split']}. "
          f"Ensemble method: {summary['method']}, selected by {_objective_text(summary)} on validation only; "
          "the test split was used for nothing but this report."),
         "", "## Test split", "",

@@ -25,7 +25,7 @@ import automl.model  # noqa: F401 - registers the members' own layers (colour co
 from automl import posthoc
 from automl.data import resize_tensor
 from automl.files import atomic_write, staged_dir, write_json
-from automl.layout import ModelLayout, RunFolderError, RunLayout, hp_column
+from automl.layout import ModelLayout, RunFolderError, RunLayout, hp_column, member_image_size
 from automl.objective import HEADLINE, Objective
 from automl.stages import DECISION
 
@@ -227,7 +227,8 @@ def card_markdown(card: dict) -> str:
     """A human-readable model card from its JSON form."""
     lines = [f"# {card.get('name', 'skin-automl model')}", "",
              f"Intended use: {card.get('intended_use', 'research only, not diagnosis')}.", ""]
-    for key in ("task", "classes", "input", "image_size", "resize", "data_fingerprint", "split", "trained_on",
+    for key in ("task", "classes", "input", "image_size", "search_image_size", "resize", "data_fingerprint", "split",
+                "trained_on",
                 "objective", "ensemble_method", "tta", "decision", "temperature"):
         if key in card:
             value = card[key]
@@ -299,7 +300,7 @@ def assemble_run(run: RunLayout, refit: bool = False, tta: str | None = None, de
     if (decision or summary.get("decision", DECISION)) == "prior":
         factors = posthoc.prior_factors(members, run.refit_members if refit else run.members)
     models = [_load_member(run, m, refit) for m in chosen]
-    model = assemble(models, [summary["weights"][m] for m in chosen], tuple(info["image_size"]),
+    model = assemble(models, [summary["weights"][m] for m in chosen], member_image_size(info),
                      tta=tta or summary.get("tta", "none"),
                      prior_factors=[factors[m] for m in chosen] if factors else None,
                      temperature=float(temperature or summary.get("temperature") or 1.0))
@@ -322,7 +323,8 @@ def _card(run: RunLayout, info: dict, summary: dict, members, chosen: list[str],
         "task": summary["task"],
         "classes": summary["classes"],
         "input": "raw uint8 RGB images of any size, batch of one size at a time (N, H, W, 3)",
-        "image_size": list(info["image_size"]),
+        "image_size": list(member_image_size(info)),
+        "search_image_size": list(info["image_size"]),
         "resize": RESIZE_METHOD,
         "data_fingerprint": info.get("data_fingerprint"),
         "split": summary["split"],

@@ -40,11 +40,24 @@ from automl.errors import UserError
 HP_PREFIX, BEST_PREFIX, LAST_PREFIX = "hp_", "best_", "last_"
 #: What a trial cost, in trials.parquet: its model's parameter count, the median seconds of its epochs, the seconds
 #: since it started (at its last epoch) and the training samples it has trained on (when the engine reports them).
+#: And the size of the images it trained on (``HxW``): pixels cost as much as parameters.
 PARAMETERS, SECONDS_PER_EPOCH = "parameters", "seconds_per_epoch"
-WALL_TIME, SAMPLES_SEEN = "wall_time_s", "samples_seen"
-COST_COLUMNS = (PARAMETERS, SECONDS_PER_EPOCH, WALL_TIME, SAMPLES_SEEN)
+WALL_TIME, SAMPLES_SEEN, IMAGE_SIZE = "wall_time_s", "samples_seen", "image_size"
+COST_COLUMNS = (IMAGE_SIZE, PARAMETERS, SECONDS_PER_EPOCH, WALL_TIME, SAMPLES_SEEN)
 #: Per epoch, in epochs.parquet (when the engine reports it): the seconds the epoch took; ``samples_seen`` as above.
 EPOCH_SECONDS = "epoch_s"
+
+
+def size_text(size) -> str:
+    """An image size (height, width) as a table shows it: ``HxW``."""
+    return "x".join(str(int(n)) for n in size)
+
+
+def member_image_size(info: dict) -> tuple[int, int]:
+    """The size a run's retrained members take (``run.json``'s ``retrain.image_size``): the spec's ``data.image_size``,
+    which a search may have undercut with ``search.image_size``; the search's own size for runs retrained before the
+    retrain recorded it (they were the same)."""
+    return tuple((info.get("retrain") or {}).get("image_size") or info["image_size"])
 
 
 class RunFolderError(UserError):
@@ -151,6 +164,13 @@ class RunLayout:
     optuna_db = property(lambda self: self.root / "optuna.db")
     #: Folder names of the engines' own state, below the run folder (or the shared storage).
     ray_dir_name, keras_tuner_dir_name = "ray", "keras_tuner"
+
+    @staticmethod
+    def members_experiment(stage: str) -> str:
+        """The folder name of the Tune experiment that trains a stage's members (``retrain`` or ``refit``), in the run
+        folder (or below shared storage) until they have all finished."""
+        return f"ray-{stage}"
+
     retrain = property(lambda self: self.root / "retrain")
     members = property(lambda self: self.retrain / "members.parquet")
     #: ``automl retrain --refit``: the ensemble's members trained again on train+val, same layout as ``retrain/``.

@@ -17,21 +17,25 @@ import numpy as np
 import pandas as pd
 
 from automl import console
-from automl.data import BINARY_CLASSES, IMAGE_SUFFIXES, decode_image
+from automl.data import BINARY_CLASSES, decode_image, scan_images, skipped_line
 from automl.errors import UserError
 from automl.files import atomic_write
 from automl.layout import ModelLayout
 
 
 def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
-    """Files as given, and every image-named entry below each folder (sorted), each path once.
+    """Files as given, and every image file below each folder (sorted: :func:`automl.data.scan_images`), each path
+    once. The other files of a folder are counted and named in one line on the console, never dropped silently.
 
     Broken or looping symbolic links below a folder are kept, so they get an error row rather than vanishing.
     """
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            files += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
+            scan = scan_images(item)
+            files += scan.files
+            if line := skipped_line(scan.others):
+                console.info(f"{item}: {line}")
         else:
             files.append(item)
     return list(dict.fromkeys(files))  # a file named twice (e.g. a folder and a file in it) gets one row

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -40,7 +39,8 @@ from automl.data import Dataset, load_dataset
 from automl.errors import UserError
 from automl.files import atomic_write, staged_dir
 from automl.hparams import ModelConfig, parse_name
-from automl.layout import HP_PREFIX, PARAMETERS, RunLayout, best_column, hp_column, hyperparameter_name
+from automl.layout import (HP_PREFIX, IMAGE_SIZE, PARAMETERS, RunLayout, best_column, hp_column, hyperparameter_name,
+                           size_text)
 from automl.metrics import classification_metrics, prefixed
 from automl.objective import Objective
 from automl.posthoc import predict_modes, tta_modes
@@ -97,15 +97,19 @@ def retrain(
     require_weights(spec, [m["params"] for m in members])  # before any trial: ImageNet weights once, or one line
     console.info(
         f"retraining {len(configs)} configurations x {seeds} seed(s) = {len(members)} members for up to "
-        f"{epochs} epochs (early stopping patience {spec.training.early_stopping_patience} on {spec.objective})"
+        f"{epochs} epochs (early stopping patience {spec.training.early_stopping_patience} on {spec.objective}) "
+        f"at {dataset.image_size[0]}x{dataset.image_size[1]}"
+        + ("" if tuple(info["image_size"]) == dataset.image_size
+           else f" (searched at {info['image_size'][0]}x{info['image_size'][1]})")
     )
     started, wall = utc_now(), time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="automl-retrain-") as scratch:
-        results = _train_members(spec, dataset, members, epochs, address, info.get("storage"), run.name, scratch)
-        rows = _collect(run, dataset, members, results)
+    results = _train_members(spec, dataset, members, epochs, address, info.get("storage"), run)
+    rows = _collect(run, dataset, members, results)
+    _forget_members_experiment(info.get("storage"), run, "retrain")
     write_run_info(run.root, retrain={"started": started, "ended": utc_now(),
                                       "wall_s": round(time.monotonic() - wall, 1),
-                                      "top_k": top_k, "seeds": seeds, "epochs": epochs, "members": rows})
+                                      "top_k": top_k, "seeds": seeds, "epochs": epochs, "members": rows,
+                                      "image_size": list(dataset.image_size)})
     console.info(f"retrained {rows} members into {run.retrain}")
     return run.retrain
 
@@ -134,10 +138,9 @@ def refit(
                  + ", ".join(f"{m['member_id']} {len(m['learning_rates'])}" for m in members)
                  + " epochs (each member's best epoch on validation)")
     started, wall = utc_now(), time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="automl-refit-") as scratch:
-        results = _train_members(spec, dataset, members, None, address, info.get("storage"), run.name, scratch,
-                                 stage="refit")
-        rows = _collect(run, dataset, members, results, refit=True)
+    results = _train_members(spec, dataset, members, None, address, info.get("storage"), run, stage="refit")
+    rows = _collect(run, dataset, members, results, refit=True)
+    _forget_members_experiment(info.get("storage"), run, "refit")
     write_run_info(run.root, refit={"started": started, "ended": utc_now(), "wall_s": round(time.monotonic() - wall, 1),
                                     "members": rows, "retrain_ended": (info.get("retrain") or {}).get("ended")})
     console.info(f"refit {rows} members into {run.refit}")
@@ -176,42 +179,95 @@ def _refit_member(run: RunLayout, member_id: str, table: pd.DataFrame) -> dict:
             "seed": int(row["seed"]), "params": params, "learning_rates": rates}
 
 
+def _members_experiment(storage: str | None, run: RunLayout, stage: str) -> str:
+    """Where the members' Tune experiment keeps its per-epoch checkpoints until every member has finished: in the run
+    folder, or below the search's shared storage on a multi-node cluster."""
+    return f"{storage}/{run.name}/{RunLayout.members_experiment(stage)}" if storage else str(
+        run.root.resolve() / RunLayout.members_experiment(stage))
+
+
+def _plan_file(experiment: str) -> tuple:
+    from pyarrow import fs
+
+    return fs.FileSystem.from_uri(f"{experiment}.plan.json")
+
+
 def _train_members(spec: Spec, dataset: Dataset, members: list[dict], epochs: int | None, address: str | None,
-                   storage: str | None, name: str, scratch: str, stage: str = "retrain"):
-    """Every member as a Ray Tune trial; the results, or one line if the run was interrupted."""
+                   storage: str | None, run: RunLayout, stage: str = "retrain"):
+    """Every member as a Ray Tune trial, each checkpointed every epoch; the results, or one line if interrupted.
+
+    An interrupted retrain of the same members (same configurations, seeds and epochs: the plan) goes on where each
+    member stopped: finished members are kept, the others resume from their last epoch (:class:`CandidateFit`).
+    """
     import ray
 
-    from automl.search import start_ray
+    from automl.search import ray_on_this_machine, start_ray
 
     settings = spec.search
     start_ray(address)
+    dataset = dataset.shared_by_file(ray_on_this_machine())  # as a search ships it (automl.search._ray)
     trainable = tune.with_resources(
         tune.with_parameters(train_member, dataset=dataset, spec=spec, members=members, epochs=epochs,
                              cpus=settings.cpu),
         {"cpu": settings.cpu, "gpu": settings.gpu},
     )
-    tuner = tune.Tuner(
-        trainable,
-        param_space={"member": tune.grid_search(list(range(len(members))))},
-        tune_config=tune.TuneConfig(max_concurrent_trials=settings.max_concurrent),
-        run_config=tune.RunConfig(
-            # On a multi-node cluster members must checkpoint to the search's shared storage.
-            name=stage, storage_path=f"{storage}/{name}" if storage else scratch, verbose=0,
-            failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-            callbacks=[_MemberLines(members, spec.objective, epochs)],
-        ),
-    )
+    experiment = _members_experiment(storage, run, stage)
+    plan = json.dumps({"members": members, "epochs": epochs, "image_size": list(dataset.image_size)},
+                      sort_keys=True, default=str)
+    plan_fs, plan_path = _plan_file(experiment)
+    if tune.Tuner.can_restore(experiment) and _read_text(plan_fs, plan_path) == plan:
+        console.info(f"{stage}: going on from each member's last finished epoch ({experiment})")
+        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        _forget_members_experiment(storage, run, stage)  # another plan's checkpoints are of no use
+        with plan_fs.open_output_stream(plan_path) as f:
+            f.write(plan.encode())
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"member": tune.grid_search(list(range(len(members))))},
+            tune_config=tune.TuneConfig(max_concurrent_trials=settings.max_concurrent),
+            run_config=tune.RunConfig(
+                name=RunLayout.members_experiment(stage), storage_path=experiment.rpartition("/")[0], verbose=0,
+                failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+                # The last checkpoint is all a member resumes from, and its final one is what it hands back.
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                callbacks=[_MemberLines(members, spec.objective, epochs)],
+            ),
+        )
     try:
         results = tuner.fit()
     finally:
         ray.shutdown()
-    unfinished = [members[r.config["member"]]["member_id"] for r in results if r.error is None and r.checkpoint is None]
+    unfinished = [members[r.config["member"]]["member_id"] for r in results
+                  if r.error is None and not (r.metrics or {}).get(MEMBER_DONE)]
     if unfinished:
         # Interrupted (Ctrl-C, a stopped job): a partial ensemble would pass for the real one.
-        again = f"automl retrain {name}" + (" --refit" if stage == "refit" else " (or automl run ... --resume)")
+        again = f"automl retrain {run.name}" + (" --refit" if stage == "refit" else " (or automl run ... --resume)")
         raise UserError(f"{stage} interrupted before {', '.join(unfinished)} finished; nothing written. "
-                        f"Run it again: {again}")
+                        f"Run it again to go on from each member's last epoch: {again}")
     return results
+
+
+def _read_text(filesystem, path: str) -> str | None:
+    try:
+        with filesystem.open_input_stream(path) as f:
+            return f.read().decode()
+    except (OSError, FileNotFoundError):
+        return None
+
+
+def _forget_members_experiment(storage: str | None, run: RunLayout, stage: str) -> None:
+    """Delete the members' experiment and its plan (its members collected, or a different plan starting)."""
+    from pyarrow import fs
+
+    experiment = _members_experiment(storage, run, stage)
+    for target in (experiment, f"{experiment}.plan.json"):
+        filesystem, path = fs.FileSystem.from_uri(target)
+        info = filesystem.get_file_info(path)
+        if info.type == fs.FileType.Directory:
+            filesystem.delete_dir(path)
+        elif info.type == fs.FileType.File:
+            filesystem.delete_file(path)
 
 
 def _collect(run: RunLayout, dataset: Dataset, members: list[dict], results, refit: bool = False) -> int:
@@ -223,7 +279,7 @@ def _collect(run: RunLayout, dataset: Dataset, members: list[dict], results, ref
         rows = []
         for result in results:
             member = members[result.config["member"]]
-            if result.error is not None or result.checkpoint is None:
+            if result.error is not None or not (result.metrics or {}).get(MEMBER_DONE):
                 reason = str(result.error).splitlines()[-1] if result.error else "no model"
                 console.info(f"member {member['member_id']} failed: {reason}")
                 continue
@@ -237,7 +293,7 @@ def _collect(run: RunLayout, dataset: Dataset, members: list[dict], results, ref
         if not refit:
             split = dataset.table["split"]
             np.savez(stage / run.labels.relative_to(root),
-                     y_val=dataset.subset("val")[1], y_test=dataset.subset("test")[1],
+                     y_val=dataset.labels("val"), y_test=dataset.labels("test"),
                      val_ids=dataset.table["image_id"][split == "val"].to_numpy(dtype=str),
                      test_ids=dataset.table["image_id"][split == "test"].to_numpy(dtype=str),
                      class_names=np.array(dataset.class_names))
@@ -252,56 +308,76 @@ def _member_row(member: dict, metrics: dict, counts: np.ndarray) -> dict:
             | {hp_column(k): v for k, v in member["params"].items()}
             | {k: v for k, v in metrics.items() if k.startswith(("val_", "test_"))}
             | {"epochs": metrics.get("epochs"), "best_epoch": metrics.get("best_epoch"),
-               PARAMETERS: metrics.get(PARAMETERS),
+               PARAMETERS: metrics.get(PARAMETERS), IMAGE_SIZE: size_text(metrics.get(IMAGE_SIZE) or []),
                "class_prior": (counts / counts.sum()).tolist(),
                "class_mix": expected_class_mix(counts, config.imbalance, config.oversample_to).tolist()})
 
 
+#: In a member's final report: it finished, and its checkpoint is the member's folder (not an epoch's).
+MEMBER_DONE = "member_done"
+
+
 def train_member(config: dict, dataset: Dataset = None, spec: Spec = None, members=None, epochs=None, cpus=1.0) -> None:
     """One Tune trial: train a member from scratch (a refit when it has ``learning_rates``: on train+val, for
-    exactly those epochs), report each epoch, hand back its files as a checkpoint."""
+    exactly those epochs), report and checkpoint each epoch, hand back its files as the last checkpoint. A trial
+    restored from an epoch's checkpoint goes on from it."""
     import keras
 
-    from automl.trial import configure_tensorflow, fit_candidate
+    from automl.trial import CandidateFit, configure_tensorflow
 
     configure_tensorflow(cpus)
     member = members[config["member"]]
     rates = member.get("learning_rates")
     trained_on = dataset if rates is None else dataset.with_train_and_val()
+    fit = CandidateFit(ModelConfig.from_params(member["params"]), trained_on, spec.objective, spec.training,
+                       epochs=epochs, seed=member["seed"], learning_rates=rates)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            if RunLayout.member_record(Path(folder)).is_file():  # it had finished: hand the same folder back
+                tune.report(json.loads(RunLayout.member_record(Path(folder)).read_text()) | {MEMBER_DONE: True},
+                            checkpoint=checkpoint)
+                return
+            fit.restore(Path(folder))
 
     class Report(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
             self.started = time.monotonic()
 
         def on_epoch_end(self, epoch, logs=None):
-            tune.report({k: float(v) for k, v in (logs or {}).items()}
-                        | {"epoch": epoch + 1, "epoch_s": time.monotonic() - self.started})
+            with tempfile.TemporaryDirectory(prefix=f"{member['member_id']}-epoch-") as folder:
+                fit.save(Path(folder))
+                tune.report({k: float(v) for k, v in (logs or {}).items()}
+                            | {"epoch": epoch + 1, "epoch_s": time.monotonic() - self.started},
+                            checkpoint=tune.Checkpoint.from_directory(folder))
 
-    model_config = ModelConfig.from_params(member["params"])
-    result = fit_candidate(model_config, trained_on, spec.objective, spec.training, callbacks=[Report()],
-                           epochs=epochs, seed=member["seed"], learning_rates=rates)
-    folder = Path(tempfile.mkdtemp(prefix=f"{member['member_id']}-"))
-    result.model.save(RunLayout.member_model(folder))
-    final = ({"epochs": len(result.history), PARAMETERS: int(result.model.count_params())}
-             | ({"best_epoch": result.best_epoch} if rates is None else {}))
-    final |= _score_member(result.model, trained_on, folder)
-    pd.DataFrame(result.history).to_csv(RunLayout.member_history(folder), index=False)
-    RunLayout.member_record(folder).write_text(json.dumps(member | final))
-    tune.report(final, checkpoint=tune.Checkpoint.from_directory(str(folder)))
-    shutil.rmtree(folder, ignore_errors=True)
+    result = fit.run(callbacks=[Report()])
+    with tempfile.TemporaryDirectory(prefix=f"{member['member_id']}-") as folder:
+        folder = Path(folder)
+        result.model.save(RunLayout.member_model(folder))
+        final = ({"epochs": len(result.history), PARAMETERS: int(result.model.count_params()),
+                  IMAGE_SIZE: list(trained_on.image_size)}
+                 | ({"best_epoch": result.best_epoch} if rates is None else {}))
+        final |= _score_member(result.model, trained_on, folder)
+        pd.DataFrame(result.history).to_csv(RunLayout.member_history(folder), index=False)
+        RunLayout.member_record(folder).write_text(json.dumps(member | final))
+        tune.report(final | {MEMBER_DONE: True}, checkpoint=tune.Checkpoint.from_directory(str(folder)))
 
 
 def _score_member(model, dataset: Dataset, folder: Path) -> dict:
     """Save the member's probabilities on val and test (those that have images), plain and for every TTA mode
     its input size allows; return its plain metrics, ``val_*`` and ``test_*``."""
-    from automl.trial import predict_proba
+    from automl.trial import gathered, predict_proba
 
-    metrics = {}
+    metrics, modes = {}, tta_modes(dataset.image_size)
     for split in ("val", "test"):
-        images, labels = dataset.subset(split)
+        labels = dataset.labels(split)
         if not len(labels):
             continue  # a refit's val split is inside its training set
-        by_mode = predict_modes(lambda x: predict_proba(model, x), images, tta_modes(dataset.image_size))
+        # Batch by batch: every view of a whole split at once would be several copies of it.
+        parts = [predict_modes(lambda x: predict_proba(model, x), batch, modes)
+                 for batch in gathered(dataset.images, dataset.rows(split))]
+        by_mode = {mode: np.concatenate([part[mode] for part in parts]) for mode in modes}
         for mode, probs in by_mode.items():
             np.save(RunLayout.member_probs(folder, split, mode), probs)
         metrics |= prefixed(classification_metrics(labels, by_mode["none"], dataset.class_names), split)

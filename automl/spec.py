@@ -210,6 +210,10 @@ SETTINGS: dict[str, Setting] = {
                 flag="--keras-tuner", group="search", choices=("hyperband", "bayesian", "random")),
         Setting("search.num_samples", int, 20, "trials to run", flag="--num-samples", group="search",
                 low=1, high=MAX_COUNT),
+        Setting("search.image_size", tuple, None, "S or HEIGHTxWIDTH the search trains its candidates at, when "
+                "smaller than data.image_size: retrain, ensemble and export then work at data.image_size (search "
+                "cheap, ship sharp; default: data.image_size)", flag="--search-image-size", group="search",
+                optional=True, parse=parse_image_size),
         Setting("search.max_epochs", int, 20, "epochs of a trial that is never stopped early", flag="--max-epochs",
                 group="search", low=1, high=100_000),
         Setting("search.grace_period", int, 2, "ASHA: epochs every trial gets", flag="--grace-period",
@@ -320,6 +324,7 @@ class SearchSettings:
     scheduler: str = _default("search.scheduler")
     keras_tuner: str = _default("search.keras_tuner")
     num_samples: int = _default("search.num_samples")
+    image_size: tuple[int, int] | None = _default("search.image_size")
     max_epochs: int = _default("search.max_epochs")
     grace_period: int = _default("search.grace_period")
     reduction_factor: int = _default("search.reduction_factor")
@@ -390,6 +395,16 @@ class Spec:
     source: Path | None = None
     objective: Objective = field(default_factory=Objective)
     space: SearchSpace = field(default=None, compare=False, repr=False)  # parsed once, in parse_spec
+
+    @property
+    def search_image_size(self) -> tuple[int, int]:
+        """The size the search trains its candidates at: ``search.image_size``, or else ``data.image_size``, at
+        which every later stage (retrain, ensemble, export) works."""
+        return tuple(self.search.image_size or self.data.image_size)
+
+    def search_dataset_args(self) -> dict[str, Any]:
+        """:meth:`DataSpec.dataset_args` at :attr:`search_image_size`: the data a search trains its candidates on."""
+        return self.data.dataset_args() | {"image_size": self.search_image_size}
 
     def model_config(self) -> ModelConfig:
         """The single candidate a fixed spec describes (what ``automl train`` runs)."""
@@ -475,6 +490,11 @@ def parse_spec(raw: Any, source: Path | None = None, where: str | None = None) -
         raise SpecError(f"{where}: data.split: method 'file' needs file: PATH (a CSV of image_id,split)")
     if values["data.split.file"] is not None:
         values["data.split.method"] = "file"
+    small, large = values["search.image_size"], values["data.image_size"]
+    if small is not None and (small[0] > large[0] or small[1] > large[1]):
+        raise SpecError(f"{where}: search.image_size {small[0]}x{small[1]} is larger than data.image_size "
+                        f"{large[0]}x{large[1]}; the search trains at the smaller size, retrain and export at the "
+                        "larger")
     if values["search.grace_period"] > values["search.max_epochs"]:
         raise SpecError(f"{where}: search: grace_period ({values['search.grace_period']}) exceeds max_epochs "
                         f"({values['search.max_epochs']})")

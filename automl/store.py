@@ -63,7 +63,7 @@ from typing import Any
 
 from automl.files import atomic_write, write_json
 from automl.layout import (
-    EPOCH_SECONDS, PARAMETERS, PARTS_THROUGH, SAMPLES_SEEN, SECONDS_PER_EPOCH, WALL_TIME, Part, PartedTable,
+    EPOCH_SECONDS, IMAGE_SIZE, PARAMETERS, PARTS_THROUGH, SAMPLES_SEEN, SECONDS_PER_EPOCH, WALL_TIME, Part, PartedTable,
     RunLayout, best_column, concat_tables, hp_column, last_column, latest, read_parquet,
 )
 from automl.objective import METRICS, Objective
@@ -169,6 +169,8 @@ class RunStore:
         row[WALL_TIME] = float(elapsed_s)
         if (parameters := _integer(metrics.get(PARAMETERS))) is not None:
             row[PARAMETERS] = parameters
+        if isinstance(metrics.get(IMAGE_SIZE), str):
+            row[IMAGE_SIZE] = metrics[IMAGE_SIZE]
         _note_costs(row, opened)
         if repeated:
             self._summarise(trial_id, opened)

@@ -30,7 +30,10 @@ from automl.model import (BACKBONE_LAYER, build_model, compile_model, set_output
 from automl.objective import HEADLINE, Objective
 from automl.spec import TrainingSpec
 
-PREDICT_BATCH = 512
+#: Pixels per prediction batch (validation, scoring, TTA): 64 images at 128x128, 512 (the most) at 28x28, so that a
+#: batch's activations stay about the same size whatever the resolution.
+PREDICT_PIXELS = 64 * 128 * 128
+PREDICT_BATCH_MAX = 512
 #: What one training epoch is, as a version recorded in a search's ``run.json`` (``epoch_definition``): 2 = as many
 #: samples as the train split has, whatever the imbalance strategy (:func:`epoch_class_counts`). Runs that do not
 #: record it used 1, where an oversampled epoch was the whole oversampled set (every image once, plus the copies that
@@ -135,12 +138,22 @@ class TrainingBatches(keras.utils.PyDataset):
     augmentation layers make each copy a different picture, as the seeds' "oversampling with
     augmentation" did. Epoch ``e``'s draw depends only on ``seed`` and ``e``, so batches made with
     ``first_epoch=e`` (a run resumed from a checkpoint) go on exactly as the uninterrupted run's would.
+
+    The batches come in order (engines fit with ``shuffle=False``: the draw is already shuffled, and Keras' own shuffle
+    of the batch order is not seeded, so a resumed run would see the epoch's batches in another order).
+
+    ``images`` is the shared array of every image and ``rows`` the split's positions in it (all of it when None):
+    each batch is gathered by index from it, so the split is never copied, and stays uint8 until the model, whose
+    first step casts it (on the device, inside the compiled step).
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, config: ModelConfig, n_classes: int, seed: int,
-                 first_epoch: int = 0):
+                 first_epoch: int = 0, rows: np.ndarray | None = None):
         super().__init__(workers=1, use_multiprocessing=False)
         self.images, self.labels, self.config, self.n_classes = images, labels, config, n_classes
+        self.rows = np.arange(len(labels)) if rows is None else np.asarray(rows)
+        if len(self.rows) != len(labels):
+            raise ValueError(f"{len(self.rows)} rows for {len(labels)} labels")
         self.seed, self.epoch, self.next_epoch = seed, None, first_epoch
         self._draw(first_epoch)  # Keras reads the first batches for their shapes before the first epoch begins
 
@@ -163,8 +176,8 @@ class TrainingBatches(keras.utils.PyDataset):
         return math.ceil(len(self.order) / self.config.batch_size)
 
     def __getitem__(self, index: int):
-        rows = self.order[index * self.config.batch_size : (index + 1) * self.config.batch_size]
-        x, y = self.images[rows].astype(np.float32), self.labels[rows]
+        picked = self.order[index * self.config.batch_size : (index + 1) * self.config.batch_size]
+        x, y = self.images[self.rows[picked]], self.labels[picked]
         if self.weights is None:
             return x, y
         return x, y, self.weights[y]
@@ -175,36 +188,47 @@ class TrainingBatches(keras.utils.PyDataset):
         self.next_epoch += 1
 
 
-def predict_proba(model: keras.Model, images: np.ndarray) -> np.ndarray:
-    """Class probabilities, (N, n_classes), predicted in batches."""
-    out = [
-        model(images[i : i + PREDICT_BATCH].astype(np.float32), training=False).numpy()
-        for i in range(0, len(images), PREDICT_BATCH)
-    ]
+def predict_batch_size(image_size: Sequence[int]) -> int:
+    """Images per prediction batch at this size (:data:`PREDICT_PIXELS`)."""
+    return int(max(1, min(PREDICT_BATCH_MAX, PREDICT_PIXELS // (image_size[0] * image_size[1]))))
+
+
+def gathered(images: np.ndarray, rows: np.ndarray | None = None, batch: int | None = None):
+    """The images at ``rows`` (all when None) in batches of ``batch`` (:func:`predict_batch_size` when None), each
+    gathered by index from the shared array as it is needed: only one batch is ever copied."""
+    rows = np.arange(len(images)) if rows is None else np.asarray(rows)
+    batch = batch or predict_batch_size(images.shape[1:3])
+    for start in range(0, len(rows), batch):
+        yield images[rows[start : start + batch]]
+
+
+def predict_proba(model: keras.Model, images: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """Class probabilities, (N, n_classes), of the images at ``rows`` (all when None), predicted in batches."""
+    out = [model(batch, training=False).numpy() for batch in gathered(images, rows)]
     return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
 
 
 class ValidationMetrics(keras.callbacks.Callback):
-    """Adds the validation metrics to each epoch's logs (one prediction pass over the val split)."""
+    """Adds the validation metrics to each epoch's logs (one prediction pass over the val split's ``rows`` of the
+    shared ``images``)."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...]):
+    def __init__(self, images: np.ndarray, rows: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...]):
         super().__init__()
-        self.images, self.labels, self.class_names = images, labels, class_names
+        self.images, self.rows, self.labels, self.class_names = images, rows, labels, class_names
 
     def on_epoch_end(self, epoch, logs=None):
-        metrics = classification_metrics(self.labels, predict_proba(self.model, self.images), self.class_names)
+        probs = predict_proba(self.model, self.images, self.rows)
+        metrics = classification_metrics(self.labels, probs, self.class_names)
         logs.update({k: v for k, v in prefixed(metrics, "val").items() if k != "val_n"})
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 
-class PlateauSchedule(keras.callbacks.ReduceLROnPlateau):
-    """The learning-rate cut on a plateau of the objective, whose state outlives one ``fit`` call.
+class _KeepsState:
+    """For a Keras callback whose state (the attributes named in ``STATE``) must outlive one ``fit`` call: Keras'
+    own callbacks start over at every call, this resets only at the first, and its state travels with a
+    checkpoint (:meth:`state`, :meth:`load_state`)."""
 
-    Ray Tune trains a trial one epoch per ``fit`` call, and Keras' own callback starts over at every
-    call; this one resets only once, and its state travels with a trial's checkpoint.
-    """
-
-    STATE = ("wait", "best", "cooldown_counter")
+    STATE: tuple[str, ...] = ()
 
     def on_train_begin(self, logs=None):
         if not getattr(self, "_begun", False):
@@ -218,6 +242,13 @@ class PlateauSchedule(keras.callbacks.ReduceLROnPlateau):
         self._begun = True
         for name in self.STATE:
             setattr(self, name, state.get(name))
+
+
+class PlateauSchedule(_KeepsState, keras.callbacks.ReduceLROnPlateau):
+    """The learning-rate cut on a plateau of the objective, whose state outlives one ``fit`` call (Ray Tune trains
+    a trial one epoch per ``fit`` call; a resumed fit goes on from a checkpoint)."""
+
+    STATE = ("wait", "best", "cooldown_counter")
 
 
 class HeadWarmup(keras.callbacks.Callback):
@@ -269,15 +300,16 @@ def candidate_callbacks(
     stopping on the objective with the best weights restored. Only the stopping rule differs between
     engines (ASHA in a search, this in a retrain). Each epoch's logs also say what it cost (:class:`EpochCost`)."""
     callbacks: list[keras.callbacks.Callback] = [
-        *head_warmup(config), ValidationMetrics(*dataset.subset("val"), dataset.class_names),
+        *head_warmup(config),
+        ValidationMetrics(dataset.images, dataset.rows("val"), dataset.labels("val"), dataset.class_names),
         EpochCost(samples_per_epoch(dataset))]
     if training.reduce_lr_patience:
         callbacks.append(PlateauSchedule(objective.name, factor=training.reduce_lr_factor,
                                          patience=training.reduce_lr_patience, mode=objective.direction))
     if early_stopping_epochs is not None:
         patience = training.early_stopping_patience or early_stopping_epochs
-        callbacks.append(keras.callbacks.EarlyStopping(objective.name, patience=patience, mode=objective.direction,
-                                                       restore_best_weights=True))
+        callbacks.append(ResumableEarlyStopping(objective.name, patience=patience, mode=objective.direction,
+                                                restore_best_weights=True))
     return callbacks
 
 
@@ -297,7 +329,8 @@ def build_candidate(config: ModelConfig, dataset: Dataset, training: TrainingSpe
 
 def training_batches(config: ModelConfig, dataset: Dataset, seed: int, first_epoch: int = 0) -> TrainingBatches:
     """The train split's batches; ``first_epoch`` > 0 for a run resumed after that many epochs."""
-    return TrainingBatches(*dataset.subset("train"), config, len(dataset.class_names), seed, first_epoch)
+    return TrainingBatches(dataset.images, dataset.labels("train"), config, len(dataset.class_names), seed, first_epoch,
+                           rows=dataset.rows("train"))
 
 
 def samples_per_epoch(dataset: Dataset) -> int:
@@ -331,6 +364,14 @@ class EpochLine(keras.callbacks.Callback):
                               self.best))
 
 
+class ResumableEarlyStopping(_KeepsState, keras.callbacks.EarlyStopping):
+    """Keras' early stopping on the objective, with the best epoch's weights restored at the end, whose state
+    (and those weights, :attr:`best_weights`, saved apart) outlive one ``fit`` call: a fit resumed from a checkpoint
+    (:class:`CandidateFit`) stops when, and restores what, the uninterrupted one would have."""
+
+    STATE = ("wait", "best", "best_epoch", "stopped_epoch")
+
+
 @dataclass
 class FitResult:
     model: keras.Model
@@ -338,6 +379,107 @@ class FitResult:
     best_epoch: int = 0
     best_value: float = math.nan
     seconds: float = 0.0
+
+
+class CandidateFit:
+    """One training of a candidate from scratch, as ``automl train`` and ``retrain`` run it, that can be saved after
+    any epoch and resumed from the save (:meth:`save`, :meth:`restore`) as if never interrupted: the model with its
+    optimizer, the epochs done and their history, the learning-rate schedule, early stopping and its best weights.
+
+    Training stops after ``training.early_stopping_patience`` epochs without improvement of the objective, and the
+    best epoch's weights are restored. With ``learning_rates`` (one per epoch) it is a refit instead: exactly that
+    many epochs at those rates (a validation run's schedule, replayed), nothing scored, nothing restored. The
+    refit's dataset has its val split inside train (:meth:`Dataset.with_train_and_val`), so there is no validation
+    to stop on or to cut the learning rate by.
+    """
+
+    MODEL, STATE, BEST = "model.keras", "fit.json", "best_weights.npz"
+
+    def __init__(self, config: ModelConfig, dataset: Dataset, objective: Objective, training: TrainingSpec,
+                 epochs: int | None = None, seed: int | None = None, learning_rates: Sequence[float] | None = None):
+        self.config, self.dataset, self.objective = config, dataset, objective
+        self.seed = training.seed if seed is None else seed
+        self.epochs = epochs or training.epochs
+        keras.utils.set_random_seed(self.seed)
+        self.model = build_candidate(config, dataset, training)
+        if learning_rates is None:
+            self.callbacks = candidate_callbacks(dataset, objective, training, early_stopping_epochs=self.epochs,
+                                                 config=config)
+        else:
+            self.epochs, rates = len(learning_rates), [float(r) for r in learning_rates]
+            self.callbacks = [*head_warmup(config),
+                              keras.callbacks.LearningRateScheduler(lambda epoch, _: rates[epoch]),
+                              EpochCost(samples_per_epoch(dataset))]
+        self.history: list[dict] = []
+        self.seconds = 0.0
+
+    @property
+    def epochs_done(self) -> int:
+        return len(self.history)
+
+    def _stopping(self) -> ResumableEarlyStopping | None:
+        return next((c for c in self.callbacks if isinstance(c, ResumableEarlyStopping)), None)
+
+    def run(self, callbacks: Sequence[keras.callbacks.Callback] = ()) -> FitResult:
+        """Train the epochs not done yet (all of them, unless restored), then restore the best weights."""
+        stopping = self._stopping()
+        started = time.monotonic()
+        if self.epochs_done < self.epochs and not (stopping and stopping.stopped_epoch):
+            self.model.fit(training_batches(self.config, self.dataset, self.seed, first_epoch=self.epochs_done),
+                           epochs=self.epochs, initial_epoch=self.epochs_done, verbose=0, shuffle=False,
+                           callbacks=[*self.callbacks, _HistoryRows(self), *callbacks])
+        elif stopping is not None and stopping.best_weights is not None:
+            self.model.set_weights(stopping.best_weights)  # stopped before the interruption: as its end did
+        self.seconds += time.monotonic() - started
+        best = self.objective.best_index([r.get(self.objective.name) for r in self.history])
+        return FitResult(model=self.model, history=self.history,
+                         best_epoch=self.history[best]["epoch"] if best is not None else 0,
+                         best_value=self.history[best][self.objective.name] if best is not None else math.nan,
+                         seconds=self.seconds)
+
+    def save(self, folder: Path) -> None:
+        """Everything needed to go on after the epochs done: call it at the end of an epoch (after every callback of
+        :meth:`run` has seen it, e.g. from the last of its ``callbacks``)."""
+        folder = Path(folder)
+        self.model.save(folder / self.MODEL)
+        state = {"history": self.history, "seconds": self.seconds,
+                 **{type(c).__name__: c.state() for c in self.callbacks
+                    if isinstance(c, PlateauSchedule | ResumableEarlyStopping)}}
+        stopping = self._stopping()
+        if stopping is not None and stopping.best_weights is not None:
+            np.savez(folder / self.BEST, *stopping.best_weights)
+        (folder / self.STATE).write_text(json.dumps(state))
+
+    def restore(self, folder: Path) -> None:
+        folder = Path(folder)
+        state = json.loads((folder / self.STATE).read_text())
+        self.model = keras.saving.load_model(folder / self.MODEL)
+        self.history, self.seconds = state["history"], state["seconds"]
+        for callback in self.callbacks:
+            name = type(callback).__name__
+            if isinstance(callback, PlateauSchedule) and name in state:
+                callback.load_state(state[name])
+            elif isinstance(callback, ResumableEarlyStopping) and name in state:
+                callback.load_state(state[name])
+                if (folder / self.BEST).is_file():
+                    with np.load(folder / self.BEST) as saved:
+                        callback.best_weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+
+    @classmethod
+    def is_saved(cls, folder: Path | None) -> bool:
+        return folder is not None and (Path(folder) / cls.STATE).is_file()
+
+
+class _HistoryRows(keras.callbacks.Callback):
+    """Keeps a :class:`CandidateFit`'s history: each epoch's logs, as the fit's own callbacks (which run before it)
+    left them."""
+
+    def __init__(self, fit: CandidateFit):
+        super().__init__()
+        self.fit = fit
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.fit.history.append({"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}})
 
 
 def fit_candidate(
@@ -350,37 +492,9 @@ def fit_candidate(
     seed: int | None = None,
     learning_rates: Sequence[float] | None = None,
 ) -> FitResult:
-    """Train ``config`` on the train split from scratch, scoring the val split after every epoch.
-
-    Training stops after ``training.early_stopping_patience`` epochs without improvement of the
-    objective, and the best epoch's weights are restored (what ``automl train`` and ``retrain`` do).
-
-    With ``learning_rates`` (one per epoch) it is a refit instead: exactly that many epochs at those
-    rates (a validation run's schedule, replayed), nothing scored, nothing restored. The refit's
-    dataset has its val split inside train (:meth:`Dataset.with_train_and_val`), so there is no
-    validation to stop on or to cut the learning rate by.
-    """
-    seed = training.seed if seed is None else seed
-    epochs = epochs or training.epochs
-    keras.utils.set_random_seed(seed)
-    model = build_candidate(config, dataset, training)
-    if learning_rates is None:
-        own = candidate_callbacks(dataset, objective, training, early_stopping_epochs=epochs, config=config)
-    else:
-        epochs, rates = len(learning_rates), [float(r) for r in learning_rates]
-        own = [*head_warmup(config), keras.callbacks.LearningRateScheduler(lambda epoch, _: rates[epoch]),
-               EpochCost(samples_per_epoch(dataset))]
-    started = time.monotonic()
-    history = model.fit(training_batches(config, dataset, seed), epochs=epochs, verbose=0, callbacks=[*own, *callbacks])
-    rows = [{"epoch": i + 1, **{k: float(v[i]) for k, v in history.history.items()}} for i in range(len(history.epoch))]
-    best = objective.best_index([r.get(objective.name) for r in rows])
-    return FitResult(
-        model=model,
-        history=rows,
-        best_epoch=rows[best]["epoch"] if best is not None else 0,
-        best_value=rows[best][objective.name] if best is not None else math.nan,
-        seconds=time.monotonic() - started,
-    )
+    """Train ``config`` on the train split from scratch, scoring the val split after every epoch, in one go: a
+    :class:`CandidateFit` that is never saved."""
+    return CandidateFit(config, dataset, objective, training, epochs, seed, learning_rates).run(callbacks)
 
 
 class EpochRunner:
@@ -404,7 +518,7 @@ class EpochRunner:
     def run_epoch(self) -> dict[str, float]:
         history = self.model.fit(
             self.batches, epochs=self.epochs_done + 1, initial_epoch=self.epochs_done, callbacks=self.callbacks,
-            verbose=0,
+            verbose=0, shuffle=False,
         )
         self.epochs_done += 1
         return {k: float(v[-1]) for k, v in history.history.items()}
@@ -426,8 +540,8 @@ class EpochRunner:
 
 def evaluate(model: keras.Model, dataset: Dataset, split: str) -> dict:
     """The metrics of :func:`automl.metrics.classification_metrics` on one split."""
-    images, labels = dataset.subset(split)
-    return classification_metrics(labels, predict_proba(model, images), dataset.class_names)
+    probs = predict_proba(model, dataset.images, dataset.rows(split))
+    return classification_metrics(dataset.labels(split), probs, dataset.class_names)
 
 
 _TF_CONFIGURED = False

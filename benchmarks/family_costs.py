@@ -10,6 +10,16 @@ while ``max_concurrent`` trials shared the machine's cores, as the search ran th
     python benchmarks/family_costs.py --run results/reference-mixed
 
 Prints two tables and writes ``results/benchmarks/family_costs-RUN.json`` and ``.md``.
+
+With ``--sizes`` it also measures, on this machine alone, what an epoch of each family's best trial costs at each
+image size (``--data``, e.g. ``ham10000_200x150``): ``--batches`` training batches after as many for warm-up, and a
+validation pass over ``--batches`` prediction batches, each scaled to the split's batch count (an epoch is the train
+split in ``batch_size`` batches plus the validation split in prediction batches)::
+
+    python benchmarks/family_costs.py --run results/reference-mixed --sizes 28 64 128 112x150 \\
+        --data ../shared/data/ham10000_200x150
+
+which writes ``results/benchmarks/family_costs-RUN-sizes.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -23,7 +33,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import DEFAULT_OUT, write_result  # noqa: E402
+from _common import DEFAULT_OUT, REPO, write_result, write_text_result  # noqa: E402
 
 from automl.layout import (  # noqa: E402
     FAMILY_COLUMN,
@@ -78,10 +88,70 @@ def spent_seconds(epochs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["trial_id", "seconds"])
 
 
+def epoch_seconds_at(params: dict, dataset, batches: int) -> dict:
+    """Seconds of one epoch of ``params`` on ``dataset``, estimated from ``batches`` timed training steps (after as
+    many for warm-up) and ``batches`` prediction batches, each scaled to the splits' batch counts."""
+    import math
+    import time
+
+    from automl.hparams import ModelConfig
+    from automl.spec import TrainingSpec
+    from automl.trial import build_candidate, gathered, predict_batch_size, training_batches
+
+    config = ModelConfig.from_params(params)
+    model = build_candidate(config, dataset, TrainingSpec())
+    train = training_batches(config, dataset, seed=0)
+    steps = min(batches, len(train))
+    model.fit(train, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False)  # warm-up: tracing, first batches
+    started = time.monotonic()
+    model.fit(train, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False)
+    per_step = (time.monotonic() - started) / steps
+    val_rows, size = dataset.rows("val"), predict_batch_size(dataset.image_size)
+    chunks = list(gathered(dataset.images, val_rows[: size * batches], size))
+    model(chunks[0], training=False)  # warm-up
+    started = time.monotonic()
+    for chunk in chunks:
+        model(chunk, training=False).numpy()
+    per_chunk = (time.monotonic() - started) / len(chunks)
+    train_s, val_s = per_step * len(train), per_chunk * math.ceil(len(val_rows) / size)
+    return {"train_s": train_s, "val_s": val_s, "epoch_s": train_s + val_s,
+            "parameters": int(model.count_params()), "batch_size": config.batch_size}
+
+
+def measure_sizes(args, run: RunLayout, best_rows: dict, columns: list[str]) -> None:
+    """Each family's best trial at each of ``args.sizes`` on this machine: seconds per epoch."""
+    from automl.data import load_dataset
+    from automl.spec import parse_image_size
+
+    spec = load_spec(run.spec)
+    trials = run.read_trials().set_index("trial_id")
+    rows, table = [], []
+    for size in args.sizes:
+        hw = parse_image_size(size, "--sizes")
+        dataset = load_dataset(args.data, **(spec.data.dataset_args() | {"image_size": hw}))
+        for family, best in best_rows.items():
+            params = trial_params(trials.loc[best["trial_id"]], columns)
+            cost = epoch_seconds_at(params, dataset, args.batches)
+            rows.append({"family": family, "trial_id": best["trial_id"], "size": list(hw), **cost})
+            table.append(f"| {family} | {best['trial_id']} | {hw[0]}x{hw[1]} | {cost['parameters'] / 1e6:.2f}M | "
+                         f"{cost['train_s']:.1f} | {cost['val_s']:.1f} | {cost['epoch_s']:.1f} |")
+            print(table[-1], flush=True)
+    text = (f"Seconds per epoch of each family's best trial in `{run.name}`, on {args.data.name}, measured alone on "
+            f"this machine ({args.batches} training steps after as many for warm-up, and {args.batches} prediction "
+            "batches, scaled to the train and val splits)\n\n| family | trial | image size | parameters | train s | "
+            "val s | s/epoch |\n| --- | --- | --- | ---: | ---: | ---: | ---: |\n" + "\n".join(table) + "\n")
+    write_result(args.out / f"family_costs-{run.name}-sizes.json", {"run": run.name, "data": args.data.name,
+                                                                   "batches": args.batches, "rows": rows})
+    write_text_result(args.out / f"family_costs-{run.name}-sizes.md", text)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--sizes", nargs="*", default=[], help="image sizes (S or HxW) to measure each family at")
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "ham10000_200x150")
+    parser.add_argument("--batches", type=int, default=30, help="timed batches per measurement (default 30)")
     args = parser.parse_args()
 
     run = RunLayout(args.run)
@@ -133,6 +203,8 @@ def main() -> int:
     write_result(args.out / f"family_costs-{run.name}.json", {"run": run.name, "families": families,
                                                              "best": best_rows})
     (args.out / f"family_costs-{run.name}.md").write_text(table)
+    if args.sizes:
+        measure_sizes(args, run, best_rows, columns)
     return 0
 
 

@@ -3,6 +3,8 @@
     python benchmarks/throughput.py                     # the full run, about 10 minutes on 2 cores
     python benchmarks/throughput.py --epochs 1 --startup-trials 2 --search-trials 2 --search-epochs 1 \\
         --out /tmp/bench-smoke                          # a smoke test, a few minutes
+    python benchmarks/throughput.py --image-size 128 --data ../shared/data/ham10000_200x150 \\
+        --skip startup,concurrency                      # at real resolution: plain fit against a Tune trial
 
 Five parts (``--skip data,plain,tune,startup,concurrency`` leaves some out):
 
@@ -14,7 +16,10 @@ plain
     One mid-size candidate (seed 000's proposed CNN cut to 2 blocks, batch 64, class weights so an
     epoch is exactly the training split) trained with ``model.fit`` in this process: images per
     second over ``--epochs`` epochs after one warm-up epoch. An epoch includes the validation pass,
-    as every search trial's does.
+    as every search trial's does. Also the share of each epoch spent producing input batches (gathering
+    them by index from the shared images, as :class:`automl.trial.TrainingBatches` does), timed around
+    every batch: an upper bound on the time the training step waits for its input, since Keras' tf.data
+    pipeline prefetches the batches in a thread beside the step.
 tune
     The same candidate as a Ray Tune trial of the project's ``CandidateTrainable`` (through
     ``build_tuner``, as a search runs it: data via the object store, a checkpoint every epoch),
@@ -34,8 +39,8 @@ concurrency
     ``--search-trials`` trials of ``--search-epochs`` epochs) with 1 trial at a time given both
     CPUs versus 2 at a time with one CPU each, as ``automl search`` child processes.
 
-Writes ``OUT/throughput.json`` and ``OUT/throughput.png``; the concurrency searches land in
-``OUT/runs/throughput-concurrencyN/``.
+Writes ``OUT/throughput.json`` and ``OUT/throughput.png`` (``throughput-HxW.*`` with ``--image-size``); the
+concurrency searches land in ``OUT/runs/throughput-concurrencyN/``.
 """
 
 from __future__ import annotations
@@ -78,7 +83,7 @@ from _common import (
 )
 
 from automl.data import Dataset, load_dataset
-from automl.spec import Spec, TrainingSpec, load_spec, search_overrides
+from automl.spec import Spec, TrainingSpec, load_spec, parse_image_size, search_overrides
 
 PARTS = ("data", "plain", "tune", "startup", "concurrency")
 CANDIDATE_SPEC = REPO / "search_spaces" / "seed000_proposed.yaml"
@@ -87,7 +92,7 @@ CANDIDATE_SPEC = REPO / "search_spaces" / "seed000_proposed.yaml"
 MID_SIZE = {"conv_blocks": 2, "block_dropout": [0.1, 0.2], "batch_size": 64}
 SEARCH_SPEC = REPO / "search_spaces" / "quick.yaml"
 CPUS = os.cpu_count() or 2
-OVERHEAD_GOAL_PCT, STARTUP_GOAL_S = 5.0, 2.0
+OVERHEAD_GOAL_PCT, STARTUP_GOAL_S, INPUT_WAIT_GOAL_PCT = 5.0, 2.0, 10.0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -103,6 +108,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
                         help="HAM10000 folder (default ../shared/data/ham10000_28)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default results/benchmarks)")
+    parser.add_argument("--image-size", type=lambda v: parse_image_size(v, "--image-size"), default=None,
+                        help="S or HxW: the candidate's image size (default its spec's, 28 px)")
     args = parser.parse_args(argv)
     args.skip = {p.strip() for p in args.skip.split(",") if p.strip()}
     if args.skip - set(PARTS):
@@ -112,9 +119,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def candidate_spec() -> Spec:
-    """The fixed mid-size candidate, with its data section (28 px, lesion-grouped split)."""
+def candidate_spec(image_size: tuple[int, int] | None = None) -> Spec:
+    """The fixed mid-size candidate, with its data section (28 px unless ``image_size``, lesion-grouped split)."""
     spec = load_spec(CANDIDATE_SPEC)
+    if image_size is not None:
+        spec = spec.with_overrides({"data.image_size": list(image_size)})
     return dataclasses.replace(spec, hyperparameters=dict(spec.hyperparameters) | MID_SIZE)
 
 
@@ -149,16 +158,49 @@ class EpochTimer(keras.callbacks.Callback):
         self.seconds.append(time.monotonic() - self.started)
 
 
+class InputClock:
+    """Seconds spent producing training batches (``TrainingBatches.__getitem__``, the gather by index) per epoch:
+    wraps the method for the duration of a ``with`` block; the epochs are told apart by the batches' own epoch."""
+
+    def __init__(self):
+        self.seconds: dict[int, float] = {}
+
+    def __enter__(self):
+        from automl.trial import TrainingBatches
+
+        self.original = original = TrainingBatches.__getitem__
+        clock = self
+
+        def timed(batches, index):
+            started = time.monotonic()
+            try:
+                return original(batches, index)
+            finally:
+                clock.seconds[batches.epoch] = clock.seconds.get(batches.epoch, 0.0) + time.monotonic() - started
+
+        TrainingBatches.__getitem__ = timed
+        return self
+
+    def __exit__(self, *exc):
+        from automl.trial import TrainingBatches
+
+        TrainingBatches.__getitem__ = self.original
+
+
 def plain_fit(spec: Spec, dataset: Dataset, epochs: int) -> dict[str, Any]:
-    """Images per second of ``model.fit`` in this process, over ``epochs`` epochs after a warm-up one."""
+    """Images per second of ``model.fit`` in this process, over ``epochs`` epochs after a warm-up one, and the share
+    of those epochs spent producing input batches."""
     from automl.trial import fit_candidate
 
     timer = EpochTimer()
     # Patience 0: early stopping off, every epoch runs.
-    fit_candidate(spec.model_config(), dataset, spec.objective,
-                  TrainingSpec(epochs=epochs + 1, early_stopping_patience=0, seed=spec.training.seed),
-                  callbacks=[timer])
-    return rates(timer.seconds[0], timer.seconds[1:], train_size(dataset))
+    with InputClock() as inputs:
+        fit_candidate(spec.model_config(), dataset, spec.objective,
+                      TrainingSpec(epochs=epochs + 1, early_stopping_patience=0, seed=spec.training.seed),
+                      callbacks=[timer])
+    waited = [inputs.seconds.get(epoch, 0.0) for epoch in range(1, epochs + 1)]
+    return rates(timer.seconds[0], timer.seconds[1:], train_size(dataset)) | {
+        "input_s": waited, "input_pct": 100 * sum(waited) / sum(timer.seconds[1:])}
 
 
 def train_size(dataset: Dataset) -> int:
@@ -299,6 +341,11 @@ def report(results: dict[str, Any]) -> dict[str, Any]:
     if plain:
         rows.append(["plain model.fit", f"{plain['images_per_s']:.0f} images/s",
                      f"epochs {', '.join(f'{s:.1f}' for s in plain['epoch_s'])} s; warm-up {plain['warmup_s']:.1f} s"])
+        if "input_pct" in plain:
+            rows.append(["share of an epoch producing input batches (bounds the wait)", f"{plain['input_pct']:.1f} %",
+                         f"{', '.join(f'{s:.2f}' for s in plain['input_s'])} s per epoch (gather by index)"])
+            checks["input_wait_pct"] = plain["input_pct"]
+            checks["input_wait_goal_met"] = plain["input_pct"] < INPUT_WAIT_GOAL_PCT
     if tuned := results.get("tune"):
         for kind, what in (("end_to_end", "training, validation, checkpoint, reporting"),
                            ("in_step", "training and validation")):
@@ -331,13 +378,18 @@ def report(results: dict[str, Any]) -> dict[str, Any]:
         if len(runs) == 2:
             checks["concurrency_speedup"] = runs[1]["trials_per_hour"] / runs[0]["trials_per_hour"]
             rows.append(["speed-up of 2 at a time", f"{checks['concurrency_speedup']:.2f}x", ""])
-    print_table(f"Throughput on {CPUS} CPUs", ["measure", "value", "detail"], rows,
+    size = "x".join(map(str, results.get("image_size") or ()))
+    print_table(f"Throughput on {CPUS} CPUs" + (f", {size} px" if size else ""), ["measure", "value", "detail"], rows,
                 caption="start-up = driver time from the slot being free (fit() called for the first trial; the "
                         "previous trial's end for later ones) to the trial's first epoch result, minus that epoch's "
                         "own time in the trial; launch = slot free to trial start, result gap = the rest.")
     if "overhead_goal_met" in checks:
         print(f"Ray trial overhead on throughput (end to end): {checks['overhead_pct']:.1f} % "
               f"(goal < {OVERHEAD_GOAL_PCT:.0f} %): {'goal met' if checks['overhead_goal_met'] else 'goal not met'}")
+    if "input_wait_goal_met" in checks:
+        met = "goal met" if checks["input_wait_goal_met"] else "goal not met"
+        print(f"share of an epoch producing input batches: {checks['input_wait_pct']:.1f} % "
+              f"(goal < {INPUT_WAIT_GOAL_PCT:.0f} %): {met}")
     if "startup_goal_met" in checks:
         print(f"trial start-up after the first trial: median {checks['startup_later_median_s']:.2f} s "
               f"(goal < {STARTUP_GOAL_S:.0f} s): {'goal met' if checks['startup_goal_met'] else 'goal not met'}")
@@ -387,9 +439,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    spec = candidate_spec()
+    spec = candidate_spec(args.image_size)
     results: dict[str, Any] = {"load_average_at_start": check_idle(), "candidate": dict(spec.hyperparameters),
-                               "cpus": CPUS}
+                               "cpus": CPUS, "image_size": list(spec.data.image_size)}
+    name = "throughput" + (f"-{'x'.join(map(str, args.image_size))}" if args.image_size else "")
     if "data" not in args.skip:
         console.info("data: loading the dataset cold, then warm")
         results["data"] = time_data_prep(spec, args.data)
@@ -408,15 +461,15 @@ def main(argv: list[str] | None = None) -> int:
         results["concurrency"] = [run for n in (1, 2) if (run := trials_per_hour(args, n))]
     checks = report(results)
     args.out.mkdir(parents=True, exist_ok=True)
-    write_result(args.out / "throughput.json", {
+    write_result(args.out / f"{name}.json", {
         "settings": {"epochs": args.epochs, "startup_trials": args.startup_trials, "search_trials": args.search_trials,
                      "search_epochs": args.search_epochs, "skipped": sorted(args.skip), "data": str(args.data),
                      "candidate_spec": f"{CANDIDATE_SPEC.relative_to(REPO)} with {MID_SIZE}",
                      "search_spec": str(SEARCH_SPEC.relative_to(REPO))},
         **results, "goals": checks,
     })
-    plot(results, args.out / "throughput.png")
-    print(f"wrote {args.out / 'throughput.json'} and {args.out / 'throughput.png'}")
+    plot(results, args.out / f"{name}.png")
+    print(f"wrote {args.out / f'{name}.json'} and {args.out / f'{name}.png'}")
     return 0
 
 

@@ -89,15 +89,19 @@ def test_bootstrap_intervals_are_seeded_and_skip_undefined_values():
 
 # --- the command --------------------------------------------------------------------------------------------------
 
-def test_labels_csv_with_other_labels_and_a_corrupt_image(exported, labelled):
+def test_labels_csv_with_other_labels_and_a_corrupt_image(exported, labelled, capsys):
     _, model_dir = exported
+    (labelled / "images" / "README.txt").write_text("not an image")
     results = evaluate_model(model_dir, labelled, rounds=ROUNDS)
+    assert "skipped 1 file(s): README.txt (.txt is not an image format Pillow reads)" in capsys.readouterr().err
     out = ModelLayout(model_dir).evaluation("isic_like")
     for path in (out.metrics, out.report, out.roc_png, out.reliability_png, out.predictions, out.root / MARKER):
         assert path.is_file(), path
     assert json.loads(out.metrics.read_text())["name"] == results["name"] == "isic_like"
     assert results["images"] == {"labelled": 16, "found": 15, "missing": 1, "missing_first": ["ISIC_missing"],
-                                 "unlabelled_files": 1, "unreadable": 1, "scored": 14}
+                                 "unlabelled_files": 1, "skipped_files": 1,
+                                 "skipped_first": [str(labelled / "images" / "README.txt")], "unreadable": 1,
+                                 "scored": 14}
     labels = results["labels"]
     assert labels["nv"] == {"images": 5, "unreadable": 1, "scored": 4, "multiclass": "nv",
                             "melanoma_vs_rest": "rest", "malignant_vs_benign": "benign"}

@@ -139,3 +139,36 @@ def test_split_file_must_cover_every_image(tiny_ham, tmp_path):
     split.to_csv(tmp_path / "split.csv", index=False)
     with pytest.raises(DataError, match=r"split.csv: 1 images have no split \(first: ISIC_0000000\)"):
         load_dataset(tiny_ham, image_size=(16, 16), split_file=tmp_path / "split.csv")
+
+
+def test_images_are_one_read_only_memory_map_of_the_cache_and_splits_are_index_arrays(tiny_ham):
+    ds = load_dataset(tiny_ham, image_size=(16, 16))
+    assert isinstance(ds.images, np.memmap) and not ds.images.flags.writeable
+    again = load_dataset(tiny_ham, image_size=(16, 16))
+    assert again.images.filename == ds.images.filename  # a second run maps the same file
+    rows = {split: ds.rows(split) for split in ("train", "val", "test")}
+    assert all(r.dtype.kind == "i" for r in rows.values())
+    assert sorted(np.concatenate(list(rows.values())).tolist()) == ds.table["row"].tolist()
+    np.testing.assert_array_equal(ds.labels("val"), ds.table.loc[ds.table["split"] == "val", "label"])
+
+
+def test_a_dataset_travels_by_file_on_this_machine_and_by_value_elsewhere(tiny_ham):
+    import pickle
+
+    ds = load_dataset(tiny_ham, image_size=(16, 16))
+    by_file = pickle.dumps(ds.shared_by_file(same_machine=True))
+    by_value = pickle.dumps(ds.shared_by_file(same_machine=False))
+    assert len(by_file) < ds.images.nbytes < len(by_value)  # the name of the file, or the images themselves
+    mapped = pickle.loads(by_file)
+    assert isinstance(mapped.images, np.memmap) and str(mapped.images.filename) == str(ds.images.filename)
+    np.testing.assert_array_equal(pickle.loads(by_value).images, ds.images)
+    assert mapped.rows("train").tolist() == ds.rows("train").tolist()
+
+
+def test_skipped_bad_images_leave_the_shared_array_whole(tmp_path):
+    root = make_ham(tmp_path / "ham")
+    bad = sorted((root / "HAM10000_images").iterdir())[0]
+    bad.write_bytes(b"not a jpeg")
+    ds = load_dataset(root, image_size=(16, 16), skip_bad_images=True)
+    assert len(ds.images) == len(ds.table) + 1 and bad.stem not in set(ds.table["image_id"])
+    assert ds.table["row"].is_unique and ds.table["row"].max() < len(ds.images)

@@ -77,6 +77,22 @@ def test_predict_schema_and_error_rows(exported, tmp_path):
     np.testing.assert_allclose(first[[f"p_{c}" for c in DX_CLASSES]].astype(float), expected, atol=1e-6)
 
 
+def test_predict_reads_every_format_pillow_reads_and_names_what_it_skips(exported, tmp_path, capsys):
+    _, model_dir = exported
+    images = tmp_path / "formats"
+    images.mkdir()
+    picture = np.random.default_rng(3).integers(0, 256, (45, 60, 3), dtype=np.uint8)
+    for suffix in ("tif", "bmp", "webp"):
+        Image.fromarray(picture).save(images / f"ISIC_{suffix}.{suffix}")
+    (images / "ISIC_bad.jpg").write_bytes(b"\xff\xd8 truncated")
+    (images / "notes.txt").write_text("not an image")
+    table = predict_files(model_dir, [images], tmp_path / "preds.csv")
+    assert len(table) == 4
+    assert (table["error"] == "").sum() == 3 and table.loc[table["image_id"] == "ISIC_bad", "error"].item()
+    assert set(table.loc[table["error"] == "", "dx_pred"]) <= set(DX_CLASSES)
+    assert "skipped 1 file(s): notes.txt (.txt is not an image format Pillow reads)" in capsys.readouterr().err
+
+
 def test_predict_bad_arguments_are_one_line_before_the_model_loads(tmp_path):
     image = tmp_path / "a.png"
     Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(image)

@@ -104,3 +104,52 @@ def test_nothing_usable_is_a_user_error(tmp_path, rows):
     run = write_run(tmp_path / "run", "val_balanced_accuracy", "max", rows)
     with pytest.raises(UserError, match="nothing to retrain"):
         top_configurations(run, top_k=3)
+
+
+def test_a_retrain_run_again_goes_on_from_each_members_last_epoch(tiny_ham, tmp_path, monkeypatch):
+    import automl.retrain as retrain_module
+    from automl.layout import RunLayout
+    from automl.retrain import retrain
+    from automl.search import run_search
+    from automl.spec import parse_spec
+
+    spec = parse_spec({"data": {"image_size": 16}, "training": {"early_stopping_patience": 0},
+                       "hyperparameters": {"conv_blocks": 1, "base_filters": {"choice": [4, 8]}, "dense_units": 8,
+                                           "batch_size": 32},
+                       "search": {"searcher": "random", "scheduler": "none", "num_samples": 2, "max_epochs": 1,
+                                  "grace_period": 1, "max_failures": 0}})
+    run_dir = run_search(spec, tiny_ham, "resumable", tmp_path / "results")
+    reported, failed = tmp_path / "reported", tmp_path / "failed"
+    real = retrain_module.train_member
+
+    def fails_once_at_epoch_2(config, **kwargs):
+        """The real member trainer, except that its epoch-2 report raises the first time (a crashed worker)."""
+        from ray import tune
+
+        report = tune.report
+
+        def recorded(metrics, checkpoint=None):
+            if "epoch_s" in metrics:  # an epoch's report, with that epoch's checkpoint
+                if metrics["epoch"] == 2 and not failed.exists():
+                    failed.touch()
+                    raise RuntimeError("injected crash at epoch 2")
+                with open(reported, "a") as f:
+                    f.write(f"{metrics['epoch']}\n")
+            return report(metrics, checkpoint=checkpoint)
+
+        tune.report = recorded
+        try:
+            return real(config, **kwargs)
+        finally:
+            tune.report = report
+
+    monkeypatch.setattr(retrain_module, "train_member", fails_once_at_epoch_2)
+    with pytest.raises(UserError, match="every retrained member failed"):
+        retrain(run_dir, tiny_ham, top_k=1, seeds=1, epochs=3)
+    assert (run_dir / RunLayout.members_experiment("retrain")).is_dir()  # its checkpoints wait for the rerun
+    retrain(run_dir, tiny_ham, top_k=1, seeds=1, epochs=3)
+    # Epoch 1 was not trained again: the rerun went on from its checkpoint.
+    assert reported.read_text().split() == ["1", "2", "3"]
+    members = RunLayout(run_dir).read_members()
+    assert members["epochs"].tolist() == [3] and members["image_size"].tolist() == ["16x16"]
+    assert not (run_dir / RunLayout.members_experiment("retrain")).exists()  # gone once the members are collected

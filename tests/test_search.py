@@ -130,6 +130,42 @@ def test_random_asha_search_retries_a_failed_trial_from_its_checkpoint(tiny_ham,
     assert len(list((tmp_path / "faults").iterdir())) == 3
 
 
+def test_a_trial_gathers_its_batches_from_the_shared_decode_cache_and_copies_no_split(tiny_ham, tiny_spec, tmp_path):
+    import json
+
+    import numpy as np
+
+    seen = tmp_path / "seen"
+
+    class Inspected(CandidateTrainable):
+        """The engine's trainable, writing down after its first epoch what its images are and where its splits point."""
+
+        def step(self):
+            result = super().step()
+            images, batches = self.dataset.images, self.runner.batches
+            validation = next(c for c in self.runner.callbacks if type(c).__name__ == "ValidationMetrics")
+            arrays = [a for a in (*vars(batches).values(), *vars(validation).values()) if isinstance(a, np.ndarray)]
+            private = sum(a.nbytes for a in arrays if a is not images and a.ndim > 1)
+            seen.mkdir(exist_ok=True)
+            (seen / f"{self.trial_id}.json").write_text(json.dumps({
+                "memmap": isinstance(images, np.memmap), "file": str(images.filename),
+                "same_array": batches.images is images and validation.images is images,
+                "index_arrays": [a.dtype.kind for a in (batches.rows, validation.rows)],
+                "private_image_bytes": int(private), "dataset_bytes": int(images.nbytes)}))
+            return result
+
+    spec = load_spec(tiny_spec).with_overrides(search_overrides({"searcher": "random", "num_samples": 2,
+                                                                 "scheduler": "none", "max_epochs": 1}))
+    run_search(spec, tiny_ham, "shared", tmp_path / "results", trainable=Inspected)
+    records = [json.loads(p.read_text()) for p in seen.iterdir()]
+    assert len(records) == 2
+    for record in records:
+        # The worker mapped the driver's decode cache file (embedded Ray runs on this machine): no copy of its own.
+        assert record["memmap"] and record["file"].startswith(os.environ["AUTOML_CACHE_DIR"])
+        assert record["same_array"] and record["index_arrays"] == ["i", "i"]
+        assert record["private_image_bytes"] == 0
+
+
 def test_driver_killed_then_resumed_keeps_finished_trials(tiny_ham, tiny_spec, tmp_path):
     results = tmp_path / "results"
     run_dir = results / "killed"

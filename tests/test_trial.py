@@ -6,8 +6,8 @@ from automl.errors import SpecError
 from automl.hparams import ModelConfig
 from automl.objective import Objective
 from automl.spec import TrainingSpec
-from automl.trial import (EpochRunner, TrainingBatches, balanced_class_weights, build_candidate, epoch_class_counts,
-                          evaluate, expected_class_mix, fit_candidate, resample_indices)
+from automl.trial import (CandidateFit, EpochRunner, TrainingBatches, balanced_class_weights, build_candidate,
+                          epoch_class_counts, evaluate, expected_class_mix, fit_candidate, resample_indices)
 
 
 def test_an_oversampled_epoch_keeps_the_split_size_and_shares_it_in_the_lifted_proportions():
@@ -135,3 +135,38 @@ def test_the_output_starts_at_the_class_mix_the_loss_sees(tiny_ham):
     np.testing.assert_allclose(start("none"), counts / counts.sum(), rtol=1e-5)
     np.testing.assert_allclose(start("oversample"), expected_class_mix(counts, "oversample", 30), rtol=1e-5)
     np.testing.assert_array_equal(start("class_weight"), np.full(7, 1 / 7, np.float32))  # a zero bias
+
+
+def test_a_fit_saved_after_an_epoch_and_restored_goes_on_as_the_uninterrupted_one(tiny_ham, tmp_path):
+    import keras
+
+    ds = load_dataset(tiny_ham, image_size=(16, 16))
+    cfg = ModelConfig.from_params({"conv_blocks": 1, "base_filters": 4, "dense_units": 8, "dense_dropout": 0.0,
+                                   "batch_size": 16, "learning_rate": 3e-3, "imbalance": "oversample"})
+    training = TrainingSpec(epochs=4, early_stopping_patience=2, reduce_lr_patience=1)
+    whole = CandidateFit(cfg, ds, Objective(), training).run()
+
+    class StopAfter(keras.callbacks.Callback):
+        """Saves after epoch ``n`` and ends the fit there, as a killed process would have."""
+
+        def __init__(self, fit, n):
+            super().__init__()
+            self.fit, self.n = fit, n
+
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch + 1 == self.n:
+                self.fit.save(tmp_path)
+                self.model.stop_training = True
+
+    first = CandidateFit(cfg, ds, Objective(), training)
+    first.run(callbacks=[StopAfter(first, 2)])
+    resumed = CandidateFit(cfg, ds, Objective(), training)
+    resumed.restore(tmp_path)
+    assert resumed.epochs_done == 2
+    result = resumed.run()
+    keys = ("val_balanced_accuracy", "val_loss", "learning_rate", "samples_seen")
+    np.testing.assert_allclose([[row[k] for k in keys] for row in result.history],
+                               [[row[k] for k in keys] for row in whole.history], atol=1e-5)
+    assert result.best_epoch == whole.best_epoch
+    for restored, uninterrupted in zip(result.model.get_weights(), whole.model.get_weights()):
+        np.testing.assert_allclose(restored, uninterrupted, atol=1e-5)

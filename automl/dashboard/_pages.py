@@ -16,8 +16,8 @@ from automl.dashboard import _figures as figures
 from automl.dashboard._importance import param_importances
 from automl.dashboard._runs import Models, Run, cached, load_evaluations, load_models, load_run, model_card, run_names
 from automl.layout import (
-    BEST_PREFIX, COST_COLUMNS, FAMILY_COLUMN, LAST_PREFIX, PARAMETERS, SAMPLES_SEEN, SECONDS_PER_EPOCH, WALL_TIME,
-    best_column, hyperparameter_columns, hyperparameter_name,
+    BEST_PREFIX, COST_COLUMNS, FAMILY_COLUMN, IMAGE_SIZE, LAST_PREFIX, PARAMETERS, SAMPLES_SEEN, SECONDS_PER_EPOCH,
+    WALL_TIME, best_column, hyperparameter_columns, hyperparameter_name,
 )
 from automl.objective import HEADLINE, METRICS, Objective
 from automl.published import PUBLISHED
@@ -29,8 +29,9 @@ NUMBER = Format(precision=4, scheme=Scheme.decimal_or_exponent).trim(Trim.yes)
 COUNT = Format(precision=3, scheme=Scheme.decimal_si_prefix).trim(Trim.yes)  # 1.2M, 85.3k
 SECONDS = Format(precision=1, scheme=Scheme.fixed)
 #: The leaderboard's "compute" columns: headers and formats (the values stay numbers, sorted and filtered as such).
-COMPUTE = {PARAMETERS: ("parameters", COUNT), SECONDS_PER_EPOCH: ("s/epoch", SECONDS),
-           WALL_TIME: ("trial seconds", SECONDS), SAMPLES_SEEN: ("samples seen", COUNT)}
+COMPUTE = {IMAGE_SIZE: ("image size", None), PARAMETERS: ("parameters", COUNT),
+           SECONDS_PER_EPOCH: ("s/epoch", SECONDS), WALL_TIME: ("trial seconds", SECONDS),
+           SAMPLES_SEEN: ("samples seen", COUNT)}
 #: Rows of the leaderboard sent at once; and columns of trials.parquet it leaves out (besides the last_* ones).
 LEADERBOARD_PAGE = 50
 LEADERBOARD_HIDDEN = frozenset({"node_ip", "node_id"})

@@ -1,7 +1,10 @@
 """The decode-once cache: decoded, resized images keyed by the data's fingerprint and the size.
 
-A hit costs one ``np.load``; a miss decodes every image once and writes the cache atomically
-(temporary files, then rename; the JSON index is written last and marks the entry complete).
+An entry is a ``.npy`` file read as a read-only memory map: a hit costs no copy and no decode, and every
+process on the machine that opens the same entry (a second run, each local Ray trial) shares one copy of the
+images in the page cache. A miss decodes straight into a new entry's memory map (no second copy in memory)
+and swaps it in atomically (temporary file, then rename; the JSON index is written last and marks the entry
+complete).
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -44,21 +48,39 @@ def cache_key(fingerprint: str, files: list[tuple[str, Path | None]], size: tupl
     return f"{fingerprint}-{size[0]}x{size[1]}-{digest.hexdigest()[:12]}"
 
 
-def read_cache(cache_dir: Path, key: str) -> tuple[np.ndarray, dict[str, str]] | None:
-    """The cached images (one per image_id, in metadata order) and the ids that failed, or None."""
-    index_path = cache_dir / f"{key}.json"
-    images_path = cache_dir / f"{key}.npy"
+def read_cache(cache_dir: Path, key: str, shape: tuple[int, ...]) -> tuple[np.ndarray, dict[str, str]] | None:
+    """The cached images as a read-only memory map (one per image_id, in metadata order) and the ids that failed,
+    or None when the entry is missing, damaged or not of ``shape``."""
+    index_path, images_path = cache_dir / f"{key}.json", cache_dir / f"{key}.npy"
     if not (index_path.is_file() and images_path.is_file()):
         return None
     try:
         index = json.loads(index_path.read_text())
-        images = np.load(images_path)
+        images = np.load(images_path, mmap_mode="r")
     except (OSError, ValueError):
         return None  # a damaged entry is rebuilt, never trusted
+    if images.shape != tuple(shape) or images.dtype != np.uint8:
+        return None
     return images, index["failures"]
 
 
-def write_cache(cache_dir: Path, key: str, images: np.ndarray, failures: dict[str, str]) -> None:
-    atomic_write(cache_dir / f"{key}.npy", lambda f: np.save(f, images, allow_pickle=False))
-    atomic_write(cache_dir / f"{key}.json", json.dumps({"failures": failures}))
+def write_cache(cache_dir: Path, key: str, shape: tuple[int, ...],
+                fill: Callable[[np.ndarray], dict[str, str]]) -> tuple[np.ndarray, dict[str, str]]:
+    """Make an entry: ``fill`` decodes into a zeroed uint8 memory map of ``shape`` (the temporary file) and returns
+    the failures; the file is then renamed into place and the entry returned as :func:`read_cache` returns it."""
+    failures: dict[str, str] = {}
 
+    def write(f) -> None:
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False, "shape": shape}
+        np.lib.format.write_array_header_2_0(f, header)
+        offset = f.tell()
+        f.truncate(offset + int(np.prod(shape)))  # a sparse file of zeros: placeholders for images that fail
+        f.flush()
+        images = np.memmap(f, dtype=np.uint8, mode="r+", offset=offset, shape=shape)
+        failures.update(fill(images))
+        images.flush()
+        del images
+
+    atomic_write(cache_dir / f"{key}.npy", write)
+    atomic_write(cache_dir / f"{key}.json", json.dumps({"failures": failures}))
+    return read_cache(cache_dir, key, shape)

@@ -30,8 +30,11 @@ def class_names(task: str) -> tuple[str, ...]:
 class Dataset:
     """Images and labels of one task at one size, each row assigned to train, val or test.
 
-    ``table`` has one row per image (metadata columns plus ``label`` and ``split``) in the same
-    order as ``images``.
+    ``images`` holds every decoded image once, shared and read-only: the decode cache's memory map (every
+    process that opens it shares the same pages), or the Ray object store's buffer in a cluster worker.
+    ``table`` has one row per usable image (metadata columns plus ``label``, ``split`` and ``row``, the
+    image's position in ``images``). A split is an index array into ``images`` (:meth:`rows`): training
+    gathers its batches by index, so no split, trial or engine ever holds a copy of the set.
     """
 
     images: np.ndarray
@@ -42,11 +45,16 @@ class Dataset:
     fingerprint: str
     split_protocol: str
     notes: list[str] = field(default_factory=list)
+    #: Pickle ``images`` as its memory-mapped file's name rather than its bytes (:meth:`shared_by_file`).
+    images_by_file: bool = False
 
-    def subset(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """``(images, labels)`` of one split."""
-        mask = (self.table["split"] == split).to_numpy()
-        return self.images[mask], self.table["label"].to_numpy()[mask]
+    def rows(self, split: str) -> np.ndarray:
+        """The positions in :attr:`images` of one split's images, in table order."""
+        return self.table["row"].to_numpy()[(self.table["split"] == split).to_numpy()]
+
+    def labels(self, split: str) -> np.ndarray:
+        """The class indices of one split's images, in table order (aligned with :meth:`rows`)."""
+        return self.table["label"].to_numpy()[(self.table["split"] == split).to_numpy()]
 
     @cached_property
     def split_fingerprint(self) -> str:
@@ -63,15 +71,47 @@ class Dataset:
         table["split"] = table["split"].replace("val", "train")
         return dataclasses.replace(self, table=table, notes=[*self.notes, "val split merged into train (refit)"])
 
+    def shared_by_file(self, same_machine: bool) -> Dataset:
+        """This dataset as it should travel to Ray workers: when they run on this machine and the images are the
+        decode cache's memory map, it pickles as the file's name and each worker maps the same file (one copy in the
+        page cache for every trial); otherwise as the array itself, which Ray's object store holds once per node."""
+        by_file = same_machine and isinstance(self.images, np.memmap) and self.images.filename is not None
+        return dataclasses.replace(self, images_by_file=by_file)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        if self.images_by_file:
+            state["images"] = _MappedImages(str(self.images.filename), self.images.shape)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        if isinstance(state["images"], _MappedImages):
+            state["images"] = state["images"].open()
+        self.__dict__.update(state)
+
     def class_counts(self, split: str = "train") -> np.ndarray:
         """Images per class of one split, in :attr:`class_names` order."""
-        labels = self.table["label"].to_numpy()[(self.table["split"] == split).to_numpy()]  # without copying images
-        return np.bincount(labels, minlength=len(self.class_names))
+        return np.bincount(self.labels(split), minlength=len(self.class_names))
 
     def counts(self) -> pd.DataFrame:
         """Images per class (rows) and split (columns)."""
         counts = pd.crosstab(self.table["label"].map(dict(enumerate(self.class_names))), self.table["split"])
         return counts.reindex(index=list(self.class_names), columns=["train", "val", "test"], fill_value=0)
+
+
+@dataclass(frozen=True)
+class _MappedImages:
+    """A decode cache file by name: what a dataset shared by file pickles its images as."""
+
+    path: str
+    shape: tuple[int, ...]
+
+    def open(self) -> np.ndarray:
+        images = np.load(self.path, mmap_mode="r")
+        if images.shape != self.shape:
+            raise DataError(f"{self.path}: the decode cache changed while a run used it (shape {images.shape}, "
+                            f"expected {self.shape}); run the command again")
+        return images
 
 
 def load_dataset(
@@ -99,8 +139,8 @@ def load_dataset(
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     images, failures = _cached_or_decoded(table, paths, image_size, cache_dir,
                                           cache_key(fingerprint, located, image_size))
-    table, images, notes = _without_failures(data_dir, table, images, failures, skip_bad_images)
-    table = table.copy()
+    table = table.assign(row=np.arange(len(table)))
+    table, notes = _without_failures(data_dir, table, failures, skip_bad_images)
     table["label"] = _labels(table, task)
     table["split"], protocol, split_notes = _split(table, data_dir, split_method, split_file, fractions, split_seed)
     return Dataset(images, table, task, class_names(task), tuple(image_size), fingerprint, protocol,
@@ -110,31 +150,34 @@ def load_dataset(
 def _cached_or_decoded(
     table: pd.DataFrame, paths: list[Path | None], image_size: tuple[int, int], cache_dir: Path, key: str
 ) -> tuple[np.ndarray, dict[str, str]]:
-    """The images in table order and ``{image_id: reason}`` of those that failed, from the cache if it has them."""
-    cached = read_cache(cache_dir, key)
+    """The images in table order, memory-mapped from the cache (decoded into it first on a miss), and
+    ``{image_id: reason}`` of those that failed."""
+    shape = (len(table), *image_size, 3)
+    cached = read_cache(cache_dir, key, shape)
     if cached is not None:
         return cached
     started = time.monotonic()
-    present = [i for i, p in enumerate(paths) if p is not None]
-    with console.progress(len(present), f"decoding {len(present)} images to {image_size[0]}x{image_size[1]}") as bar:
-        decoded, failed_at = load_images([paths[i] for i in present], image_size, progress=bar)
-    # Missing and undecodable images keep a black placeholder so rows and images stay aligned.
-    images = np.zeros((len(table), *image_size, 3), dtype=np.uint8)
-    images[present] = decoded
-    failures = {table["image_id"][i]: "missing" for i, p in enumerate(paths) if p is None}
-    failures |= {table["image_id"][present[j]]: reason for j, reason in failed_at.items()}
-    write_cache(cache_dir, key, images, failures)
-    console.info(f"decoded {len(present)} images in {time.monotonic() - started:.1f}s; "
-                 f"cached as {cache_dir / key}.npy")
+    present = sum(p is not None for p in paths)
+
+    def fill(images: np.ndarray) -> dict[str, str]:
+        # Missing and undecodable images keep a black placeholder so rows and images stay aligned.
+        with console.progress(present, f"decoding {present} images to {image_size[0]}x{image_size[1]}") as bar:
+            _, failed_at = load_images(paths, image_size, out=images, progress=bar)
+        failures = {table["image_id"][i]: "missing" for i, p in enumerate(paths) if p is None}
+        return failures | {table["image_id"][i]: reason for i, reason in failed_at.items()}
+
+    images, failures = write_cache(cache_dir, key, shape, fill)
+    console.info(f"decoded {present} images in {time.monotonic() - started:.1f}s; cached as {cache_dir / key}.npy")
     return images, failures
 
 
 def _without_failures(
-    data_dir: Path, table: pd.DataFrame, images: np.ndarray, failures: dict[str, str], skip_bad_images: bool
-) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
-    """Raise on bad images, or with ``skip_bad_images`` leave them out and say how many in a note."""
+    data_dir: Path, table: pd.DataFrame, failures: dict[str, str], skip_bad_images: bool
+) -> tuple[pd.DataFrame, list[str]]:
+    """Raise on bad images, or with ``skip_bad_images`` leave their rows out of the table (their images stay in the
+    shared array, unused) and say how many in a note."""
     if not failures:
-        return table, images, []
+        return table, []
     first = ", ".join(f"{image_id} ({reason})" for image_id, reason in list(failures.items())[:5])
     if not skip_bad_images:
         raise DataError(
@@ -142,11 +185,10 @@ def _without_failures(
             "fix them or pass --skip-bad-images to leave them out"
         )
     note = f"skipped {len(failures)} of {len(table)} images (first: {first}) that are missing or unreadable"
-    keep = ~table["image_id"].isin(failures).to_numpy()
-    table, images = table[keep].reset_index(drop=True), images[keep]
+    table = table[~table["image_id"].isin(failures).to_numpy()].reset_index(drop=True)
     if table.empty:
         raise DataError(f"{data_dir}: no readable image is left after skipping the bad ones")
-    return table, images, [note]
+    return table, [note]
 
 
 def _labels(table: pd.DataFrame, task: str) -> pd.Series:

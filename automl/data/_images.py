@@ -10,14 +10,76 @@ cannot drift apart.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 RESIZE_METHOD = "bilinear, antialiased (tf.image.resize antialias=True), rounded to uint8"
+
+
+def _readable_suffixes() -> tuple[str, ...]:
+    """The file suffixes of every format Pillow can open here (JPEG, PNG, TIFF, BMP, WebP, ...), less the
+    stub formats whose pixels Pillow cannot decode without an outside handler (HDF5, GRIB, BUFR, ...)."""
+    from PIL import ImageFile
+
+    Image.init()
+
+    def decodes(name: str) -> bool:
+        opener = Image.OPEN.get(name, (None,))[0]  # an ImageFile class, or a factory function (JPEG's)
+        return opener is not None and not (isinstance(opener, type) and issubclass(opener, ImageFile.StubImageFile))
+
+    return tuple(sorted(suffix for suffix, name in Image.registered_extensions().items() if decodes(name)))
+
+
+#: Suffixes (lower case) of the files a folder scan takes as images.
+IMAGE_SUFFIXES = _readable_suffixes()
+
+
+@dataclass
+class ImageScan:
+    """What a folder scan found: the image files (sorted as walked), and every other file with why it is not one."""
+
+    files: list[Path] = field(default_factory=list)
+    others: dict[Path, str] = field(default_factory=dict)
+
+    def by_id(self) -> tuple[dict[str, Path], dict[Path, str]]:
+        """Each image id's (file stem's) file, and the files passed over because an earlier one has their id."""
+        found: dict[str, Path] = {}
+        repeated: dict[Path, str] = {}
+        for path in self.files:
+            if path.stem in found:
+                repeated[path] = f"same image id as {found[path.stem]}"
+            else:
+                found[path.stem] = path
+        return found, repeated
+
+
+def skipped_line(skipped: dict[Path, str], limit: int = 5) -> str | None:
+    """One line counting the files a scan passed over and naming the first ``limit`` with why; None if none."""
+    if not skipped:
+        return None
+    first = "; ".join(f"{path.name} ({why})" for path, why in list(skipped.items())[:limit])
+    more = f" and {len(skipped) - limit} more" if len(skipped) > limit else ""
+    return f"skipped {len(skipped)} file(s): {first}{more}"
+
+
+def scan_images(data_dir: Path) -> ImageScan:
+    """Every file below ``data_dir``, sorted folder by folder: those whose suffix is an image format Pillow reads
+    (:data:`IMAGE_SUFFIXES`) are images, the others are named with their suffix. Hidden files and folders (``.name``)
+    are not looked at."""
+    scan = ImageScan()
+    for root, dirs, files in os.walk(data_dir):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(f for f in files if not f.startswith(".")):
+            path = Path(root) / name
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                scan.files.append(path)
+            else:
+                scan.others[path] = f"{path.suffix or 'no suffix'} is not an image format Pillow reads"
+    return scan
 
 
 def index_images(data_dir: Path) -> dict[str, Path]:
@@ -26,14 +88,7 @@ def index_images(data_dir: Path) -> dict[str, Path]:
     The public release splits images over ``HAM10000_images_part_1`` and ``_part_2``; others merge
     them into ``HAM10000_images``. Where one id appears twice, the first path in sorted order wins.
     """
-    found: dict[str, Path] = {}
-    for root, dirs, files in os.walk(data_dir):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            stem, suffix = os.path.splitext(name)
-            if suffix.lower() in IMAGE_SUFFIXES and stem not in found:
-                found[stem] = Path(root) / name
-    return found
+    return scan_images(data_dir).by_id()[0]
 
 
 def decode_image(path: Path) -> np.ndarray:
@@ -125,17 +180,20 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def load_images(
-    paths: Iterable[Path], size: tuple[int, int], progress=None
+    paths: Sequence[Path | None], size: tuple[int, int], out: np.ndarray | None = None, progress=None
 ) -> tuple[np.ndarray, dict[int, str]]:
-    """Decode and resize files in parallel.
+    """Decode and resize files in parallel, each straight into its row of ``out``.
 
-    Returns the (N, H, W, 3) uint8 array (zeros where a file failed) and ``{position: reason}`` for
-    the failures. ``progress`` is called with the count done, for progress bars.
+    ``out`` is an (N, H, W, 3) uint8 array for the N paths (a new zeroed one when None; the decode cache passes its
+    memory-mapped file, so the set is never held twice). A None path is skipped (its row stays as it is). Returns
+    ``out`` and ``{position: reason}`` for the files that could not be decoded. ``progress`` is called with the count
+    done, for progress bars. Memory beyond ``out``: each thread holds one image at a time, decoded and as the float32
+    copy the resize works on (about 4 MB at 600x450), and no thread waits with a finished image.
     """
     from concurrent.futures import ThreadPoolExecutor
 
     paths = list(paths)
-    out = np.zeros((len(paths), *size, 3), dtype=np.uint8)
+    out = np.zeros((len(paths), *size, 3), dtype=np.uint8) if out is None else out
     failures: dict[int, str] = {}
 
     def work(i: int) -> None:
@@ -145,8 +203,9 @@ def load_images(
             failures[i] = str(exc)
 
     # PIL's decoder and TensorFlow's kernels release the GIL, so threads use every core.
+    todo = [i for i, path in enumerate(paths) if path is not None]
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        for done, _ in enumerate(pool.map(work, range(len(paths))), start=1):
+        for done, _ in enumerate(pool.map(work, todo), start=1):
             if progress is not None:
                 progress(done)
     return out, failures

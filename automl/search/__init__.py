@@ -54,7 +54,7 @@ def run_search(
     # The runs and portfolio to start from, checked before anything is written; a resumed search has them already.
     sources = None if resume else read_sources(spec, Path(results_dir))
     settings, space = spec.search, spec.space
-    dataset = load_dataset(data_dir, skip_bad_images=skip_bad_images, cache_dir=cache_dir, **spec.data.dataset_args())
+    dataset = load_dataset(data_dir, skip_bad_images=skip_bad_images, cache_dir=cache_dir, **spec.search_dataset_args())
     for note in dataset.notes:
         console.info(f"note: {note}")
     warm = plan_warm_start(spec, sources, dataset)
@@ -118,7 +118,7 @@ def require_feasible(spec: Spec) -> None:
     from automl.spec import search_overrides
 
     probe = spec.with_overrides(search_overrides({"searcher": "random"}))
-    searcher(probe, spec.data.image_size, None).suggest("probe")
+    searcher(probe, spec.search_image_size, None).suggest("probe")
 
 
 def _record_start(run: RunLayout, spec: Spec, dataset: Dataset, data_dir: Path, resume: bool, storage,
@@ -186,6 +186,15 @@ def start_ray(address: str | None) -> None:
         # `automl jobs stop` (and any supervisor) sends SIGTERM, on which Ray's handler dumps a stack and
         # dies; as Ctrl-C instead, Tune stops gracefully and the run is marked interrupted, resumable.
         signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+
+
+def ray_on_this_machine() -> bool:
+    """Whether every node of the connected Ray cluster runs on this machine (embedded local Ray, or ``ray start``
+    nodes beside it): their workers can then open this machine's files, the decode cache among them."""
+    import ray
+
+    here = ray.util.get_node_ip_address()
+    return all(node["NodeManagerAddress"] == here for node in ray.nodes() if node.get("Alive"))
 
 
 def check_storage(storage: str | None) -> str | None:

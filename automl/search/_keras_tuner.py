@@ -15,7 +15,7 @@ import keras_tuner as kt
 from automl.data import Dataset
 from automl.errors import SpecError
 from automl.hparams import ModelConfig
-from automl.layout import EPOCH_SECONDS, PARAMETERS, RunLayout
+from automl.layout import EPOCH_SECONDS, IMAGE_SIZE, PARAMETERS, RunLayout, size_text
 from automl.search._feasible import Rejections
 from automl.spec import Spec
 from automl.store import RunStore
@@ -54,7 +54,7 @@ class SpaceHyperModel(kt.HyperModel):
         batches = training_batches(config, self.dataset, self.seed, first_epoch=initial_epoch)
         # Ours first (validation metrics, lr schedule): KerasTuner's own callbacks read the objective from the logs.
         ours = candidate_callbacks(self.dataset, self.spec.objective, self.spec.training, config=config)
-        return model.fit(batches, epochs=epochs, initial_epoch=initial_epoch, verbose=0,
+        return model.fit(batches, epochs=epochs, initial_epoch=initial_epoch, verbose=0, shuffle=False,
                          callbacks=[*ours, *callbacks, _StoreEpochs(self)])
 
 
@@ -74,7 +74,8 @@ class _StoreEpochs(keras.callbacks.Callback):
         hm = self.hypermodel
         import socket
 
-        costs = {PARAMETERS: self.model.count_params(), EPOCH_SECONDS: time.monotonic() - self.epoch_started}
+        costs = {PARAMETERS: self.model.count_params(), EPOCH_SECONDS: time.monotonic() - self.epoch_started,
+                 IMAGE_SIZE: size_text(hm.dataset.image_size)}
         hm.store.epoch(hm.trial_id, epoch + 1, costs | (logs or {}), time.monotonic() - hm.trial_started,
                        {"hostname": socket.gethostname(), "node_ip": "127.0.0.1"})
         hm.epochs_trained += 1

@@ -13,7 +13,7 @@ from automl import console
 from automl.data import Dataset
 from automl.errors import SpecError, UserError
 from automl.hparams import ModelConfig
-from automl.layout import RunLayout
+from automl.layout import IMAGE_SIZE, PARAMETERS, RunLayout, size_text
 from automl.objective import Objective
 from automl.search._searchers import searcher
 from automl.search._warm import WarmStart
@@ -71,7 +71,8 @@ class CandidateTrainable(tune.Trainable):
             return {"infeasible": self.infeasible, self.objective.name: self.objective.worst, "done": True}
         metrics = self.runner.run_epoch()
         extra = {"epoch": self.runner.epochs_done, "elapsed_s": time.monotonic() - self.started,
-                 "node_id": self.node_id, "parameters": int(self.runner.model.count_params())}
+                 "node_id": self.node_id, PARAMETERS: int(self.runner.model.count_params()),
+                 IMAGE_SIZE: size_text(self.dataset.image_size)}
         if self.restored_from_epoch is not None:
             extra["restored_from_epoch"] = self.restored_from_epoch
         return metrics | extra
@@ -347,8 +348,13 @@ def _delete_checkpoints(storage) -> None:
 
 
 def _trainable(dataset: Dataset, spec: Spec, trainable=None):
-    # with_parameters puts the dataset into the object store once; every trial gets that copy.
+    from automl.search import ray_on_this_machine
+
+    # with_parameters puts the dataset into the object store once: on this machine as the name of the decode cache,
+    # which every trial maps (one copy in the page cache), on a cluster as the images, once per node. A trial
+    # gathers its batches from that one array and copies none of it.
     settings = spec.search
+    dataset = dataset.shared_by_file(ray_on_this_machine())
     trainable = tune.with_parameters(trainable or CandidateTrainable, dataset=dataset, space=spec.space,
                                      objective=spec.objective, training=spec.training, seed=settings.seed,
                                      cpus=settings.cpu)

@@ -10,7 +10,8 @@ import pandas as pd
 
 from automl import console
 from automl.layout import (
-    FAMILY_COLUMN, PARAMETERS, SECONDS_PER_EPOCH, best_column, hp_column, hyperparameter_columns, hyperparameter_name,
+    FAMILY_COLUMN, IMAGE_SIZE, PARAMETERS, SECONDS_PER_EPOCH, best_column, hp_column, hyperparameter_columns,
+    hyperparameter_name,
 )
 from automl.objective import Objective
 from automl.store import STATUSES, RunStore, missing
@@ -98,6 +99,8 @@ class Report:
         if family:
             columns.append(("family", lambda r: _short(r.get(FAMILY_COLUMN))))
         columns.append(("epochs", lambda r: str(int(r.get("epochs") or 0))))
+        if IMAGE_SIZE in trials:
+            columns.append(("px", lambda r: str(r.get(IMAGE_SIZE) or "-")))
         if PARAMETERS in trials:
             columns.append(("params", lambda r: _count(r.get(PARAMETERS))))
         if SECONDS_PER_EPOCH in trials:
