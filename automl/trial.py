@@ -411,7 +411,7 @@ class CandidateFit:
                               keras.callbacks.LearningRateScheduler(lambda epoch, _: rates[epoch]),
                               EpochCost(samples_per_epoch(dataset))]
         self.history: list[dict] = []
-        self.seconds = 0.0
+        self.seconds, self._started = 0.0, None  # training seconds so far; when the running fit began
 
     @property
     def epochs_done(self) -> int:
@@ -423,7 +423,7 @@ class CandidateFit:
     def run(self, callbacks: Sequence[keras.callbacks.Callback] = ()) -> FitResult:
         """Train the epochs not done yet (all of them, unless restored), then restore the best weights."""
         stopping = self._stopping()
-        started = time.monotonic()
+        self._started = started = time.monotonic()
         if self.epochs_done < self.epochs and not (stopping and stopping.stopped_epoch):
             self.model.fit(training_batches(self.config, self.dataset, self.seed, first_epoch=self.epochs_done),
                            epochs=self.epochs, initial_epoch=self.epochs_done, verbose=0, shuffle=False,
@@ -431,6 +431,7 @@ class CandidateFit:
         elif stopping is not None and stopping.best_weights is not None:
             self.model.set_weights(stopping.best_weights)  # stopped before the interruption: as its end did
         self.seconds += time.monotonic() - started
+        self._started = None
         best = self.objective.best_index([r.get(self.objective.name) for r in self.history])
         return FitResult(model=self.model, history=self.history,
                          best_epoch=self.history[best]["epoch"] if best is not None else 0,
@@ -442,7 +443,8 @@ class CandidateFit:
         :meth:`run` has seen it, e.g. from the last of its ``callbacks``)."""
         folder = Path(folder)
         self.model.save(folder / self.MODEL)
-        state = {"history": self.history, "seconds": self.seconds,
+        running = time.monotonic() - self._started if self._started is not None else 0.0
+        state = {"history": self.history, "seconds": self.seconds + running,
                  **{type(c).__name__: c.state() for c in self.callbacks
                     if isinstance(c, PlateauSchedule | ResumableEarlyStopping)}}
         stopping = self._stopping()

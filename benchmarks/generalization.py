@@ -83,7 +83,7 @@ def train_one(lever: str, seed: int, data_dir: Path, folder: Path) -> dict:
     else:
         result = fit_candidate(config, dataset, spec.objective, spec.training, seed=seed)
     seconds = time.monotonic() - started
-    probs = {split: predict_proba(result.model, dataset.subset(split)[0]) for split in ("val", "test")}
+    probs = {split: predict_proba(result.model, dataset.images, dataset.rows(split)) for split in ("val", "test")}
     with tempfile.TemporaryDirectory() as scratch:
         model_dir = Path(scratch) / "model"
         card = {"name": f"generalization {lever} seed {seed}", "task": dataset.task,
@@ -134,7 +134,7 @@ def summarise(folder: Path, levers: list[str], seeds: list[int], data_dir: Path)
     spec = load_spec(RunLayout(REFERENCE).spec)
     dataset = load_dataset(data_dir, **spec.data.dataset_args())
     classes = list(dataset.class_names)
-    y_val, y_test = dataset.subset("val")[1], dataset.subset("test")[1]
+    y_val, y_test = dataset.labels("val"), dataset.labels("test")
     labels = pd.read_csv(ARCHIVE / "labels.csv").set_index("image_id")["dx"]
     runs = {}
     for lever in levers:

@@ -58,21 +58,43 @@ MB = 1024 * 1024
 
 
 def memory(pid: int) -> dict[str, int] | None:
-    """RSS, PSS and USS (private clean + dirty) of a process in bytes, or None when it has gone."""
+    """RSS, PSS, USS (private clean + dirty) and anonymous memory of a process in bytes, or None when it has gone.
+
+    USS counts the pages of a memory-mapped file that no other process maps as this one's own (private clean):
+    the decode cache's pages, when one process alone reads them. Anonymous memory is what the process holds that is
+    no file's: a copy of the images would be there, the memory-mapped cache is not."""
     try:
         text = Path(f"/proc/{pid}/smaps_rollup").read_text()
     except OSError:
         return None
     fields = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in text.splitlines()[1:] if line.endswith("kB")}
     return {"rss": fields.get("Rss", 0), "pss": fields.get("Pss", 0),
-            "uss": fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)}
+            "uss": fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0), "anon": fields.get("Anonymous", 0)}
+
+
+def descendants(root: int) -> list[int]:
+    """Every process below ``root``, from the parent ids in ``/proc/PID/stat``."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # gone meanwhile
+            children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 class Sampler(threading.Thread):
     """Peak memory of a process tree every ``period`` seconds, by role: the root (``driver``) and each descendant
     whose command line names the trial's trainable (``trial``)."""
 
-    def __init__(self, root: int, period: float = 0.2):
+    def __init__(self, root: int, period: float = 0.1):
         super().__init__(daemon=True)
         self.root, self.period, self.peaks, self.done = root, period, {}, threading.Event()
 
@@ -83,17 +105,11 @@ class Sampler(threading.Thread):
             command = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
         except OSError:
             return None
-        return "trial" if "CandidateTrainable" in command else None
+        return "trial" if command.startswith("ray::") and "Trainable" in command else None
 
     def run(self) -> None:
-        import psutil
-
         while not self.done.is_set():
-            try:
-                pids = [self.root, *(p.pid for p in psutil.Process(self.root).children(recursive=True))]
-            except psutil.NoSuchProcess:
-                return
-            for pid in pids:
+            for pid in [self.root, *descendants(self.root)]:
                 role, used = self.role(pid), memory(pid)
                 if role and used:
                     peak = self.peaks.setdefault(role, {k: 0 for k in used})
@@ -170,16 +186,16 @@ def report(rows: list[dict], args) -> None:
     def mb(value) -> str:
         return "-" if value is None else f"{value / MB:,.0f}"
 
-    columns = ["label", "part", "size", "decoded set MB", "peak RSS MB (kernel)", "driver USS", "driver PSS",
-               "trial USS", "trial PSS", "trial RSS", "seconds"]
+    columns = ["label", "part", "size", "decoded set MB", "peak RSS MB (kernel)", "driver anon", "driver USS",
+               "driver PSS", "trial anon", "trial USS", "trial PSS", "trial RSS", "seconds"]
     table = []
     for row in sorted(rows, key=lambda r: (r["part"], r["label"] != "before", SIZES.index(r["size"])
                                            if r["size"] in SIZES else 9)):
         peaks = row["peaks"]
         driver, trial = peaks.get("driver", {}), peaks.get("trial", {})
         table.append([row["label"], row["part"], row["size"], f"{decoded_mb(row['size']):,.0f}", mb(row["max_rss"]),
-                      mb(driver.get("uss")), mb(driver.get("pss")), mb(trial.get("uss")), mb(trial.get("pss")),
-                      mb(trial.get("rss")), f"{row['seconds']:.0f}"])
+                      mb(driver.get("anon")), mb(driver.get("uss")), mb(driver.get("pss")), mb(trial.get("anon")),
+                      mb(trial.get("uss")), mb(trial.get("pss")), mb(trial.get("rss")), f"{row['seconds']:.0f}"])
     growth = []
     for label in sorted({r["label"] for r in rows}):
         train = {r["size"]: r for r in rows if r["label"] == label and r["part"] == "train"}
@@ -189,7 +205,10 @@ def report(rows: list[dict], args) -> None:
             growth.append([label, f"{extra:,.0f}", f"{data:,.0f}", f"{extra / data:.2f}"])
     title = "Memory of automl train (one epoch) and of one search trial, 10,015 images, MB"
     caption = ("train: automl train; trial: automl search, 1 trial of 1 epoch (driver = the search process, trial = "
-               "its Ray worker); cold: automl train decoding into an empty cache. USS = the process's own pages; PSS "
+               "its Ray worker); cold: automl train decoding into an empty cache. Peaks over the run, sampled every "
+               "0.1 s. anon = anonymous memory, the process's own heap (a copy of the images lands here, the "
+               "memory-mapped cache does not); USS = pages no other process maps, including the cache file's pages "
+               "that only this process has read (page cache, shared as soon as a second trial reads them); PSS "
                "shares each shared page among its users; RSS counts shared pages whole.")
     print_table(title, columns, table, caption=caption, left=("label", "part"))
     growth_columns = ["label", "peak RSS 128 px - 28 px (MB)", "decoded set 128 - 28 (MB)", "times the decoded set"]

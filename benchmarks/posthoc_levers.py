@@ -46,10 +46,12 @@ def archive_probs(model, files: list[Path], classes: list[str], labelled) -> tup
     return probabilities(table, classes), table["image_id"].to_numpy()
 
 
-def predict(model, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """The graph's probabilities on a split's images (all of one size)."""
-    return np.concatenate([model(images[i:i + batch_size], training=False).numpy()
-                           for i in range(0, len(images), batch_size)])
+def predict(model, dataset, split: str) -> np.ndarray:
+    """The graph's probabilities on a split's images (all of one size), gathered batch by batch."""
+    from automl.trial import gathered
+
+    return np.concatenate([model(batch, training=False).numpy()
+                           for batch in gathered(dataset.images, dataset.rows(split))])
 
 
 def main() -> int:
@@ -74,7 +76,7 @@ def main() -> int:
     spec, summary = load_spec(run.spec), run.read_ensemble()
     dataset = load_dataset(args.data, **spec.data.dataset_args())
     classes = list(dataset.class_names)
-    (x_val, y_val), (x_test, y_test) = dataset.subset("val"), dataset.subset("test")
+    y_val, y_test = dataset.labels("val"), dataset.labels("test")
     labels = pd.read_csv(args.archive / "labels.csv").astype({"image_id": str}).set_index("image_id")["dx"]
     files = collect_inputs([args.archive / "images"])
     console.info(f"{run.name}: ensemble {summary['method']} (TTA {summary.get('tta')}, decision "
@@ -95,7 +97,8 @@ def main() -> int:
                 console.info(f"{name}: left out ({exc})")
                 continue
             archive, ids = archive_probs(model, files, classes, labels.index)
-            raw[tta, decision] = {"val": predict(model, x_val), "test": predict(model, x_test), "archive": archive,
+            raw[tta, decision] = {"val": predict(model, dataset, "val"), "test": predict(model, dataset, "test"),
+                                  "archive": archive,
                                   "archive_ids": ids}
         probs = dict(raw[tta, decision])
         temperature = fit_temperature(probs["val"], y_val) if calibrate else 1.0

@@ -17,14 +17,17 @@ def test_run_then_predict(tiny_ham, tmp_path, capsys):
     spec = tmp_path / "tiny.yaml"
     spec.write_text(TINY_SEARCH + "training: {epochs: 4, early_stopping_patience: 2}\n")
     results = tmp_path / "results"
-    # --metric val_auc: one objective for the search, the retrain, the ensemble and the report.
+    # --metric val_auc: one objective for the search, the retrain, the ensemble and the report. The search trains at
+    # 12 px, every later stage at the spec's 16 px.
     code = main(["run", str(spec), "--data", str(tiny_ham), "--name", "e2e", "--results", str(results),
-                 "--top-k", "2", "--seeds", "2", "--metric", "val_auc", "--decision", "prior"])
+                 "--top-k", "2", "--seeds", "2", "--metric", "val_auc", "--decision", "prior",
+                 "--search-image-size", "12"])
     assert code == 0, capsys.readouterr().err
     run_dir = results / "e2e"
 
     members = read_members(run_dir)
     assert len(members) == 4 and (members["epochs"] <= 4).all()
+    assert set(RunLayout(run_dir).read_trials()["image_size"]) == {"12x12"} and set(members["image_size"]) == {"16x16"}
     assert {"val_balanced_accuracy", "test_balanced_accuracy", "trial_id", "seed"} <= set(members.columns)
     run = RunLayout(run_dir)
     for member in members.to_dict("records"):  # every TTA mode stored; what each member learnt from recorded
@@ -53,6 +56,8 @@ def test_run_then_predict(tiny_ham, tmp_path, capsys):
     assert card["classes"] == list(DX_CLASSES) and "not for diagnosis" in card["intended_use"]
     assert (card["tta"], card["decision"], card["temperature"]) == (summary["tta"], "prior", summary["temperature"])
     assert card["trained_on"] == "train" and "test_after_temperature" in card["calibration"]
+    assert (card["image_size"], card["search_image_size"]) == ([16, 16], [12, 12])
+    assert "members at 16x16 pixels (searched at 12x12)" in report
     # The shipped graph's size: each member's, as retrain recorded it, and the sum.
     sizes = members.set_index("member_id")["parameters"]
     assert all(m["parameters"] == sizes[m["member_id"]] > 0 for m in card["members"])

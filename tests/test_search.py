@@ -156,7 +156,8 @@ def test_a_trial_gathers_its_batches_from_the_shared_decode_cache_and_copies_no_
 
     spec = load_spec(tiny_spec).with_overrides(search_overrides({"searcher": "random", "num_samples": 2,
                                                                  "scheduler": "none", "max_epochs": 1}))
-    run_search(spec, tiny_ham, "shared", tmp_path / "results", trainable=Inspected)
+    run_dir = run_search(spec, tiny_ham, "shared", tmp_path / "results", trainable=Inspected)
+    assert read_trials(run_dir)["image_size"].tolist() == ["16x16", "16x16"]  # each trial's size, beside its cost
     records = [json.loads(p.read_text()) for p in seen.iterdir()]
     assert len(records) == 2
     for record in records:

@@ -92,6 +92,8 @@ def test_non_finite_out_of_range_duplicate_and_conflicting_values_are_one_clear_
         ("hyperparameters:\n  conv_blocks: 2.5\n", r"hyperparameters.conv_blocks: expected int, got 2.5"),
         ("hyperparameters:\n  colour: red\n", r"unknown hyperparameter 'colour'"),
         ("data: [1, 2\n", r"not valid YAML \(line"),
+        ("data: {image_size: 32}\nsearch: {image_size: 64}\n",
+         r"search.image_size 64x64 is larger than data.image_size 32x32"),
         ("- a\n- b\n", r"expected a mapping of keys"),
     ],
 )
@@ -186,3 +188,11 @@ def test_search_budget_and_tpe_settings(tmp_path):
     assert not spec.search.budget_spent(10**9)  # no epoch budget: never spent
     with pytest.raises(SpecError, match="--epoch-budget: 0 is below the minimum 1"):
         spec.with_overrides({"search.epoch_budget": 0})
+
+
+def test_a_search_trains_at_search_image_size_and_every_later_stage_at_data_image_size(tmp_path):
+    spec = load_spec(write(tmp_path, "data: {image_size: 96}\nsearch: {image_size: [24, 32]}\n"))
+    assert spec.search_image_size == (24, 32) and spec.search_dataset_args()["image_size"] == (24, 32)
+    assert spec.data.dataset_args()["image_size"] == (96, 96)
+    assert load_spec(write(tmp_path, "data: {image_size: 64}\n")).search_image_size == (64, 64)  # by default
+    assert spec.with_overrides({"search.image_size": "48"}).search_image_size == (48, 48)  # --search-image-size

@@ -82,6 +82,10 @@ class Dataset:
         state = self.__dict__.copy()
         if self.images_by_file:
             state["images"] = _MappedImages(str(self.images.filename), self.images.shape)
+        elif isinstance(self.images, np.memmap):
+            # As a plain array: pickle protocol 5 then hands its buffer over without a copy, which Ray's object store
+            # keeps once and maps read-only into each worker (a memmap would be copied into every one).
+            state["images"] = self.images.view(np.ndarray)
         return state
 
     def __setstate__(self, state: dict) -> None:
