@@ -51,8 +51,9 @@ from automl.trial import epoch_line, expected_class_mix
 from automl.weights import require_weights
 
 
-def top_configurations(run_dir: Path, top_k: int) -> list[dict]:
-    """The ``top_k`` best finished trials by the run's objective: ``{trial_id, score, params}``."""
+def top_configurations(run_dir: Path, top_k: int | None) -> list[dict]:
+    """The ``top_k`` best finished trials by the run's objective (all of them, best first, when None):
+    ``{trial_id, score, params}``."""
     run = RunLayout(run_dir)
     objective, trials = Objective.from_record(run.read_info(required=True)), run.read_trials()
     column = best_column(objective.name)
@@ -63,8 +64,32 @@ def top_configurations(run_dir: Path, top_k: int) -> list[dict]:
         raise UserError(f"{run.root}: no trial finished an epoch; nothing to retrain")
     return [
         {"trial_id": row["trial_id"], "score": float(row[column]), "params": _params(row)}
-        for _, row in objective.sort(usable, column).head(top_k).iterrows()
+        for _, row in objective.sort(usable, column).head(len(usable) if top_k is None else top_k).iterrows()
     ]
+
+
+def trainable_at(configs: list[dict], spec: Spec, dataset: Dataset, top_k: int) -> list[dict]:
+    """The first ``top_k`` of ``configs`` (best first) that can be built at the dataset's image size: a search at a
+    smaller ``search.image_size`` can rank first a candidate whose flatten head grows past
+    ``training.max_parameters`` at the larger size. Those left out are named on the console."""
+    from automl.errors import SpecError
+    from automl.trial import build_candidate
+
+    kept, left_out = [], []
+    for config in configs:
+        if len(kept) == top_k:
+            break
+        try:
+            build_candidate(ModelConfig.from_params(config["params"]), dataset, spec.training)
+        except SpecError as exc:
+            left_out.append(f"trial {config['trial_id']} ({str(exc).partition(': ')[2] or exc})")
+            continue
+        kept.append(config)
+    if left_out:
+        size = "x".join(map(str, dataset.image_size))
+        console.info(f"left out {len(left_out)} of the search's best configurations that cannot be trained at "
+                     f"{size}: {'; '.join(left_out)}")
+    return kept
 
 
 def _params(row) -> dict:
@@ -87,7 +112,10 @@ def retrain(
     run = RunLayout(run_dir)
     spec, info, dataset = _run_data(run, data_dir, skip_bad_images, cache_dir)
     epochs = epochs or spec.training.epochs
-    configs = top_configurations(run.root, top_k)
+    if tuple(info["image_size"]) == dataset.image_size:
+        configs = top_configurations(run.root, top_k)  # the search built each of them at this size already
+    else:
+        configs = trainable_at(top_configurations(run.root, None), spec, dataset, top_k)
     members = [
         {"member_id": f"m{i * seeds + s + 1:02d}", "trial_id": c["trial_id"], "search_score": c["score"],
          "seed": spec.training.seed + s, "params": c["params"]}

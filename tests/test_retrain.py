@@ -153,3 +153,20 @@ def test_a_retrain_run_again_goes_on_from_each_members_last_epoch(tiny_ham, tmp_
     members = RunLayout(run_dir).read_members()
     assert members["epochs"].tolist() == [3] and members["image_size"].tolist() == ["16x16"]
     assert not (run_dir / RunLayout.members_experiment("retrain")).exists()  # gone once the members are collected
+
+
+def test_configurations_too_big_at_the_retrain_size_are_left_out_and_named(tiny_ham, capsys):
+    from automl.data import load_dataset
+    from automl.retrain import trainable_at
+    from automl.spec import parse_spec
+
+    spec = parse_spec({"data": {"image_size": 16}, "training": {"max_parameters": 20_000}})
+    dataset = load_dataset(tiny_ham, image_size=(16, 16))
+    # A flatten head grows with the image: 4x4x8 x 64 units fits at 8 px, 8x8x8 x 64 (32,768 weights) not at 16 px.
+    flatten = {"conv_blocks": 1, "base_filters": 8, "head": "flatten", "dense_units": 64}
+    gap = flatten | {"head": "gap"}
+    configs = [{"trial_id": "big", "params": flatten}, {"trial_id": "a", "params": gap},
+               {"trial_id": "b", "params": gap | {"dense_units": 32}}]
+    assert [c["trial_id"] for c in trainable_at(configs, spec, dataset, top_k=2)] == ["a", "b"]
+    assert "left out 1 of the search's best configurations that cannot be trained at 16x16: trial big" in (
+        capsys.readouterr().err)
