@@ -130,7 +130,8 @@ def measure_sizes(args, run: RunLayout, best_rows: dict, columns: list[str]) -> 
         hw = parse_image_size(size, "--sizes")
         dataset = load_dataset(args.data, **(spec.data.dataset_args() | {"image_size": hw}))
         for family, best in best_rows.items():
-            params = trial_params(trials.loc[best["trial_id"]], columns)
+            # In the space's own types (an int column with gaps reads back as floats).
+            params = spec.space.configuration(trial_params(trials.loc[best["trial_id"]], columns))
             cost = epoch_seconds_at(params, dataset, args.batches)
             rows.append({"family": family, "trial_id": best["trial_id"], "size": list(hw), **cost})
             table.append(f"| {family} | {best['trial_id']} | {hw[0]}x{hw[1]} | {cost['parameters'] / 1e6:.2f}M | "
