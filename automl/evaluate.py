@@ -35,7 +35,7 @@ from automl import console
 from automl.ensemble import METHODS, Ensemble, build_ensemble
 from automl.errors import UserError
 from automl.files import atomic_write, staged_dir, write_json
-from automl.layout import RunLayout, member_image_size
+from automl.layout import RunLayout, member_image_size, size_text
 from automl.metrics import HEADLINE, bootstrap_intervals, calibration_metrics, classification_metrics
 from automl.objective import Objective
 from automl.posthoc import (
@@ -220,14 +220,14 @@ def bootstrap_ci(y: np.ndarray, probs: np.ndarray, classes: tuple[str, ...], rou
 
 def _searched_at(info: dict) -> str:
     searched = tuple(info["image_size"])
-    return "" if searched == member_image_size(info) else f" (searched at {'x'.join(map(str, searched))})"
+    return "" if searched == member_image_size(info) else f" (searched at {size_text(searched)})"
 
 
 def report_markdown(name: str, info: dict, summary: dict, results: dict) -> str:
     best = summary["best_member"]
     lines = [
         f"# {name}: ensemble report", "",
-        (f"Task {info.get('task')}, members at {'x'.join(map(str, member_image_size(info)))} pixels"
+        (f"Task {info.get('task')}, members at {size_text(member_image_size(info))} pixels"
          f"{_searched_at(info)}, split: {summary['split']}. "
          f"Ensemble method: {summary['method']}, selected by {_objective_text(summary)} on validation only; "
          "the test split was used for nothing but this report."),

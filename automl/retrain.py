@@ -86,9 +86,8 @@ def trainable_at(configs: list[dict], spec: Spec, dataset: Dataset, top_k: int) 
             continue
         kept.append(config)
     if left_out:
-        size = "x".join(map(str, dataset.image_size))
         console.info(f"left out {len(left_out)} of the search's best configurations that cannot be trained at "
-                     f"{size}: {'; '.join(left_out)}")
+                     f"{size_text(dataset.image_size)}: {'; '.join(left_out)}")
     return kept
 
 
@@ -126,9 +125,8 @@ def retrain(
     console.info(
         f"retraining {len(configs)} configurations x {seeds} seed(s) = {len(members)} members for up to "
         f"{epochs} epochs (early stopping patience {spec.training.early_stopping_patience} on {spec.objective}) "
-        f"at {dataset.image_size[0]}x{dataset.image_size[1]}"
-        + ("" if tuple(info["image_size"]) == dataset.image_size
-           else f" (searched at {info['image_size'][0]}x{info['image_size'][1]})")
+        f"at {size_text(dataset.image_size)}"
+        + ("" if tuple(info["image_size"]) == dataset.image_size else f" (searched at {size_text(info['image_size'])})")
     )
     started, wall = utc_now(), time.monotonic()
     results = _train_members(spec, dataset, members, epochs, address, info.get("storage"), run)
