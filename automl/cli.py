@@ -78,11 +78,19 @@ def _train_parser(commands) -> None:
 
 def _run_folder_args(parser: argparse.ArgumentParser, search: bool) -> None:
     """Where a run lives, and for the commands that search, where its cluster and checkpoints are."""
-    parser.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: results)")
+    _results_arg(parser)
     if search:
         parser.add_argument("--address", help="Ray cluster address (default: embedded local Ray)")
         parser.add_argument("--storage",
                             help="shared folder or s3:// / gs:// URI for Tune's checkpoints (multi-node clusters)")
+
+
+RESULTS_HELP = ("results folder, or a URI pyarrow opens (s3://bucket/prefix, gs://...; endpoint and credentials from "
+                "AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ... or the URI's ?endpoint_override=...) (default: results)")
+
+
+def _results_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--results", default="results", metavar="FOLDER_OR_URI", help=RESULTS_HELP)
 
 
 def _search_parser(commands) -> None:
@@ -100,7 +108,7 @@ def _stage_parser(commands, command: str, text: str) -> argparse.ArgumentParser:
     """A command that works on an existing run: ``automl COMMAND NAME [--results DIR]``."""
     parser = commands.add_parser(command, help=text)
     parser.add_argument("name", help="search run name")
-    parser.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: results)")
+    _results_arg(parser)
     return parser
 
 
@@ -128,7 +136,7 @@ def _ensemble_parser(commands) -> None:
 
 def _export_parser(commands) -> None:
     export = _stage_parser(commands, "export", "export a run's ensemble as a self-contained model folder")
-    export.add_argument("--out", type=Path, required=True, help="model folder to write")
+    export.add_argument("--out", required=True, metavar="FOLDER_OR_URI", help="model folder to write (or a URI)")
     export.add_argument("--overwrite", action="store_true", help="replace --out even if automl did not write it")
     export.add_argument("--refit", action="store_true",
                         help="export the members refit on train+val (automl retrain --refit), with the ensemble's "
@@ -138,7 +146,7 @@ def _export_parser(commands) -> None:
 
 def _predict_parser(commands) -> None:
     predict = commands.add_parser("predict", help="classify image files with an exported model")
-    predict.add_argument("model_dir", type=Path, help="folder written by automl export")
+    predict.add_argument("model_dir", help="folder written by automl export (or its URI: s3://...)")
     predict.add_argument("inputs", nargs="+", help="image files or folders")
     predict.add_argument("--out", type=Path, default=Path("preds.csv"), help="CSV to write (default preds.csv)")
     predict.add_argument("--batch-size", type=int, default=64)
@@ -148,12 +156,12 @@ def _predict_parser(commands) -> None:
 def _evaluate_parser(commands) -> None:
     evaluate = commands.add_parser("evaluate", help="measure an exported model on a labelled image folder "
                                                     "(metrics with intervals, report; never chooses anything)")
-    evaluate.add_argument("model_dir", type=Path, help="folder written by automl export")
+    evaluate.add_argument("model_dir", help="folder written by automl export (or its URI: s3://...)")
     evaluate.add_argument("--data", required=True, type=Path,
                           help="labelled folder: images, and labels.csv or HAM10000_metadata.csv (image_id,dx)")
     evaluate.add_argument("--labels", type=Path, help="labels CSV with image_id and dx columns (default: in --data)")
     evaluate.add_argument("--name", help="evaluation name (default: the data folder's name)")
-    evaluate.add_argument("--out", type=Path, help="output folder (default: MODEL_DIR/evaluations/NAME)")
+    evaluate.add_argument("--out", metavar="FOLDER_OR_URI", help="output folder (default: MODEL_DIR/evaluations/NAME)")
     evaluate.set_defaults(run=_evaluate)
 
 
@@ -176,7 +184,7 @@ def _run_parser(commands) -> None:
 def _dashboard_parser(commands) -> None:
     dashboard = commands.add_parser("dashboard",
                                     help="read-only web view of the results store; refreshes while searches run")
-    dashboard.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: results)")
+    _results_arg(dashboard)
     dashboard.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     dashboard.add_argument("--port", type=int, default=8050)
     dashboard.set_defaults(run=_dashboard)
@@ -187,8 +195,9 @@ def _submit_parser(commands) -> None:
     submit.add_argument("spec", type=Path, help="search spec (YAML), sent with the job")
     submit.add_argument("--data", required=True, help="HAM10000 folder on the cluster (the data is never uploaded)")
     submit.add_argument("--name", required=True, help="run name")
-    submit.add_argument("--results", required=True,
-                        help="results folder on the cluster's head node (absolute; shared if you want it elsewhere)")
+    submit.add_argument("--results", required=True, metavar="URI_OR_FOLDER",
+                        help="where the job writes the run: a URI (s3://bucket/prefix: read it from anywhere "
+                             "afterwards) or an absolute folder on the cluster's head node")
     submit.add_argument("--storage",
                         help="shared folder or s3:// / gs:// URI for Tune's checkpoints (needed with several nodes)")
     submit.add_argument("--split-file", dest=SPLIT_FILE_DEST,
@@ -253,7 +262,17 @@ def _run_folder(args: argparse.Namespace):
     from automl.layout import RunLayout
     from automl.lock import run_lock
 
-    run = RunLayout(args.results / args.name)
+    from automl.remote import Location, checked_out, is_uri
+
+    if is_uri(args.results):  # a working copy, mirrored to the URI; Tune's experiment goes there directly
+        location = Location.parse(args.results, "--results")
+        if getattr(args, "storage", "") is None:
+            args.storage = location.uri
+        with checked_out(location.join(args.name), args.command_line) as local:
+            yield RunLayout(local)
+        print(f"run folder: {location.join(args.name).display} (working copy {local})")
+        return
+    run = RunLayout(Path(args.results) / args.name)
     with run_lock(run.lock, args.command_line):
         yield run
 
@@ -266,8 +285,9 @@ def _search(args: argparse.Namespace) -> None:
         import_tensorflow_quietly()
         from automl.search import run_search
 
-        run_search(spec, args.data, run.name, args.results, address=args.address, resume=args.resume,
-                   skip_bad_images=args.skip_bad_images, cache_dir=args.cache_dir, storage=args.storage)
+        run_search(spec, args.data, run.name, run.root.parent, address=args.address, resume=args.resume,
+                   skip_bad_images=args.skip_bad_images, cache_dir=args.cache_dir, storage=args.storage,
+                   results_label=args.results)
 
 
 def _run_data_dir(args: argparse.Namespace, run) -> Path:
@@ -313,36 +333,70 @@ def _ensemble(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
+    import tempfile
+
     from automl.console import import_tensorflow_quietly
     from automl.files import check_output_dir
+    from automl.remote import Location, check_remote_output, is_uri, push_folder
 
-    check_output_dir(args.out, overwrite=args.overwrite)
-    with _run_folder(args) as run:
+    location = Location.parse(args.out, "--out") if is_uri(args.out) else None
+    if location:
+        check_remote_output(location, overwrite=args.overwrite)
+    else:
+        check_output_dir(Path(args.out), overwrite=args.overwrite)
+    with _run_folder(args) as run, tempfile.TemporaryDirectory() as scratch:
         run.read_ensemble()  # a run without an ensemble fails here, before TensorFlow's import
         import_tensorflow_quietly()
         from automl.export import export_run
 
-        out = export_run(run.root, args.out, overwrite=args.overwrite, refit=args.refit)
+        out = export_run(run.root, Path(scratch) / "model" if location else Path(args.out), overwrite=args.overwrite,
+                         refit=args.refit)
+        if location:
+            check_remote_output(location, overwrite=args.overwrite)  # again: the export took a while
+            push_folder(out, location)
+            out = location.display
     print(f"exported {out}{' (refit on train+val)' if args.refit else ''}: model.keras, saved_model/, "
           "model_card.json, model_card.md")
+
+
+def _model_folder(text: str) -> Path:
+    """A model folder given as a local path or as a URI (then pulled into a local copy, without its evaluations)."""
+    from automl.remote import Location, is_uri, pulled
+
+    if not is_uri(text):
+        return Path(text)
+    return pulled(Location.parse(text, "MODEL_DIR"), "model", lambda relative: relative.startswith("evaluations/"))
 
 
 def _predict(args: argparse.Namespace) -> None:
     from automl.console import import_tensorflow_quietly
 
+    model_dir = _model_folder(args.model_dir)
     import_tensorflow_quietly()
     from automl.predict import predict_files
 
-    predict_files(args.model_dir, args.inputs, args.out, batch_size=args.batch_size)
+    predict_files(model_dir, args.inputs, args.out, batch_size=args.batch_size)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
     from automl.console import import_tensorflow_quietly
+    from automl.layout import ModelLayout
+    from automl.remote import Location, is_uri, push_folder, working_copy
 
+    model_dir = _model_folder(args.model_dir)
+    # Written to a URI (--out's, or the model's own evaluations/): made in a local copy first, then copied there.
+    location = Location.parse(args.out, "--out") if is_uri(args.out) else None
+    out = working_copy(location, "evaluation") if location else args.out
     import_tensorflow_quietly()
     from automl.assess import evaluate_model
 
-    evaluate_model(args.model_dir, args.data, out=args.out, name=args.name, labels=args.labels)
+    results = evaluate_model(model_dir, args.data, out=out, name=args.name, labels=args.labels)
+    if location is None and args.out is None and is_uri(args.model_dir):
+        out = ModelLayout(model_dir).evaluation(results["name"]).root
+        location = Location.parse(args.model_dir, "MODEL_DIR").join("evaluations", results["name"])
+    if location:
+        push_folder(Path(out), location)
+        print(f"evaluation: {location.display}")
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -360,8 +414,9 @@ def _run(args: argparse.Namespace) -> None:
         if args.resume and run.read_info().get("status") == "finished":
             print(f"search {run.name} already finished; going on to retrain")
         else:
-            run_search(spec, args.data, run.name, args.results, address=args.address, resume=args.resume,
-                       skip_bad_images=args.skip_bad_images, cache_dir=args.cache_dir, storage=args.storage)
+            run_search(spec, args.data, run.name, run.root.parent, address=args.address, resume=args.resume,
+                       skip_bad_images=args.skip_bad_images, cache_dir=args.cache_dir, storage=args.storage,
+                       results_label=args.results)
             if run.read_info().get("status") != "finished":
                 return  # interrupted: run_search said how to resume
         write_run_info(run.root, command=args.command_line)
@@ -373,8 +428,13 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _dashboard(args: argparse.Namespace) -> None:
-    from automl.dashboard import serve
+    from automl.dashboard import REFRESH_S, serve
+    from automl.remote import Location, is_uri, kept_pulled
 
+    if is_uri(args.results):  # a local view of the URI, pulled again as often as the pages refresh
+        location = Location.parse(args.results, "--results")
+        serve(kept_pulled(location, REFRESH_S), host=args.host, port=args.port, shown=location.display)
+        return
     serve(args.results, host=args.host, port=args.port)
 
 
@@ -383,7 +443,11 @@ def _submit(args: argparse.Namespace) -> None:
     from automl.spec import SETTINGS, settings_with_flags
 
     spec = _search_spec(args, SUBMIT_GROUPS)  # a bad spec fails here, on the laptop, not on the cluster
-    if not Path(args.results).is_absolute():
+    from automl.remote import Location, is_uri
+
+    if is_uri(args.results):
+        Location.parse(args.results, "--results")  # a URI pyarrow cannot open fails here, not on the cluster
+    elif not Path(args.results).is_absolute():
         raise UserError(f"--results {args.results}: give an absolute path on the cluster "
                         "(the job's own folder is temporary)")
     jobs = _connect(args)

@@ -56,7 +56,7 @@ def _umasked(mode: int) -> int:
     return mode & ~umask
 
 
-def _record(command: str) -> dict:
+def holder_record(command: str) -> dict:
     return {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
             "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
 
@@ -70,14 +70,14 @@ def _read(fd: int) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def _describe(record: dict | None) -> str:
+def describe_holder(record: dict | None) -> str:
     if not record:
         return "another command (it has not said which yet)"
     return (f"pid {record.get('pid', '?')} on host {record.get('host', '?')} "
             f"({record.get('command', '?')}, since {record.get('since', '?')})")
 
 
-def _alive_here(record: dict) -> bool:
+def alive_here(record: dict) -> bool:
     """Whether ``record`` names a process still running on this host (not this one, and not a reused pid)."""
     pid = record.get("pid")
     if record.get("host") != socket.gethostname() or not isinstance(pid, int) or pid == os.getpid() or pid <= 0:
@@ -140,22 +140,23 @@ def _acquire(fd: int, lock_path: Path, run_dir: Path, command: str) -> None:
         if record is None:  # the holder took the lock a moment ago and is writing its record
             time.sleep(0.05)
             record = _read(fd)
-        raise RunLockedError(f"{run_dir} is in use by {_describe(record)}; wait for it to finish or stop it") from None
+        raise RunLockedError(f"{run_dir} is in use by {describe_holder(record)}; "
+                             "wait for it to finish or stop it") from None
     except OSError as exc:
         if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
             raise
         raise UserError(f"{lock_path}: the filesystem of {run_dir} does not support locks ({exc.strerror}); "
                         "keep run folders on a local disk or an NFS mount") from None
     previous = _read(fd)
-    if previous and _alive_here(previous):
+    if previous and alive_here(previous):
         # flock granted while the recorded holder runs here: the filesystem ignores locks, so trust the record.
         fcntl.flock(fd, fcntl.LOCK_UN)
-        raise RunLockedError(f"{run_dir} is in use by {_describe(previous)}; wait for it to finish or stop it")
+        raise RunLockedError(f"{run_dir} is in use by {describe_holder(previous)}; wait for it to finish or stop it")
     if previous:
         from automl import console  # only now: rich is not needed on the common path
 
-        console.info(f"{run_dir}: taking over the lock of {_describe(previous)}, which is no longer running")
-    data = json.dumps(_record(command)).encode()
+        console.info(f"{run_dir}: taking over the lock of {describe_holder(previous)}, which is no longer running")
+    data = json.dumps(holder_record(command)).encode()
     os.ftruncate(fd, 0)
     os.pwrite(fd, data + b"\n", 0)
 

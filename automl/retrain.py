@@ -44,6 +44,7 @@ from automl.layout import (HP_PREFIX, IMAGE_SIZE, PARAMETERS, RunLayout, best_co
 from automl.metrics import classification_metrics, prefixed
 from automl.objective import Objective
 from automl.posthoc import predict_modes, tta_modes
+from automl.remote import join
 from automl.spec import Spec, load_spec
 from automl.stages import SEEDS, TOP_K
 from automl.store import missing, utc_now, write_run_info
@@ -205,17 +206,16 @@ def _refit_member(run: RunLayout, member_id: str, table: pd.DataFrame) -> dict:
             "seed": int(row["seed"]), "params": params, "learning_rates": rates}
 
 
-def _members_experiment(storage: str | None, run: RunLayout, stage: str) -> str:
-    """Where the members' Tune experiment keeps its per-epoch checkpoints until every member has finished: in the run
-    folder, or below the search's shared storage on a multi-node cluster."""
-    return f"{storage}/{run.name}/{RunLayout.members_experiment(stage)}" if storage else str(
-        run.root.resolve() / RunLayout.members_experiment(stage))
+def _members_storage(storage: str | None, run: RunLayout) -> str:
+    """Where the members' Tune experiment (and its plan) keeps per-epoch checkpoints until every member has finished:
+    the run folder, or ``STORAGE/NAME`` on the search's shared storage (a URI's options kept at its end)."""
+    return join(storage, run.name) if storage else str(run.root.resolve())
 
 
-def _plan_file(experiment: str) -> tuple:
-    from pyarrow import fs
-
-    return fs.FileSystem.from_uri(f"{experiment}.plan.json")
+def _members_paths(storage: str | None, run: RunLayout, stage: str) -> tuple[str, str]:
+    """The members' experiment and its plan file."""
+    parent, name = _members_storage(storage, run), RunLayout.members_experiment(stage)
+    return join(parent, name), join(parent, f"{name}.plan.json")
 
 
 def _train_members(spec: Spec, dataset: Dataset, members: list[dict], epochs: int | None, address: str | None,
@@ -226,6 +226,7 @@ def _train_members(spec: Spec, dataset: Dataset, members: list[dict], epochs: in
     member stopped: finished members are kept, the others resume from their last epoch (:class:`CandidateFit`).
     """
     import ray
+    from pyarrow import fs
 
     from automl.search import ray_on_this_machine, start_ray
 
@@ -237,10 +238,10 @@ def _train_members(spec: Spec, dataset: Dataset, members: list[dict], epochs: in
                              cpus=settings.cpu),
         {"cpu": settings.cpu, "gpu": settings.gpu},
     )
-    experiment = _members_experiment(storage, run, stage)
+    experiment, plan_file = _members_paths(storage, run, stage)
     plan = json.dumps({"members": members, "epochs": epochs, "image_size": list(dataset.image_size)},
                       sort_keys=True, default=str)
-    plan_fs, plan_path = _plan_file(experiment)
+    plan_fs, plan_path = fs.FileSystem.from_uri(plan_file)
     if tune.Tuner.can_restore(experiment) and _read_text(plan_fs, plan_path) == plan:
         console.info(f"{stage}: going on from each member's last finished epoch ({experiment})")
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=True)
@@ -253,7 +254,7 @@ def _train_members(spec: Spec, dataset: Dataset, members: list[dict], epochs: in
             param_space={"member": tune.grid_search(list(range(len(members))))},
             tune_config=tune.TuneConfig(max_concurrent_trials=settings.max_concurrent),
             run_config=tune.RunConfig(
-                name=RunLayout.members_experiment(stage), storage_path=experiment.rpartition("/")[0], verbose=0,
+                name=RunLayout.members_experiment(stage), storage_path=_members_storage(storage, run), verbose=0,
                 failure_config=tune.FailureConfig(max_failures=settings.max_failures),
                 # The last checkpoint is all a member resumes from, and its final one is what it hands back.
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
@@ -286,8 +287,7 @@ def _forget_members_experiment(storage: str | None, run: RunLayout, stage: str) 
     """Delete the members' experiment and its plan (its members collected, or a different plan starting)."""
     from pyarrow import fs
 
-    experiment = _members_experiment(storage, run, stage)
-    for target in (experiment, f"{experiment}.plan.json"):
+    for target in _members_paths(storage, run, stage):
         filesystem, path = fs.FileSystem.from_uri(target)
         info = filesystem.get_file_info(path)
         if info.type == fs.FileType.Directory:

@@ -271,31 +271,47 @@ def test_importance_handles_conditional_and_too_few_trials(results):
         "needs at least 2 completed or pruned trials with a value; this run has 1"])
 
 
-@pytest.mark.skipif(not CHROMIUM.exists() or not CHROMEDRIVER.exists(),
-                    reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
-def test_pages_in_a_real_browser_with_live_refresh(results, tmp_path):
+needs_chromium = pytest.mark.skipif(
+    not CHROMIUM.exists() or not CHROMEDRIVER.exists(),
+    reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+
+
+def headless_chromium(tmp_path):
+    """Debian's Chromium under WebDriver, headless, with its own profile folder."""
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from werkzeug.serving import make_server
 
-    server = make_server("127.0.0.1", 0, create_app(results).server, threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_port}"
     options = Options()
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1400,1000"):
         options.add_argument(flag)
     options.binary_location = str(CHROMIUM)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
 
+
+def waiter(driver):
+    """``wait_for(condition, what, timeout_s)``: poll until true, or fail naming what and where."""
     def wait_for(condition, what, timeout_s=30.0):
         deadline = time.monotonic() + timeout_s
         while not condition():
             assert time.monotonic() < deadline, f"timed out waiting for {what} on {driver.current_url}"
             time.sleep(0.2)
+
+    return wait_for
+
+
+@needs_chromium
+def test_pages_in_a_real_browser_with_live_refresh(results, tmp_path):
+    from selenium.webdriver.common.by import By
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, create_app(results).server, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    driver = headless_chromium(tmp_path)
+    wait_for = waiter(driver)
 
     def graphs_drawn(count):
         return lambda: len(driver.find_elements(By.CSS_SELECTOR, ".dash-graph .main-svg")) >= count

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from automl.dashboard._app import create_app
+from automl.dashboard._app import REFRESH_S, create_app
 
-__all__ = ["create_app", "serve"]
+__all__ = ["REFRESH_S", "create_app", "serve"]
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def serve(results_dir: Path | str, host: str = "127.0.0.1", port: int = 8050) -> None:
-    """Serve the dashboard of ``results_dir`` at ``http://HOST:PORT/`` until interrupted."""
+def serve(results_dir: Path | str, host: str = "127.0.0.1", port: int = 8050, shown: str | None = None) -> None:
+    """Serve the dashboard of ``results_dir`` at ``http://HOST:PORT/`` until interrupted; ``shown`` names the results
+    where ``results_dir`` is a local view of them (a URI's, :func:`automl.remote.kept_pulled`)."""
     import os
     import socket
 
@@ -34,8 +35,8 @@ def serve(results_dir: Path | str, host: str = "127.0.0.1", port: int = 8050) ->
     except OSError as exc:
         raise UserError(f"--host {host} --port {port}: cannot listen there "
                         f"({os.strerror(exc.errno) if exc.errno else exc}); choose another --port") from None
-    app = create_app(results_dir)
+    app = create_app(results_dir, shown)
     if host not in LOOPBACK:
         console.info(f"warning: serving on {host}: anyone who can reach it can read these results (there is no login)")
-    console.info(f"dashboard of {Path(results_dir).resolve()} at http://{host}:{port}/ (Ctrl-C stops it)")
+    console.info(f"dashboard of {shown or Path(results_dir).resolve()} at http://{host}:{port}/ (Ctrl-C stops it)")
     app.run(host=host, port=port, debug=False)

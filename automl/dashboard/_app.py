@@ -25,8 +25,9 @@ EVALUATION_FILES = ("report.md", "roc.png", "reliability.png")  # of the exporte
 log = logging.getLogger(__name__)
 
 
-def create_app(results_dir: Path | str) -> dash.Dash:
-    """The dashboard of ``results_dir`` as a Dash app (``app.server`` is its Flask app); read-only."""
+def create_app(results_dir: Path | str, shown: str | None = None) -> dash.Dash:
+    """The dashboard of ``results_dir`` as a Dash app (``app.server`` is its Flask app); read-only. The header names
+    the results ``shown`` (a URI whose local view ``results_dir`` is), or ``results_dir``."""
     results_dir = Path(results_dir)
     # serve_locally: React, the renderer and plotly.js come from the installed packages, the style from assets/.
     app = dash.Dash(__name__, title="skin-automl dashboard", serve_locally=True, assets_folder=str(ASSETS),
@@ -37,7 +38,7 @@ def create_app(results_dir: Path | str) -> dash.Dash:
         dcc.Store(id="shown"),
         html.Header([html.Span("skin-automl", className="title"), dcc.Link("Experiments", href="/"),
                      dcc.Link("Compare", href="/compare"),
-                     html.Span(f"results: {results_dir.resolve()} · refreshes every {REFRESH_S} s",
+                     html.Span(f"results: {shown or results_dir.resolve()} · refreshes every {REFRESH_S} s",
                                className="where")]),
         html.Main(id="page"),
     ])

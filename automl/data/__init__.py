@@ -6,6 +6,7 @@
 >>> first_batch = ds.images[rows[:64]]  # doctest: +SKIP
 """
 
+from automl.data._cache import default_cache_dir
 from automl.data._dataset import BINARY_CLASSES, Dataset, class_names, load_dataset
 from automl.data._images import (IMAGE_SUFFIXES, RESIZE_METHOD, ImageScan, decode_image, index_images, resize_image,
                                  resize_tensor, scan_images, skipped_line)
@@ -23,6 +24,7 @@ __all__ = [
     "Dataset",
     "class_names",
     "decode_image",
+    "default_cache_dir",
     "grouped_split",
     "index_images",
     "lesion_leaks",

@@ -20,6 +20,7 @@ from automl.errors import UserError
 from automl.files import atomic_write
 from automl.layout import RunLayout
 from automl.search._report import Report
+from automl.remote import join
 from automl.search._warm import WarmStart, plan_warm_start, read_sources
 from automl.spec import Spec, load_spec
 from automl.store import RunStore, machine_info, utc_now, write_run_info
@@ -39,13 +40,15 @@ def run_search(
     cache_dir: Path | None = None,
     storage: str | None = None,
     trainable=None,
+    results_label: str | None = None,
 ) -> Path:
     """Run (or resume) the search a spec describes; returns the run folder.
 
     ``storage`` (a shared path or a ``s3://``/``gs://`` URI) is where Ray Tune keeps trial
     checkpoints, which a multi-node cluster needs; the results store stays in ``results_dir``.
     ``trainable`` replaces the Ray engine's :class:`~automl.search._ray.CandidateTrainable` (a
-    subclass, e.g. one that injects faults in tests or sleeps in benchmarks).
+    subclass, e.g. one that injects faults in tests or sleeps in benchmarks). ``results_label`` is how messages name
+    the results folder when ``results_dir`` is the working copy of a URI (:mod:`automl.remote`).
     """
     run = RunLayout(Path(results_dir) / name)
     spec, storage = _starting_spec(run, spec, resume, storage)
@@ -85,11 +88,12 @@ def run_search(
     if trials is not None:
         report.leaderboard(trials)
     report.budget_lines(info)
-    console.out.print(f"results: {run.root}  ({time.monotonic() - wall:.0f}s)")
+    shown = join(results_label, name) if results_label else run.root
+    console.out.print(f"results: {shown}  ({time.monotonic() - wall:.0f}s)")
     if interrupted:
         console.info(
             f"search interrupted; finished trials are kept. Resume with: automl search {spec.source or run.spec.name} "
-            f"--data {data_dir} --name {name} --results {results_dir} --resume"
+            f"--data {data_dir} --name {name} --results {results_label or results_dir} --resume"
         )
     return run.root
 
@@ -205,6 +209,9 @@ def check_storage(storage: str | None) -> str | None:
         return str(Path(storage).expanduser().resolve())
     from pyarrow import fs
 
+    from automl.remote import with_endpoint
+
+    storage = with_endpoint(storage)
     try:
         fs.FileSystem.from_uri(storage)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several types (no credentials, unknown scheme)

@@ -15,6 +15,7 @@ from automl.errors import SpecError, UserError
 from automl.hparams import ModelConfig
 from automl.layout import IMAGE_SIZE, PARAMETERS, RunLayout, size_text
 from automl.objective import Objective
+from automl.remote import join
 from automl.search._searchers import searcher
 from automl.search._warm import WarmStart
 from automl.space import SearchSpace
@@ -103,7 +104,7 @@ class CandidateTrainable(tune.Trainable):
 
 def experiment_root(run_dir: Path, storage: str | None) -> str:
     """Where Tune keeps the experiment (``<root>/ray``): the run folder, or ``STORAGE/NAME`` on shared storage."""
-    return f"{storage.rstrip('/')}/{run_dir.name}" if storage else str(run_dir.resolve())
+    return join(storage, run_dir.name) if storage else str(run_dir.resolve())
 
 
 def build_tuner(
@@ -146,7 +147,7 @@ def restore_tuner(
     dataset: Dataset, spec: Spec, run_dir: Path, storage: str | None = None, trainable=None
 ) -> tune.Tuner:
     """The interrupted experiment of ``run_dir``, with finished trials kept and the searcher's state."""
-    path = f"{experiment_root(run_dir, storage)}/{RunLayout.ray_dir_name}"
+    path = join(experiment_root(run_dir, storage), RunLayout.ray_dir_name)
     if not tune.Tuner.can_restore(path):
         raise UserError(f"{run_dir}: no interrupted Ray experiment to resume here; start it without --resume")
     # The searcher, its state (the rejected draws' count too), the stoppers and the callbacks come from Tune's
