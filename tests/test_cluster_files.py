@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import stat
 import subprocess
@@ -229,4 +230,6 @@ def test_local_sh_start_makes_the_token_and_the_cluster_requires_it(token_env):
         assert refused.value.code in (401, 403)
     finally:
         stopped = run_local(["stop"], env, timeout=120)
+        for node in ("head", "worker"):  # the nodes' Ray temp dirs, named by local.sh after the port
+            shutil.rmtree(f"/tmp/automl-ray-{env['HEAD_PORT']}-{node}", ignore_errors=True)
         assert stopped.returncode == 0 and not list(Path(env["AUTOML_CLUSTER_DIR"]).glob("*.pid"))
