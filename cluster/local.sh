@@ -5,14 +5,20 @@
 #   cluster/local.sh status        both nodes' pids and whether they are alive
 #   cluster/local.sh kill-worker   SIGKILL the worker node (to watch a search survive a lost node)
 #   cluster/local.sh stop          stop exactly the processes this script started
+#   cluster/local.sh token         make the token file if there is none (start does this too)
 #
 # Never uses `ray stop`: that ends every Ray process on the machine, other people's included.
 # Each node runs `ray start --block` in its own process group; stop kills those groups.
 #
 # Settings (environment): AUTOML_CLUSTER_DIR (pids and logs; default ./.ray-local),
 # HEAD_PORT (GCS, default 6390), DASHBOARD_PORT (Jobs API, default 8265), HEAD_CPUS, WORKER_CPUS (1 each).
-# The token is Ray's: RAY_AUTH_TOKEN_PATH if set, else ~/.ray/auth_token (made on first start).
+# The token is Ray's: RAY_AUTH_TOKEN if set, else the file RAY_AUTH_TOKEN_PATH if set, else ~/.ray/auth_token.
+# `ray start` does not make one: start (and token) write a new 0600 file when there is none
+# (cluster/make_token.sh), and never print the token; `ray get-auth-token` prints it when you need it.
 set -euo pipefail
+
+# shellcheck source=cluster/make_token.sh
+source "$(dirname "${BASH_SOURCE[0]}")/make_token.sh"
 
 STATE=${AUTOML_CLUSTER_DIR:-.ray-local}
 HEAD_PORT=${HEAD_PORT:-6390}
@@ -55,6 +61,7 @@ case "${1:-}" in
   start)
     mkdir -p "$STATE"
     if alive head || alive worker; then echo "cluster/local.sh: already running (cluster/local.sh stop first)" >&2; exit 2; fi
+    ensure_token
     # Agent ports off Ray's fixed defaults (0 = any free port): two nodes, or two clusters, on one
     # machine would clash. Each node gets its own temp dir: sharing one, a lost worker took the
     # head's job folders with it.
@@ -66,6 +73,9 @@ case "${1:-}" in
     live_nodes 2 60 >/dev/null
     echo "two-node Ray cluster up: GCS 127.0.0.1:$HEAD_PORT, Jobs API http://127.0.0.1:$DASHBOARD_PORT (token auth on)"
     echo "try: automl submit search_spaces/quick.yaml --address http://127.0.0.1:$DASHBOARD_PORT --data \$PWD/../shared/data/ham10000_28 --name quick-cluster --results \$PWD/results --wait"
+    ;;
+  token)
+    ensure_token
     ;;
   status)
     for node in head worker; do
@@ -93,7 +103,7 @@ case "${1:-}" in
     echo "cluster stopped"
     ;;
   *)
-    sed -n '2,15p' "$0" >&2
+    sed -n '2,17p' "$0" >&2
     exit 2
     ;;
 esac
