@@ -228,10 +228,11 @@ def _train_members(spec: Spec, dataset: Dataset, members: list[dict], epochs: in
     import ray
     from pyarrow import fs
 
-    from automl.search import ray_on_this_machine, start_ray
+    from automl.search import check_shared_storage, ray_on_this_machine, start_ray
 
     settings = spec.search
     start_ray(address)
+    check_shared_storage(_members_storage(storage, run))
     dataset = dataset.shared_by_file(ray_on_this_machine())  # as a search ships it (automl.search._ray)
     trainable = tune.with_resources(
         tune.with_parameters(train_member, dataset=dataset, spec=spec, members=members, epochs=epochs,

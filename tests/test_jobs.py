@@ -3,12 +3,18 @@
 The cluster runs under its own token and ports; the fixture stops exactly the processes it started.
 """
 
+import contextlib
 import os
 import re
 import secrets
+import shlex
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +23,7 @@ from automl.cli import main
 from automl.errors import UserError
 from automl.jobs import Jobs, check_job_id, jobs_url, resolve_token
 from automl.layout import RunLayout
+from automl.remote import Location, Mirror
 
 LOCAL_SH = Path(__file__).resolve().parents[1] / "cluster" / "local.sh"
 TINY_JOB = """
@@ -44,13 +51,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+#: What an AWS node's environment holds (an instance role's keys; here the test S3 server's).
+def s3_environment(endpoint: str) -> dict[str, str]:
+    return {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+
+
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster(tmp_path_factory, s3_server):
     """Head + worker node on 127.0.0.1 with a token of their own; yields (jobs URL, token, env)."""
     state = tmp_path_factory.mktemp("cluster")
     token = secrets.token_hex(16)
     (state / "token").write_text(token)
-    env = os.environ | {
+    env = os.environ | s3_environment(s3_server) | {
         "AUTOML_CLUSTER_DIR": str(state), "HEAD_PORT": str(free_port()), "DASHBOARD_PORT": str(free_port()),
         "RAY_AUTH_TOKEN_PATH": str(state / "token"),
         # The job's `python` and `ray` must be this interpreter's.
@@ -122,6 +135,95 @@ def test_submit_wait_runs_a_search_on_the_cluster(cluster, tiny_ham, tmp_path, c
     assert code == 0 and job_id in out and "SUCCEEDED" in out
     code, out, _ = run_cli(["jobs", "logs", job_id, "--address", url, "--token", token], capsys)
     assert code == 0 and "leaderboard" in out
+
+
+def test_a_search_on_both_nodes_with_its_run_folder_in_a_bucket(cluster, tiny_ham, tmp_path, bucket, monkeypatch,
+                                                               capsys):
+    url, token, _ = cluster
+    spec = tmp_path / "tiny_job.yaml"
+    # Two trials at a time, one CPU each, one CPU per node: both nodes train, once trials last longer than a cold
+    # worker takes to start (TensorFlow's import): 10 epochs at 48 px.
+    spec.write_text(TINY_JOB.replace("max_epochs: 2", "max_epochs: 10").replace("image_size: 16", "image_size: 48"))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    code, out, err = run_cli(["submit", str(spec), "--address", url, "--token", token, "--data", str(tiny_ham),
+                              "--name", "in_bucket", "--results", bucket, "--search-only", "--wait"], capsys)
+    assert code == 0, err
+    location = Location.parse(bucket, "--results").join("in_bucket")
+    Mirror(tmp_path / "view", location).pull()
+    run = RunLayout(tmp_path / "view")
+    trials, epochs = run.read_trials(), run.read_epochs()
+    assert len(trials) == 4 and set(trials["status"]) == {"completed"} and run.read_info()["status"] == "finished"
+    assert epochs["node_id"].nunique() == 2, epochs.groupby("node_id").size()
+    assert any(key.startswith("ray/") for key in location.files())  # Tune's experiment too, from both nodes
+    assert list(work.iterdir()) == []
+
+
+@pytest.fixture
+def unshared_cluster(tmp_path, monkeypatch):
+    """A head node, and a worker node in a mount namespace of its own where ``tmp_path/results`` is another folder
+    (a tmpfs mounted over it): a cluster whose nodes do not share that path. Yields (GCS address, results)."""
+    if os.geteuid() != 0 or subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs mount namespaces (unshare -m as root)")
+    results = tmp_path / "results"
+    results.mkdir()
+    token = tmp_path / "token"
+    token.write_text(secrets.token_hex(16))
+    port = free_port()
+    temp = Path(tempfile.mkdtemp(prefix="ar-", dir="/tmp"))  # short: Ray's socket paths must fit in 107 bytes
+    env = os.environ | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
+                        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    agents = ["--dashboard-agent-listen-port=0", "--metrics-export-port=0", "--num-gpus=0", "--num-cpus=1", "--block"]
+    head = subprocess.Popen(["ray", "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+                             "--include-dashboard=false", f"--temp-dir={temp / 'head'}", *agents],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    worker_start = shlex.join(["ray", "start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1",
+                               f"--temp-dir={temp / 'worker'}", *agents])
+    worker = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                               f"mount -t tmpfs tmpfs {shlex.quote(str(results))} && exec {worker_start}"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+    try:
+        deadline = time.monotonic() + 120
+        while not _live_nodes(port) >= 2:
+            assert time.monotonic() < deadline, "the two nodes did not come up within 120 s"
+            assert head.poll() is None and worker.poll() is None, "a node exited"
+            time.sleep(2)
+        yield f"127.0.0.1:{port}", results
+    finally:
+        for node in (worker, head):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(node.pid, signal.SIGKILL)
+            node.wait()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _live_nodes(port: int) -> int:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
+        probe = ("import logging, ray; ray.init(address='127.0.0.1:%d', logging_level=logging.ERROR, "
+                 "log_to_driver=False); print(sum(n['Alive'] for n in ray.nodes()))" % port)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+            return int(done.stdout.strip() or 0) if done.returncode == 0 else 0
+    return 0
+
+
+def test_a_cluster_whose_nodes_do_not_share_the_run_folder_is_refused_before_any_trial(unshared_cluster, tiny_ham,
+                                                                                        tmp_path, capsys):
+    address, results = unshared_cluster
+    spec = tmp_path / "tiny_job.yaml"
+    spec.write_text(TINY_JOB)
+    code, _, err = run_cli(["search", str(spec), "--data", str(tiny_ham), "--name", "unshared", "--results",
+                            str(results), "--address", address], capsys)
+    assert code == 2, err
+    error = err.strip().splitlines()[-1]  # after the decoding's progress lines
+    assert re.fullmatch(re.escape(f"automl search: error: {results / 'unshared'}: not shared with every node of the "
+                                  "cluster (node ") + r"[0-9a-f]{8} at [0-9.]+ cannot see it\), .*", error), error
+    assert "pass --results s3://" in error and "Traceback" not in err
+    assert not RunLayout(results / "unshared").trial_table.exists()  # no trial started
+    assert not list((results / "unshared").glob(".storage-check-*"))
 
 
 def test_stop_a_running_job(cluster, tiny_ham, tmp_path, capsys):

@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 import time
+import uuid
 from pathlib import Path
 
 from automl import console
@@ -20,13 +21,13 @@ from automl.errors import UserError
 from automl.files import atomic_write
 from automl.layout import RunLayout
 from automl.search._report import Report
-from automl.remote import join
+from automl.remote import is_uri, join
 from automl.search._warm import WarmStart, plan_warm_start, read_sources
 from automl.spec import Spec, load_spec
 from automl.store import RunStore, machine_info, utc_now, write_run_info
 from automl.weights import require_weights
 
-__all__ = ["check_storage", "run_search", "start_ray"]
+__all__ = ["check_shared_storage", "check_storage", "run_search", "start_ray"]
 
 
 def run_search(
@@ -63,7 +64,10 @@ def run_search(
     warm = plan_warm_start(spec, sources, dataset)
     storage = check_storage(storage)
     if settings.engine == "ray":
+        from automl.search._ray import experiment_root
+
         start_ray(address)  # before anything is written: an unreachable cluster leaves no half-made run
+        check_shared_storage(experiment_root(run.root, storage))
     _record_start(run, spec, dataset, data_dir, resume, storage, warm)
     report = Report(spec.objective, settings.num_samples, [d.name for d in space.searched])
     store_args = {"run_dir": run.root, "objective": spec.objective, "max_epochs": settings.max_epochs}
@@ -190,6 +194,55 @@ def start_ray(address: str | None) -> None:
         # `automl jobs stop` (and any supervisor) sends SIGTERM, on which Ray's handler dumps a stack and
         # dies; as Ctrl-C instead, Tune stops gracefully and the run is marked interrupted, resumable.
         signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+
+
+def check_shared_storage(root: str) -> None:
+    """Refuse, before any trial starts, a local folder for Tune's experiment that some node of the cluster cannot see.
+
+    Ray itself checks this in each trial (it writes a marker file from the driver and looks for it from the trial's
+    worker, "Unable to set up cluster storage"), so without shared storage a search fails trial by trial. This is the
+    same check, made once up front on every live node other than the driver's own: a zero-CPU task pinned to the
+    node reads a marker file the driver wrote. A URI is visible from everywhere its credentials are.
+    """
+    if is_uri(root):
+        return
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    others = [node for node in ray.nodes() if node.get("Alive") and node["NodeID"] != here]
+    if not others:
+        return
+    nonce = uuid.uuid4().hex
+    marker = Path(root) / f".storage-check-{nonce}"
+    atomic_write(marker, nonce)
+    sees = ray.remote(num_cpus=0)(_holds)
+    try:
+        checks = {f"node {node['NodeID'][:8]} at {node['NodeManagerAddress']}": sees.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(str(marker), nonce)
+            for node in others}
+        try:
+            blind = [node for node, check in checks.items() if not ray.get(check, timeout=STORAGE_CHECK_S)]
+        except ray.exceptions.GetTimeoutError:
+            raise UserError(f"{root}: could not check within {STORAGE_CHECK_S} s that every node of the cluster sees "
+                            "this folder; check the cluster (automl jobs, ray status)") from None
+    finally:
+        marker.unlink(missing_ok=True)
+    if blind:
+        raise UserError(f"{root}: not shared with every node of the cluster ({', '.join(blind)} cannot see it), so "
+                        "trials there could not save checkpoints; pass --results s3://BUCKET/PREFIX (or --storage "
+                        "with a folder every node mounts at this same path)")
+
+
+#: Seconds the shared-storage check waits for the nodes' answers (a cold worker process takes a few).
+STORAGE_CHECK_S = 120
+
+
+def _holds(path: str, content: str) -> bool:
+    try:
+        return Path(path).read_text() == content
+    except OSError:
+        return False
 
 
 def ray_on_this_machine() -> bool:
