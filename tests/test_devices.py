@@ -231,3 +231,6 @@ def test_a_search_without_max_concurrent_takes_the_count_from_the_cluster(monkey
     spec = parse_spec({"search": {"resources": {"cpu": 4, "gpu": 0.5}}})
     assert with_concurrency(spec).search.max_concurrent == 16
     assert with_concurrency(parse_spec({"search": {"max_concurrent": 3}})).search.max_concurrent == 3
+    from automl.search import require_feasible
+
+    require_feasible(parse_spec({"hyperparameters": {"conv_blocks": {"choice": [1, 2]}}}))  # probed without Ray
