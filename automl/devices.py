@@ -30,8 +30,9 @@ from automl.errors import UserError
 #: The precision setting's values (``training.precision``): Keras dtype policies, or ``auto``.
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 #: ``auto`` trains in mixed_float16 on CUDA GPUs of at least this compute capability (Volta and later, with tensor
-#: cores: Keras' own mixed-precision guide says older GPUs gain little or run slower), float32 elsewhere (a CPU has
-#: no fast float16, and bfloat16 pays off only on CPUs with AMX).
+#: cores: Keras' own mixed-precision guide says older GPUs gain little or run slower), float32 elsewhere: a CPU has
+#: no fast float16, and mixed_bfloat16 (1.42x per step on this project's 2-core machine, benchmarks/gpu_check.py)
+#: is left to choose, so that CPU searches keep the numerics of every earlier result.
 MIXED_FLOAT16_CAPABILITY = (7, 0)
 #: What a process's CUDA context and cuDNN/cuBLAS workspaces take outside TensorFlow's allocator, left out of a
 #: fractional GPU's memory cap so that trials sharing a GPU fit together (about 300-500 MiB per process).
