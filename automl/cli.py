@@ -50,8 +50,8 @@ def _overrides(args: argparse.Namespace, *groups: str) -> dict:
 
 
 #: The setting groups each command offers as flags (submit handles the split file itself: it may upload it).
-TRAIN_GROUPS, SEARCH_GROUPS = ("data", "objective", "train"), ("data", "objective", "search")
-SUBMIT_GROUPS = ("objective", "search")
+TRAIN_GROUPS, SEARCH_GROUPS = ("data", "objective", "device", "train"), ("data", "objective", "device", "search")
+SUBMIT_GROUPS = ("objective", "device", "search")
 DECISION_HELP = ("balanced: members' probabilities as trained (favours balanced accuracy); prior: Bayes-corrected "
                  f"to the training class prior (favours accuracy). Default {DECISION}")
 SPLIT_FILE_DEST = "data__split__file"

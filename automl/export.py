@@ -367,9 +367,47 @@ def _load_member(run: RunLayout, member_id: str, refit: bool = False) -> keras.M
     if not path.is_file():
         raise RunFolderError(f"{path}: missing; {again}")
     try:
-        return keras.saving.load_model(path, compile=False)  # inference only: no optimizer state in the export
+        member = keras.saving.load_model(path, compile=False)  # inference only: no optimizer state in the export
     except Exception as exc:  # noqa: BLE001 - a damaged .keras file raises zip, HDF5 or Keras errors
         raise RunFolderError(f"{path}: damaged ({str(exc).splitlines()[0][:200]}); {again}") from None
+    return float32_model(member)
+
+
+def float32_model(model: keras.Model) -> keras.Model:
+    """``model`` computing in float32, whatever precision trained it: the same architecture and weights, its layers
+    made again from its config with every mixed dtype policy (``training.precision``) replaced by float32. An
+    export, and everything served from it, then computes as a float32-trained model's does on any device (a CPU
+    has no fast float16, and float16 sums of an ensemble round); its weights were float32 all along (Keras keeps
+    variables in float32 under mixed policies). A float32 model is returned as it is."""
+    if all(_policy_name(layer) == "float32" for layer in _layers(model)):
+        return model
+    config = _float32_config(keras.saving.serialize_keras_object(model))
+    rebuilt = keras.saving.deserialize_keras_object(config)
+    rebuilt.set_weights(model.get_weights())
+    return rebuilt
+
+
+def _layers(model: keras.Model):
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):  # a backbone: a model inside the model
+            yield from _layers(layer)
+
+
+def _policy_name(layer) -> str:
+    return layer.dtype_policy.name
+
+
+def _float32_config(config):
+    """A serialized model's config with each mixed dtype policy (``{"class_name": "DTypePolicy", "config": {"name":
+    "mixed_..."}}``) made float32; other dtypes (the uint8 or float32 of an input) stay."""
+    if isinstance(config, dict):
+        if config.get("class_name") == "DTypePolicy" and str(config.get("config", {}).get("name")).startswith("mixed"):
+            return config | {"config": config["config"] | {"name": "float32"}}
+        return {key: _float32_config(value) for key, value in config.items()}
+    if isinstance(config, list):
+        return [_float32_config(value) for value in config]
+    return config
 
 
 def _versions() -> dict:

@@ -250,10 +250,13 @@ def _head(config: ModelConfig, x, n_classes: int):
         )(x)
         if config.dense_dropout[d] > 0:
             x = keras.layers.Dropout(config.dense_dropout[d], name=f"dense{d + 1}_dropout")(x)
+    # The output in float32 whatever the precision policy: a softmax in float16 rounds small probabilities to 0
+    # and the loss of those classes to infinity (Keras' mixed-precision guide).
     if n_classes == 2:
-        p = keras.layers.Dense(1, activation="sigmoid", kernel_initializer=init, name="malignant")(x)
-        return TwoClassProbabilities(name="probabilities")(p)
-    return keras.layers.Dense(n_classes, activation="softmax", kernel_initializer=init, name="probabilities")(x)
+        p = keras.layers.Dense(1, activation="sigmoid", kernel_initializer=init, name="malignant", dtype="float32")(x)
+        return TwoClassProbabilities(name="probabilities", dtype="float32")(p)
+    return keras.layers.Dense(n_classes, activation="softmax", kernel_initializer=init, name="probabilities",
+                              dtype="float32")(x)
 
 
 def set_output_prior(model: keras.Model, class_mix) -> None:

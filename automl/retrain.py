@@ -175,7 +175,11 @@ def refit(
 
 
 def _run_data(run: RunLayout, data_dir: Path, skip_bad_images: bool, cache_dir: Path | None):
-    """The run's spec, its record and its dataset, checked to be the data the search used."""
+    """The run's spec, its record and its dataset, checked to be the data the search used. This driver process
+    only schedules the members: its TensorFlow keeps off the GPUs they train on."""
+    from automl.devices import keep_off_gpus
+
+    keep_off_gpus()
     if not run.spec.is_file():
         raise UserError(f"{run.root}: no search run here (no {run.spec.name}); run automl search first")
     spec, info = load_spec(run.spec), run.read_info(required=True)
@@ -228,15 +232,17 @@ def _train_members(spec: Spec, dataset: Dataset, members: list[dict], epochs: in
     import ray
     from pyarrow import fs
 
+    from automl.devices import require_cluster_gpus
     from automl.search import check_shared_storage, ray_on_this_machine, start_ray
 
     settings = spec.search
     start_ray(address)
     check_shared_storage(_members_storage(storage, run))
+    require_cluster_gpus(settings.cpu, settings.gpu)  # before any member: TensorFlow sees the GPUs Ray gives
     dataset = dataset.shared_by_file(ray_on_this_machine())  # as a search ships it (automl.search._ray)
     trainable = tune.with_resources(
         tune.with_parameters(train_member, dataset=dataset, spec=spec, members=members, epochs=epochs,
-                             cpus=settings.cpu),
+                             cpus=settings.cpu, gpus=settings.gpu),
         {"cpu": settings.cpu, "gpu": settings.gpu},
     )
     experiment, plan_file = _members_paths(storage, run, stage)
@@ -344,15 +350,17 @@ def _member_row(member: dict, metrics: dict, counts: np.ndarray) -> dict:
 MEMBER_DONE = "member_done"
 
 
-def train_member(config: dict, dataset: Dataset = None, spec: Spec = None, members=None, epochs=None, cpus=1.0) -> None:
+def train_member(config: dict, dataset: Dataset = None, spec: Spec = None, members=None, epochs=None, cpus=1.0,
+                 gpus=0.0) -> None:
     """One Tune trial: train a member from scratch (a refit when it has ``learning_rates``: on train+val, for
     exactly those epochs), report and checkpoint each epoch, hand back its files as the last checkpoint. A trial
     restored from an epoch's checkpoint goes on from it."""
     import keras
+    import ray
 
     from automl.trial import CandidateFit, configure_tensorflow
 
-    configure_tensorflow(cpus)
+    configure_tensorflow(cpus, gpus, ray.get_gpu_ids())  # a GPU TensorFlow cannot see fails the member here
     member = members[config["member"]]
     rates = member.get("learning_rates")
     trained_on = dataset if rates is None else dataset.with_train_and_val()

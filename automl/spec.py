@@ -22,6 +22,7 @@ flags are declared once, in :data:`SETTINGS`)::
       reduce_lr_factor: 0.5
       seed: 0
       max_parameters: 5000000         # larger candidates are not trained (optional)
+      precision: auto                 # float32 | mixed_float16 | mixed_bfloat16 | auto (by device)
     hyperparameters:                  # names and domains: automl.hparams.HYPERPARAMETERS
       conv_blocks: 4                  # a fixed value, or a dimension (automl.space):
       learning_rate: {float: [1.0e-4, 1.0e-2], log: true}
@@ -52,6 +53,7 @@ from typing import Any
 
 import yaml
 
+from automl.devices import PRECISIONS
 from automl.errors import SpecError
 from automl.hparams import ModelConfig, check_domain
 from automl.objective import DEFAULT_METRIC, METRICS, MODES, Objective
@@ -128,7 +130,8 @@ class Setting:
 
     ``parse`` replaces the plain type check for values with a form of their own (image sizes,
     fractions, paths). ``group`` says which commands offer ``flag``: ``data`` and ``objective``
-    (every command that trains), ``train`` (``automl train``) or ``search`` (search, run, submit).
+    (every command that trains), ``train`` (``automl train``), ``search`` (search, run, submit) or
+    ``device`` (how training uses its device: train, search, run, submit).
     ``nargs`` ``"+"`` makes the flag take one value or more (a list setting).
     """
 
@@ -198,6 +201,10 @@ SETTINGS: dict[str, Setting] = {
         Setting("training.reduce_lr_factor", float, 0.5, "factor the lr is cut by", low=0.01, high=0.99),
         Setting("training.seed", int, 0, "training seed (default: the spec's training.seed)", flag="--seed",
                 group="train", low=0, high=MAX_SEED),
+        Setting("training.precision", str, "auto", "float32, mixed_float16 or mixed_bfloat16 (Keras dtype policies: "
+                "the output stays float32, mixed_float16 scales the loss), or auto: mixed_float16 on CUDA GPUs of "
+                "compute capability 7.0 or more, float32 elsewhere; exports are float32 whatever trained them",
+                flag="--precision", group="device", choices=PRECISIONS),
         Setting("training.max_parameters", int, None, "a candidate with more parameters is not trained (a search "
                 "records it as errored, so that one draw cannot eat the search)", low=1, high=10**12, optional=True),
         Setting("search.engine", str, "ray", "ray or keras-tuner", flag="--engine", group="search",
@@ -220,8 +227,9 @@ SETTINGS: dict[str, Setting] = {
                 group="search", low=1, high=100_000),
         Setting("search.reduction_factor", int, 3, "ASHA: 1/this of the trials go on at each rung",
                 flag="--reduction-factor", group="search", low=2, high=1000),
-        Setting("search.max_concurrent", int, 2, "trials at once", flag="--max-concurrent", group="search",
-                low=1, high=100_000),
+        Setting("search.max_concurrent", int, None, "trials at once (default: as many as the Ray cluster's GPUs, "
+                "or CPUs when a trial takes no GPU, hold at the trial's request, counted as the search starts)",
+                flag="--max-concurrent", group="search", low=1, high=100_000, optional=True),
         Setting("search.resources.cpu", float, 1.0, "CPUs per trial", flag="--cpus-per-trial", group="search",
                 low=0.0, high=4096.0),
         Setting("search.resources.gpu", float, 0.0, "GPUs per trial (may be fractional)", flag="--gpus-per-trial",
@@ -315,6 +323,7 @@ class TrainingSpec:
     reduce_lr_factor: float = _default("training.reduce_lr_factor")
     seed: int = _default("training.seed")
     max_parameters: int | None = _default("training.max_parameters")
+    precision: str = _default("training.precision")
 
 
 @dataclass(frozen=True)
@@ -328,7 +337,7 @@ class SearchSettings:
     max_epochs: int = _default("search.max_epochs")
     grace_period: int = _default("search.grace_period")
     reduction_factor: int = _default("search.reduction_factor")
-    max_concurrent: int = _default("search.max_concurrent")
+    max_concurrent: int | None = _default("search.max_concurrent")
     cpu: float = _default("search.resources.cpu")
     gpu: float = _default("search.resources.gpu")
     time_budget_s: float | None = _default("search.time_budget_s")

@@ -22,6 +22,7 @@ import keras
 import numpy as np
 
 from automl.data import Dataset
+from automl.devices import configure_tensorflow, resolve_precision, training_scope  # noqa: F401 - re-exported
 from automl.errors import InfeasibleError
 from automl.hparams import ModelConfig
 from automl.metrics import classification_metrics, prefixed
@@ -266,7 +267,9 @@ class HeadWarmup(keras.callbacks.Callback):
         if epoch < self.config.warmup_epochs or backbone.layers[-1].trainable:
             return  # still warming up, or fine-tuning already (the last layer is the first to unfreeze)
         set_trainable_layers(backbone, self.config.trainable_layers)
-        compile_model(self.model, self.config, self.config.learning_rate * self.config.finetune_lr_factor)
+        with self.model.distribute_strategy.scope():  # the new optimizer's variables mirrored like the model's
+            compile_model(self.model, self.config, self.config.learning_rate * self.config.finetune_lr_factor)
+            self.model.optimizer.build(self.model.trainable_variables)
         self.model.make_train_function(force=True)  # fit looks the step function up again at every batch
 
 
@@ -315,9 +318,10 @@ def candidate_callbacks(
 
 def build_candidate(config: ModelConfig, dataset: Dataset, training: TrainingSpec) -> keras.Model:
     """The candidate's compiled model, its output starting at the class mix it trains against
-    (:func:`expected_class_mix`); one above ``training.max_parameters`` is infeasible
-    (:class:`~automl.errors.InfeasibleError`)."""
-    model = build_model(config, dataset.image_size, len(dataset.class_names))
+    (:func:`expected_class_mix`), built in the process's :func:`~automl.devices.training_scope` (its GPUs, the
+    spec's precision); one above ``training.max_parameters`` is infeasible (:class:`~automl.errors.InfeasibleError`)."""
+    with training_scope(resolve_precision(training.precision)):
+        model = build_model(config, dataset.image_size, len(dataset.class_names))
     limit, count = training.max_parameters, model.count_params()
     if limit and count > limit:
         raise InfeasibleError(f"hyperparameters: the model has {count:,} parameters, above "
@@ -325,6 +329,12 @@ def build_candidate(config: ModelConfig, dataset: Dataset, training: TrainingSpe
     set_output_prior(model, expected_class_mix(dataset.class_counts("train"), config.imbalance,
                                                config.oversample_to))
     return model
+
+
+def load_candidate(path: Path, training: TrainingSpec) -> keras.Model:
+    """A candidate's checkpoint loaded to go on training, in the scope it was built in (:func:`build_candidate`)."""
+    with training_scope(resolve_precision(training.precision)):
+        return keras.saving.load_model(path)
 
 
 def training_batches(config: ModelConfig, dataset: Dataset, seed: int, first_epoch: int = 0) -> TrainingBatches:
@@ -397,7 +407,7 @@ class CandidateFit:
 
     def __init__(self, config: ModelConfig, dataset: Dataset, objective: Objective, training: TrainingSpec,
                  epochs: int | None = None, seed: int | None = None, learning_rates: Sequence[float] | None = None):
-        self.config, self.dataset, self.objective = config, dataset, objective
+        self.config, self.dataset, self.objective, self.training = config, dataset, objective, training
         self.seed = training.seed if seed is None else seed
         self.epochs = epochs or training.epochs
         keras.utils.set_random_seed(self.seed)
@@ -455,7 +465,7 @@ class CandidateFit:
     def restore(self, folder: Path) -> None:
         folder = Path(folder)
         state = json.loads((folder / self.STATE).read_text())
-        self.model = keras.saving.load_model(folder / self.MODEL)
+        self.model = load_candidate(folder / self.MODEL, self.training)
         self.history, self.seconds = state["history"], state["seconds"]
         for callback in self.callbacks:
             name = type(callback).__name__
@@ -510,7 +520,7 @@ class EpochRunner:
     """
 
     def __init__(self, config: ModelConfig, dataset: Dataset, objective: Objective, training: TrainingSpec, seed: int):
-        self.config, self.dataset, self.seed = config, dataset, seed
+        self.config, self.dataset, self.seed, self.training = config, dataset, seed, training
         keras.utils.set_random_seed(seed)
         self.model = build_candidate(config, dataset, training)
         self.callbacks = candidate_callbacks(dataset, objective, training, config=config)
@@ -532,7 +542,7 @@ class EpochRunner:
 
     def restore(self, folder: Path) -> None:
         state = json.loads((Path(folder) / "runner.json").read_text())
-        self.model = keras.saving.load_model(Path(folder) / "model.keras")
+        self.model = load_candidate(Path(folder) / "model.keras", self.training)
         self.epochs_done = state["epochs_done"]
         for callback in self.callbacks:
             if isinstance(callback, PlateauSchedule) and type(callback).__name__ in state:
@@ -544,27 +554,3 @@ def evaluate(model: keras.Model, dataset: Dataset, split: str) -> dict:
     """The metrics of :func:`automl.metrics.classification_metrics` on one split."""
     probs = predict_proba(model, dataset.images, dataset.rows(split))
     return classification_metrics(dataset.labels(split), probs, dataset.class_names)
-
-
-_TF_CONFIGURED = False
-
-
-def configure_tensorflow(cpus: float) -> None:
-    """Once per worker process: TF's thread pools sized to the trial's CPU share, GPU memory growth."""
-    global _TF_CONFIGURED
-    if _TF_CONFIGURED:
-        return
-    import tensorflow as tf
-
-    threads = max(1, int(cpus))
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    except RuntimeError:
-        pass  # the runtime was already initialised in this process; keep its pools
-    for gpu in tf.config.list_physical_devices("GPU"):
-        try:
-            tf.config.experimental.set_memory_growth(gpu, True)
-        except RuntimeError:
-            pass
-    _TF_CONFIGURED = True

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from automl import console
 from automl.data import Dataset, load_dataset
+from automl.devices import keep_off_gpus, require_cluster_gpus
 from automl.errors import UserError
 from automl.files import atomic_write
 from automl.layout import RunLayout
@@ -53,6 +54,8 @@ def run_search(
     """
     run = RunLayout(Path(results_dir) / name)
     spec, storage = _starting_spec(run, spec, resume, storage)
+    if spec.search.engine == "ray":
+        keep_off_gpus()  # this driver trains nothing: its TensorFlow (weights, decoding) keeps off the trials' GPUs
     require_weights(spec)  # before anything is written: a backbone's ImageNet weights, fetched once or one line why not
     require_feasible(spec)  # and a space of which nothing can run at its image size is one line too
     # The runs and portfolio to start from, checked before anything is written; a resumed search has them already.
@@ -68,6 +71,7 @@ def run_search(
 
         start_ray(address)  # before anything is written: an unreachable cluster leaves no half-made run
         check_shared_storage(experiment_root(run.root, storage))
+        require_cluster_gpus(settings.cpu, settings.gpu)  # and one whose TensorFlow cannot see its GPUs neither
     _record_start(run, spec, dataset, data_dir, resume, storage, warm)
     report = Report(spec.objective, settings.num_samples, [d.name for d in space.searched])
     store_args = {"run_dir": run.root, "objective": spec.objective, "max_epochs": settings.max_epochs}

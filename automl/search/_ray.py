@@ -42,10 +42,10 @@ class CandidateTrainable(tune.Trainable):
     """
 
     def setup(self, config: dict, dataset: Dataset = None, space: SearchSpace = None, objective: Objective = None,
-              training: TrainingSpec = None, seed: int = 0, cpus: float = 1):
+              training: TrainingSpec = None, seed: int = 0, cpus: float = 1, gpus: float = 0):
         import ray
 
-        configure_tensorflow(cpus)
+        configure_tensorflow(cpus, gpus, ray.get_gpu_ids())  # a GPU TensorFlow cannot see fails the trial here
         # Hostname and IP do not tell apart two nodes on one machine; the node id does.
         self.node_id = ray.get_runtime_context().get_node_id()
         self.dataset, self.space, self.base_seed = dataset, space, seed
@@ -113,6 +113,7 @@ def build_tuner(
 ) -> tune.Tuner:
     """A fresh Tuner for the spec's searcher, scheduler and resources; Ray's folder goes to :func:`experiment_root`.
     ``warm``: what the searcher is told and given first (:mod:`automl.search._warm`)."""
+    spec = with_concurrency(spec)
     settings = spec.search
     stop = tune.stopper.MaximumIterationStopper(settings.max_epochs)  # an iteration is an epoch
     if settings.epoch_budget is not None:
@@ -141,6 +142,27 @@ def build_tuner(
             verbose=0,
         ),
     )
+
+
+def with_concurrency(spec: Spec) -> Spec:
+    """``spec`` with ``search.max_concurrent`` set: as given, or as many trials as the connected Ray cluster holds at
+    a trial's request (:func:`~automl.devices.concurrent_trials`), said on the console."""
+    import dataclasses
+
+    import ray
+
+    from automl.devices import concurrent_trials
+
+    settings = spec.search
+    if settings.max_concurrent is not None:
+        return spec
+    resources = ray.cluster_resources()
+    count = concurrent_trials(resources, settings.cpu, settings.gpu)
+    held = f"{resources.get('GPU', 0):g} GPU(s)" if settings.gpu > 0 else f"{resources.get('CPU', 0):g} CPU(s)"
+    console.info(f"{count} trial(s) at once: what the cluster's {held} hold at {settings.cpu:g} CPU and "
+                 f"{settings.gpu:g} GPU per trial (an autoscaling cluster that has not started its workers yet: "
+                 "pass --max-concurrent)")
+    return dataclasses.replace(spec, search=dataclasses.replace(settings, max_concurrent=count))
 
 
 def restore_tuner(
@@ -358,7 +380,7 @@ def _trainable(dataset: Dataset, spec: Spec, trainable=None):
     dataset = dataset.shared_by_file(ray_on_this_machine())
     trainable = tune.with_parameters(trainable or CandidateTrainable, dataset=dataset, space=spec.space,
                                      objective=spec.objective, training=spec.training, seed=settings.seed,
-                                     cpus=settings.cpu)
+                                     cpus=settings.cpu, gpus=settings.gpu)
     return tune.with_resources(trainable, {"cpu": settings.cpu, "gpu": settings.gpu})
 
 

@@ -61,7 +61,9 @@ def searcher(spec: Spec, image_size: tuple[int, int], run_dir: Path | None, warm
         )
         if warm is not None:
             found.warm_start(warm)
-    return ConcurrencyLimiter(found, max_concurrent=settings.max_concurrent)
+    # Unset only where no trial runs (the probe of a space, benchmarks): a search sets it from its cluster first
+    # (automl.search._ray.with_concurrency).
+    return ConcurrencyLimiter(found, max_concurrent=settings.max_concurrent or 1)
 
 
 def tpe_sampler(settings: SearchSettings, rejections: Rejections):
