@@ -80,9 +80,10 @@ def _run_folder_args(parser: argparse.ArgumentParser, search: bool) -> None:
     """Where a run lives, and for the commands that search, where its cluster and checkpoints are."""
     _results_arg(parser)
     if search:
-        parser.add_argument("--address", help="Ray cluster address (default: embedded local Ray)")
-        parser.add_argument("--storage",
-                            help="shared folder or s3:// / gs:// URI for Tune's checkpoints (multi-node clusters)")
+        _ray_address_arg(parser)
+        parser.add_argument("--storage", metavar="FOLDER_OR_URI",
+                            help="where Tune keeps the trials' checkpoints: a folder every node mounts, or a URI "
+                                 "(default: the run folder, in the bucket when --results is a URI)")
 
 
 RESULTS_HELP = ("results folder, or a URI pyarrow opens (s3://bucket/prefix, gs://...; endpoint and credentials from "
@@ -91,6 +92,28 @@ RESULTS_HELP = ("results folder, or a URI pyarrow opens (s3://bucket/prefix, gs:
 
 def _results_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", default="results", metavar="FOLDER_OR_URI", help=RESULTS_HELP)
+
+
+class _OldSpelling(argparse.Action):
+    """A flag's old spelling: still accepted for one release, with one line on stderr naming the new one."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs):
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"automl: {option_string} is now {self.new} here (the old spelling goes in the next release)",
+              file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def _ray_address_arg(parser: argparse.ArgumentParser) -> None:
+    """The Ray cluster a command's trials run on (GCS ``HOST:PORT`` or ``auto``): ``--ray-address``, so that
+    ``--address`` means one thing only, the Jobs API URL of ``submit`` and ``jobs`` (as in ``ray job submit``)."""
+    parser.add_argument("--ray-address", metavar="HOST:PORT",
+                        help="Ray cluster to run on: its head's HOST:PORT, or auto on a cluster node "
+                             "(default: embedded local Ray)")
+    parser.add_argument("--address", dest="ray_address", action=_OldSpelling, new="--ray-address")
 
 
 def _search_parser(commands) -> None:
@@ -121,7 +144,7 @@ def _retrain_parser(commands) -> None:
     retrain.add_argument("--refit", action="store_true",
                          help="train the ensemble's members again on train+val, each for its best epoch count, into "
                               "RESULTS/NAME/refit/, and add their test figures to the ensemble report")
-    retrain.add_argument("--address", help="Ray cluster address (default: embedded local Ray)")
+    _ray_address_arg(retrain)
     retrain.add_argument("--skip-bad-images", action="store_true")
     retrain.add_argument("--cache-dir", type=Path)
     retrain.set_defaults(run=_retrain)
@@ -285,7 +308,7 @@ def _search(args: argparse.Namespace) -> None:
         import_tensorflow_quietly()
         from automl.search import run_search
 
-        run_search(spec, args.data, run.name, run.root.parent, address=args.address, resume=args.resume,
+        run_search(spec, args.data, run.name, run.root.parent, address=args.ray_address, resume=args.resume,
                    skip_bad_images=args.skip_bad_images, cache_dir=args.cache_dir, storage=args.storage,
                    results_label=args.results)
 
@@ -317,9 +340,9 @@ def _retrain(args: argparse.Namespace) -> None:
 
         if not args.refit:
             retrain(run.root, data_dir, top_k=args.top_k or TOP_K, seeds=args.seeds or SEEDS, epochs=args.epochs,
-                    address=args.address, skip_bad_images=args.skip_bad_images, cache_dir=args.cache_dir)
+                    address=args.ray_address, skip_bad_images=args.skip_bad_images, cache_dir=args.cache_dir)
             return
-        refit(run.root, data_dir, address=args.address, skip_bad_images=args.skip_bad_images,
+        refit(run.root, data_dir, address=args.ray_address, skip_bad_images=args.skip_bad_images,
               cache_dir=args.cache_dir)
         # The same choices again (all made on validation, deterministically), now with the refit's test figures.
         evaluate_run(run.root, method=summary["method"], decision=summary.get("decision", DECISION))
@@ -414,13 +437,13 @@ def _run(args: argparse.Namespace) -> None:
         if args.resume and run.read_info().get("status") == "finished":
             print(f"search {run.name} already finished; going on to retrain")
         else:
-            run_search(spec, args.data, run.name, run.root.parent, address=args.address, resume=args.resume,
+            run_search(spec, args.data, run.name, run.root.parent, address=args.ray_address, resume=args.resume,
                        skip_bad_images=args.skip_bad_images, cache_dir=args.cache_dir, storage=args.storage,
                        results_label=args.results)
             if run.read_info().get("status") != "finished":
                 return  # interrupted: run_search said how to resume
         write_run_info(run.root, command=args.command_line)
-        retrain(run.root, args.data, top_k=args.top_k, seeds=args.seeds, address=args.address,
+        retrain(run.root, args.data, top_k=args.top_k, seeds=args.seeds, address=args.ray_address,
                 skip_bad_images=args.skip_bad_images, cache_dir=args.cache_dir)
         evaluate_run(run.root, method=args.method, decision=args.decision)
         out = export_run(run.root, run.model.root)
@@ -452,7 +475,7 @@ def _submit(args: argparse.Namespace) -> None:
                         "(the job's own folder is temporary)")
     jobs = _connect(args)
     command = ["python", "-m", "automl", "search" if args.search_only else "run", "spec.yaml", "--data", args.data,
-               "--name", args.name, "--results", args.results, "--address", "auto"]
+               "--name", args.name, "--results", args.results, "--ray-address", "auto"]
     files = {"spec.yaml": args.spec}
     split_file = getattr(args, SPLIT_FILE_DEST)
     if split_file and Path(split_file).is_file():
