@@ -416,7 +416,10 @@ def _evaluate(args: argparse.Namespace) -> None:
     results = evaluate_model(model_dir, args.data, out=out, name=args.name, labels=args.labels)
     if location is None and args.out is None and is_uri(args.model_dir):
         out = ModelLayout(model_dir).evaluation(results["name"]).root
-        location = Location.parse(args.model_dir, "MODEL_DIR").join("evaluations", results["name"])
+        model = Location.parse(args.model_dir, "MODEL_DIR")
+        location = model.join("evaluations", results["name"])
+        for card in (ModelLayout(model_dir).card_json, ModelLayout(model_dir).card_md):  # the card names it now
+            model.upload(card, card.name)
     if location:
         push_folder(Path(out), location)
         print(f"evaluation: {location.display}")
