@@ -336,7 +336,7 @@ def _retrain(args: argparse.Namespace) -> None:
         data_dir = _run_data_dir(args, run)
         summary = run.read_ensemble() if args.refit else {}  # a run without an ensemble fails before the import
         import_tensorflow_quietly()
-        from automl.evaluate import evaluate_run
+        from automl.ensemble import evaluate_run
         from automl.retrain import refit, retrain
 
         if not args.refit:
@@ -351,7 +351,7 @@ def _retrain(args: argparse.Namespace) -> None:
 
 def _ensemble(args: argparse.Namespace) -> None:
     with _run_folder(args) as run:
-        from automl.evaluate import evaluate_run
+        from automl.ensemble import evaluate_run
 
         evaluate_run(run.root, method=args.method, decision=args.decision)
 
@@ -412,7 +412,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     location = Location.parse(args.out, "--out") if is_uri(args.out) else None
     out = working_copy(location, "evaluation") if location else args.out
     import_tensorflow_quietly()
-    from automl.assess import evaluate_model
+    from automl.evaluate import evaluate_model
 
     results = evaluate_model(model_dir, args.data, out=out, name=args.name, labels=args.labels)
     if location is None and args.out is None and is_uri(args.model_dir):
@@ -429,7 +429,7 @@ def _run(args: argparse.Namespace) -> None:
     spec = _search_spec(args)
     with _run_folder(args) as run:
         import_tensorflow_quietly()
-        from automl.evaluate import evaluate_run
+        from automl.ensemble import evaluate_run
         from automl.export import export_run
         from automl.retrain import retrain
         from automl.search import run_search
