@@ -66,7 +66,7 @@ def cell(text) -> str:
 
 
 def code(text) -> str:
-    return f"`{text}`".replace("|", "\\|")
+    return f"`{text}`"  # Python-Markdown tables do not split cells at pipes inside code spans
 
 
 # --- the command line --------------------------------------------------------------------------------------------
