@@ -28,7 +28,6 @@ from automl.hparams import HYPERPARAMETERS, PER, Hyperparameter, _trainable_laye
 
 #: The schema file shipped with the package; specs name it in a ``# yaml-language-server: $schema=`` first line.
 SCHEMA_FILE = Path(__file__).with_name("spec.schema.json")
-SCHEMA_ID = "https://github.com/skin-automl/skin-automl/automl/spec.schema.json"
 
 _IMAGE_SIZE = {"anyOf": [
     {"type": "integer", "minimum": 8, "maximum": 2048},
@@ -146,7 +145,6 @@ def json_schema() -> dict:
     }
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": SCHEMA_ID,
         "title": "skin-automl spec file",
         "description": "Generated from automl.spec.SETTINGS and automl.hparams.HYPERPARAMETERS by "
                        "automl.schema.json_schema(); do not edit, run python -m automl.schema.",
