@@ -55,6 +55,7 @@ SUBMIT_GROUPS = ("objective", "device", "search")
 DECISION_HELP = ("balanced: members' probabilities as trained (favours balanced accuracy); prior: Bayes-corrected "
                  f"to the training class prior (favours accuracy). Default {DECISION}")
 SPLIT_FILE_DEST = "data__split__file"
+SPEC_HELP = "a YAML file, or the name of a shipped spec (quick, ham10000_cnn, ...: automl/search_spaces/)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _train_parser(commands) -> None:
     train = commands.add_parser("train", help="train one fixed configuration from a spec file")
-    train.add_argument("spec", type=Path, help="spec file (YAML) with fixed hyperparameters")
+    train.add_argument("spec", help=f"spec with fixed hyperparameters: {SPEC_HELP}")
     _data_args(train)
     _setting_args(train, *TRAIN_GROUPS)
     train.add_argument("--out", type=Path, help="output folder (default: results/train/SPEC_NAME)")
@@ -118,7 +119,7 @@ def _ray_address_arg(parser: argparse.ArgumentParser) -> None:
 
 def _search_parser(commands) -> None:
     search = commands.add_parser("search", help="search a spec's space with Ray Tune (or KerasTuner)")
-    search.add_argument("spec", type=Path, help="spec file (YAML) with search ranges and settings")
+    search.add_argument("spec", help=f"spec with search ranges and settings: {SPEC_HELP}")
     _data_args(search)
     search.add_argument("--name", required=True, help="run name: results go to RESULTS/NAME")
     _run_folder_args(search, search=True)
@@ -190,7 +191,7 @@ def _evaluate_parser(commands) -> None:
 
 def _run_parser(commands) -> None:
     run = commands.add_parser("run", help="search, retrain, ensemble, evaluate and export in one command")
-    run.add_argument("spec", type=Path, help="search spec (YAML)")
+    run.add_argument("spec", help=f"search spec: {SPEC_HELP}")
     _data_args(run)
     run.add_argument("--name", required=True, help="run name: results go to RESULTS/NAME")
     _run_folder_args(run, search=True)
@@ -215,7 +216,7 @@ def _dashboard_parser(commands) -> None:
 
 def _submit_parser(commands) -> None:
     submit = commands.add_parser("submit", help="run a search (or the whole pipeline) as a job on a Ray cluster")
-    submit.add_argument("spec", type=Path, help="search spec (YAML), sent with the job")
+    submit.add_argument("spec", help=f"search spec, sent with the job: {SPEC_HELP}")
     submit.add_argument("--data", required=True, help="HAM10000 folder on the cluster (the data is never uploaded)")
     submit.add_argument("--name", required=True, help="run name")
     submit.add_argument("--results", required=True, metavar="URI_OR_FOLDER",
@@ -335,7 +336,7 @@ def _retrain(args: argparse.Namespace) -> None:
         data_dir = _run_data_dir(args, run)
         summary = run.read_ensemble() if args.refit else {}  # a run without an ensemble fails before the import
         import_tensorflow_quietly()
-        from automl.evaluate import evaluate_run
+        from automl.ensemble import evaluate_run
         from automl.retrain import refit, retrain
 
         if not args.refit:
@@ -350,7 +351,7 @@ def _retrain(args: argparse.Namespace) -> None:
 
 def _ensemble(args: argparse.Namespace) -> None:
     with _run_folder(args) as run:
-        from automl.evaluate import evaluate_run
+        from automl.ensemble import evaluate_run
 
         evaluate_run(run.root, method=args.method, decision=args.decision)
 
@@ -411,7 +412,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     location = Location.parse(args.out, "--out") if is_uri(args.out) else None
     out = working_copy(location, "evaluation") if location else args.out
     import_tensorflow_quietly()
-    from automl.assess import evaluate_model
+    from automl.evaluate import evaluate_model
 
     results = evaluate_model(model_dir, args.data, out=out, name=args.name, labels=args.labels)
     if location is None and args.out is None and is_uri(args.model_dir):
@@ -431,7 +432,7 @@ def _run(args: argparse.Namespace) -> None:
     spec = _search_spec(args)
     with _run_folder(args) as run:
         import_tensorflow_quietly()
-        from automl.evaluate import evaluate_run
+        from automl.ensemble import evaluate_run
         from automl.export import export_run
         from automl.retrain import retrain
         from automl.search import run_search
@@ -479,7 +480,9 @@ def _submit(args: argparse.Namespace) -> None:
     jobs = _connect(args)
     command = ["python", "-m", "automl", "search" if args.search_only else "run", "spec.yaml", "--data", args.data,
                "--name", args.name, "--results", args.results, "--ray-address", "auto"]
-    files = {"spec.yaml": args.spec}
+    from automl.spec import find_spec
+
+    files = {"spec.yaml": find_spec(args.spec)}  # a shipped spec's name sends the shipped file
     split_file = getattr(args, SPLIT_FILE_DEST)
     if split_file and Path(split_file).is_file():
         files["split.csv"], split_file = Path(split_file), "split.csv"  # sent with the job

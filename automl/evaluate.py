@@ -1,396 +1,536 @@
-"""``automl ensemble``: choose on validation, judge every member and the ensemble on the test split.
+"""``automl evaluate``: how an exported model holds up on a labelled image folder from somewhere else.
 
-Chosen on the validation split only, in this order:
+It measures and never chooses: nothing is fitted, selected or tuned on the folder. The folder holds images anywhere
+below it and a labels CSV with ``image_id`` and ``dx`` (other columns are ignored): ``labels.csv``, the HAM10000
+layout's ``HAM10000_metadata.csv``, or the file ``--labels`` names. A label is one of HAM10000's seven codes, or one
+of :data:`OTHER_LABELS` (``benign_nos``: benign, type not given, as in the ISIC Archive); any other label is counted
+and shown in the confusion matrix but enters no metric.
 
-1. the test-time augmentation mode (``none | flips | dihedral``, :mod:`automl.posthoc`): for each mode the
-   ensemble is built on the members' probabilities averaged over that mode's views; the mode whose ensemble
-   scores best by the run's objective wins, a tie going to the cheaper mode;
-2. the ensemble weights (greedy, mean or weighted, :mod:`automl.ensemble`), built on those probabilities as
-   trained: the objective judges the models, and the decision rule is applied on top of them;
-3. one temperature on the ensemble's output (after the decision rule and the weighted average, where the
-   exported graph applies it), fitted by minimising validation log loss.
+Output (``MODEL_DIR/evaluations/NAME/`` unless ``--out`` names another folder; paths in
+:class:`automl.layout.EvaluationLayout`), written aside and swapped in whole:
 
-The decision rule (``balanced | prior``) is the user's setting: ``prior`` multiplies each member's
-probabilities by its training prior / effective class mix before the average, which trades balanced
-accuracy for accuracy, so no objective picks it. Members are reported as they run inside the exported
-graph (their TTA views and the decision rule); the ensemble after its temperature, with log loss, ECE and
-Brier score before and after it. When ``refit/`` holds a refit of the ensemble's members made from the
-current retrain, its test figures are reported too, with the weights, TTA, temperature and decision
-chosen here.
-
-Writes ``RESULTS/NAME/ensemble/``: ``ensemble.json`` (method, members, weights, greedy path, TTA,
-decision, temperature), ``metrics.json`` (every member and the ensemble on val and test, with bootstrap
-confidence intervals on test, the ensemble's calibration, and ``refit_ensemble``), ``report.md`` (tables
-next to the seeds' published numbers), ``confusion_matrix.png`` and, for the binary task, ``roc.png``.
+- ``metrics.json``: images per label and what each label counts as; the multiclass metrics on the images whose label
+  is one of the model's classes; melanoma-vs-rest and malignant-vs-benign ROC-AUC and sensitivity at fixed
+  specificities; calibration (ECE over 15 bins, Brier score); the confusion matrix (every label by predicted class);
+  the share of images predicted as each class. 95% intervals come from one image-level bootstrap (1000 seeded
+  rounds; every metric sees the same resamples).
+- ``report.md``, ``roc.png``, ``reliability.png``, and ``predictions.csv``: one row per labelled image file (its path
+  relative to the data folder), unreadable files with their error.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import io
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+from sklearn.metrics import brier_score_loss, roc_auc_score, roc_curve
 
 from automl import console
-from automl.ensemble import METHODS, Ensemble, build_ensemble
-from automl.errors import UserError
-from automl.files import atomic_write, staged_dir, write_json
-from automl.layout import RunLayout, member_image_size, size_text
-from automl.metrics import HEADLINE, bootstrap_intervals, calibration_metrics, classification_metrics
-from automl.objective import Objective
-from automl.posthoc import (
-    DECISIONS,
-    TTA_MODES,
-    VIEW_COUNT,
-    apply_temperature,
-    combine,
-    correct_prior,
-    fit_temperature,
-    prior_factors,
-    tta_modes,
+from automl.data import (BINARY_CLASSES, DX_CLASSES, MALIGNANT, METADATA_FILE, read_image_table, scan_images,
+                         skipped_line)
+from automl.errors import DataError, UserError
+from automl.files import atomic_write, check_output_dir, staged_dir, write_json
+from automl.layout import EvaluationLayout, ModelLayout
+from automl.metrics import (
+    ECE_BINS,
+    HEADLINE,
+    SCORERS,
+    bootstrap_intervals,
+    brier_score,
+    calibration_bins,
+    classification_metrics,
+    expected_calibration_error,
+    sensitivity_at_specificity,
 )
-from automl.published import PUBLISHED
-from automl.stages import DECISION, ENSEMBLE_METHOD
+from automl.objective import SPECIFICITIES, sensitivity_at
+from automl.predict import classify_files, model_classes, probabilities
+
+#: Labels files looked for in the data folder, in this order (``--labels`` names any other).
+LABEL_FILES = ("labels.csv", METADATA_FILE)
+REQUIRED_COLUMNS = ("image_id", "dx")
+#: Labels known besides HAM10000's seven codes, and their side in malignant vs benign.
+OTHER_LABELS = {"benign_nos": "benign", "benign": "benign", "malignant": "malignant"}
+#: The yes/no questions every image with a known label answers.
+QUESTIONS = ("melanoma", "malignant")
+QUESTION_TEXT = {"melanoma": "melanoma vs rest", "malignant": "malignant vs benign"}
+#: How a question's answers read in the tables: (negative, positive).
+ANSWERS = {"melanoma": ("rest", "melanoma"), "malignant": ("benign", "malignant")}
+MEASURES_ONLY = ("This set measures the model; it never chooses anything: no hyperparameter, threshold, temperature or "
+                 "ensemble weight was fitted or selected on it.")
 
 
-def evaluate_run(run_dir: Path, method: str = ENSEMBLE_METHOD, decision: str = DECISION, bootstrap: int = 1000,
-                 seed: int = 0) -> dict:
-    """Choose on validation, evaluate on test; see the module docstring for what is chosen and how."""
-    if method not in METHODS:
-        raise UserError(f"--method {method}: use one of {', '.join(METHODS)}")
-    if decision not in DECISIONS:
-        raise UserError(f"--decision {decision}: use one of {', '.join(DECISIONS)}")
-    run = RunLayout(run_dir)
-    info = run.read_info(required=True)
-    objective = Objective.from_record(info)
-    members, labels = run.read_members(), run.read_labels()
-    classes = tuple(str(c) for c in labels["class_names"])
-    y_val, y_test = labels["y_val"], labels["y_test"]
-    ids = list(members["member_id"])
-    probs = _member_probs(run, ids, member_image_size(info))
-    tta, ensemble, tta_scores = choose_tta(method, {mode: p["val"] for mode, p in probs.items()}, y_val, objective)
-    val, test = probs[tta]["val"], probs[tta]["test"]
-    has_mix = {"class_prior", "class_mix"} <= set(members.columns)
-    factors = prior_factors(members, run.members) if decision == "prior" or has_mix else None
-    decided = factors if decision == "prior" else None
-    post = _post_process(val, test, ensemble.weights, decided, y_val, y_test)
-    # Members as they run inside the exported graph: their TTA views and the decision rule, no temperature.
+def evaluate_model(model_dir: str | Path, data_dir: str | Path, out: str | Path | None = None, name: str | None = None,
+                   labels: str | Path | None = None, *, rounds: int = 1000, seed: int = 0,
+                   batch_size: int = 64) -> dict:
+    """Classify every labelled image of ``data_dir`` with the exported model and write the evaluation folder.
+
+    ``out`` defaults to ``MODEL_DIR/evaluations/NAME``, ``name`` to the data folder's name, ``labels`` to the data
+    folder's ``labels.csv`` or ``HAM10000_metadata.csv``. Bad input (not a model folder, no labels file, no ``image_id``
+    or ``dx`` column, no labelled image found, an output folder that is not ours) is a :class:`UserError` before any
+    image is classified. Returns what ``metrics.json`` holds.
+    """
+    model_dir, data_dir = Path(model_dir), Path(data_dir)
+    classes = model_classes(model_dir)
+    _check_scorable(model_dir, classes)
+    name = _evaluation_name(name, data_dir)
+    target = EvaluationLayout(out) if out is not None else ModelLayout(model_dir).evaluation(name)
+    check_output_dir(target.root)  # before the images are classified
+    labels_file, table, missing, unlabelled, skipped = _read_labelled(data_dir, labels)
+    if line := skipped_line(skipped):
+        console.info(f"{data_dir}: {line}")
+    predictions = classify_files(model_dir, list(table["path"]), batch_size)
+    if len(predictions) != len(table):  # one row per path, and every labelled id has its own path
+        raise AssertionError("predictions do not line up with the labels")
+    predictions.insert(1, "dx", table["dx"].to_numpy())
+    predictions["path"] = [os.path.relpath(p, data_dir) for p in table["path"]]
+    readable = (predictions["error"] == "").to_numpy()
+    if not readable.any():
+        first = predictions.iloc[0]
+        raise DataError(f"{data_dir}: none of the {len(predictions)} labelled images could be read "
+                        f"(first: {first['path']}: {first['error']})")
+    images = _Images.of(predictions["dx"].to_numpy()[readable], probabilities(predictions, classes)[readable], classes)
     results = {
-        m: {"val": classification_metrics(y_val, v, classes), "test": classification_metrics(y_test, t, classes)}
-        for m, v, t in zip(ids, _decided(val, decided), _decided(test, decided), strict=True)
+        "name": name, "model": str(model_dir), "model_name": ModelLayout(model_dir).read_card().get("name"),
+        "data": str(data_dir), "labels_file": str(labels_file), "classes": classes,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "bootstrap": {"rounds": rounds, "seed": seed, "resampled": "images", "interval": "95% percentile"},
+        "images": {"labelled": len(table) + len(missing), "found": len(table), "missing": len(missing),
+                   "missing_first": missing[:10], "unlabelled_files": unlabelled,
+                   "skipped_files": len(skipped), "skipped_first": [str(p) for p in list(skipped)[:10]],
+                   "unreadable": int((~readable).sum()), "scored": int(readable.sum())},
+        "labels": _label_counts(predictions, images),
+        **_measure(images, rounds, seed),
     }
-    results["ensemble"] = {
-        "val": classification_metrics(y_val, post["val"], classes),
-        "test": classification_metrics(y_test, post["test"], classes),
-        "test_ci95": bootstrap_ci(y_test, post["test"], classes, bootstrap, seed),
-        "calibration": post["calibration"],
-    }
-    # The best single member is chosen on validation, by the objective, like everything else.
-    best_member = ids[objective.best_index([results[m]["val"][objective.key] for m in ids])]
-    best_test = _decided(test, decided)[ids.index(best_member)]
-    results[best_member]["test_ci95"] = bootstrap_ci(y_test, best_test, classes, bootstrap, seed)
-    weights = dict(zip(ids, ensemble.weights, strict=True))
-    refit = _refit_results(run, info, weights, tta, decision, post["temperature"], y_test, classes, bootstrap, seed)
-    if refit:
-        results["refit_ensemble"] = refit
-    summary = {
-        "method": method, "objective": objective.to_record(), "members": ids, "weights": weights,
-        "greedy_picks": [ids[i] for i in ensemble.picks], "greedy_scores": ensemble.scores,
-        "best_member": best_member, "classes": list(classes), "task": info.get("task"), "split": info.get("split"),
-        "tta": tta, "tta_scores": tta_scores, "decision": decision, "temperature": post["temperature"],
-        "prior_factors": {m: f.tolist() for m, f in decided.items()} if decided else None,
-        "decisions": _by_decision(val, test, ensemble.weights, factors, y_val, y_test, classes) if factors else None,
-        "refit": bool(refit), "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-    }
-    _write(run, info, summary, results, y_test, {"ensemble": post["test"], best_member: best_test})
-    ens, best = results["ensemble"]["test"], results[best_member]["test"]
-    console.info(
-        f"{method} ensemble of {sum(w > 0 for w in ensemble.weights)} members by {objective} (TTA {tta}, decision "
-        f"{decision}, temperature {post['temperature']:.2f}): test {objective.key} {ens[objective.key]:.3f} (best "
-        f"member {best_member}: {best[objective.key]:.3f}); "
-        + ", ".join(f"{k} {ens[k]:.3f}" for k in HEADLINE if k != objective.key)
-        + f"; report: {run.report}"
-    )
+    _write(target, results, images, predictions)
+    if out is None:  # an evaluation kept beside the model: its card says how the model held up
+        from automl.export import record_evaluations
+
+        record_evaluations(model_dir)
+    _summary(target, results)
     return results
 
 
-def choose_tta(method: str, val_by_mode: dict[str, list[np.ndarray]], y_val: np.ndarray,
-               objective: Objective) -> tuple[str, Ensemble, dict[str, float]]:
-    """The TTA mode whose ensemble scores best on validation by the objective (a tie goes to the cheaper mode),
-    that ensemble, and every mode's validation score. Modes are tried in :data:`automl.posthoc.TTA_MODES` order."""
-    modes = [mode for mode in TTA_MODES if mode in val_by_mode]
-    ensembles = [build_ensemble(method, val_by_mode[mode], y_val, objective) for mode in modes]
-    scores = [objective.score(y_val, e.predict(val_by_mode[mode])) for mode, e in zip(modes, ensembles, strict=True)]
-    best = objective.best_index(scores)
-    best = 0 if best is None else best
-    return modes[best], ensembles[best], dict(zip(modes, scores, strict=True))
+def _check_scorable(model_dir: Path, classes: list[str]) -> None:
+    if classes != list(BINARY_CLASSES) and "mel" not in classes:
+        raise UserError(f"{ModelLayout(model_dir).card_json}: classes {', '.join(classes)} have neither mel nor "
+                        f"{' and '.join(BINARY_CLASSES)}; automl evaluate scores melanoma and malignancy")
 
 
-def _member_probs(run: RunLayout, ids: list[str], image_size) -> dict[str, dict[str, list[np.ndarray]]]:
-    """``{tta mode: {split: [probabilities per member]}}``, for the modes every member has files for (members
-    retrained before TTA existed have the plain ones only)."""
-    modes = tta_modes(image_size or (1, 1))
-    present = [mode for mode in modes if mode == "none" or all(
-        run.member_probs(run.member(m), split, mode).is_file() for m in ids for split in ("val", "test"))]
-    return {mode: {split: [run.read_member_probs(m, split, mode) for m in ids] for split in ("val", "test")}
-            for mode in present}
+def _evaluation_name(name: str | None, data_dir: Path) -> str:
+    name = data_dir.resolve().name if name is None else name
+    if not name or name in (".", "..") or name.startswith(".") or "/" in name or os.sep in name:
+        raise UserError(f"--name {name!r}: give a plain folder name (no slashes, not starting with a dot)")
+    return name
 
 
-def _decided(member_probs: list[np.ndarray], factors: dict[str, np.ndarray] | None) -> list[np.ndarray]:
-    """Each member's probabilities under the decision rule: prior-corrected when ``factors`` are given."""
-    if factors is None:
-        return list(member_probs)
-    return [correct_prior(p, f) for p, f in zip(member_probs, factors.values(), strict=True)]
+def _read_labelled(data_dir: Path, labels: str | Path | None = None
+                   ) -> tuple[Path, pd.DataFrame, list[str], int, dict[Path, str]]:
+    """The labels file used, its rows that have an image file (``image_id, dx, path``; ``dx`` in lower case), the
+    labelled ids without an image file, the number of image files without a label, and the files passed over with
+    why (not an image format, or a second file of one image id; the labels file itself is not counted).
+    """
+    if not data_dir.is_dir():
+        raise DataError(f"{data_dir}: data folder not found")
+    path = _labels_file(data_dir, labels)
+    table = read_image_table(path, REQUIRED_COLUMNS)[list(REQUIRED_COLUMNS)]
+    table["dx"] = table["dx"].str.lower()
+    scan = scan_images(data_dir)
+    found, repeated = scan.by_id()
+    skipped = {p: why for p, why in scan.others.items() if p.resolve() != path.resolve()} | repeated
+    table["path"] = table["image_id"].map(found)
+    if table["path"].isna().all():
+        raise DataError(f"{path}: none of its {len(table)} image_ids has an image file below {data_dir} (looked for "
+                        f"IMAGE_ID.jpg, .png, .tif or another image format, e.g. {table['image_id'].iloc[0]}.jpg; "
+                        f"{len(found)} image files found there)")
+    missing = table.loc[table["path"].isna(), "image_id"].tolist()
+    unlabelled = len(set(found) - set(table["image_id"]))
+    return path, table.dropna(subset=["path"]).reset_index(drop=True), missing, unlabelled, skipped
 
 
-def _post_process(val: list[np.ndarray], test: list[np.ndarray], weights: list[float],
-                  factors: dict[str, np.ndarray] | None, y_val: np.ndarray, y_test: np.ndarray) -> dict:
-    """The graph's tail on val and test: decision rule, weighted average, and the temperature fitted on val
-    (with log loss, ECE and Brier score before and after it)."""
-    fs = list(factors.values()) if factors is not None else None
-    raw_val, raw_test = combine(val, weights, fs), combine(test, weights, fs)
-    temperature = fit_temperature(raw_val, y_val)
-    val, test = apply_temperature(raw_val, temperature), apply_temperature(raw_test, temperature)
-    calibration = {"temperature": temperature} | {
-        split: {"before": calibration_metrics(y, raw), "after": calibration_metrics(y, final)}
-        for split, y, raw, final in (("val", y_val, raw_val, val), ("test", y_test, raw_test, test))}
-    return {"temperature": temperature, "val": val, "test": test, "calibration": calibration}
+def _labels_file(data_dir: Path, labels: str | Path | None) -> Path:
+    if labels is not None:
+        if not Path(labels).is_file():
+            raise DataError(f"{labels}: labels file not found (--labels names a CSV with image_id and dx columns)")
+        return Path(labels)
+    present = [data_dir / n for n in LABEL_FILES if (data_dir / n).is_file()]
+    if not present:
+        raise DataError(f"{data_dir}: no labels file: expected {' or '.join(LABEL_FILES)} with image_id and dx "
+                        "columns; name another with --labels")
+    if len(present) > 1:
+        raise DataError(f"{data_dir}: holds both {' and '.join(p.name for p in present)}; choose one with --labels")
+    return present[0]
 
 
-def _by_decision(val, test, weights, factors, y_val, y_test, classes) -> dict[str, dict[str, float]]:
-    """The ensemble's headline test metrics under each decision rule (same members, weights and TTA)."""
-    out = {}
-    for decision, chosen in (("balanced", None), ("prior", factors)):
-        probs = _post_process(val, test, weights, chosen, y_val, y_test)["test"]
-        metrics = classification_metrics(y_test, probs, classes)
-        out[decision] = {k: metrics[k] for k in HEADLINE}
-    return out
+def _label_side(label: str) -> str | None:
+    """``malignant`` or ``benign`` for a known label (mel, bcc, akiec are malignant), ``None`` for an unknown one."""
+    if label in DX_CLASSES:
+        return BINARY_CLASSES[label in MALIGNANT]
+    return OTHER_LABELS.get(label)
 
 
-def _refit_results(run: RunLayout, info: dict, weights: dict[str, float], tta: str, decision: str,
-                   temperature: float, y_test: np.ndarray, classes: tuple[str, ...], bootstrap: int,
-                   seed: int) -> dict | None:
-    """The refit ensemble on test with the weights, TTA, decision and temperature chosen here on validation;
-    ``None`` when there is no refit of these members (or it was made from an earlier retrain)."""
-    if not run.refit_members.is_file():
-        return None
-    chosen = [m for m, w in weights.items() if w > 0]
-    table = run.read_members(refit=True)
-    stale = (info.get("refit") or {}).get("retrain_ended") != (info.get("retrain") or {}).get("ended")
-    if stale or not set(chosen) <= set(table["member_id"]):
-        console.info(f"{run.refit}: not a refit of this ensemble's members (made from an earlier retrain or "
-                     f"ensemble); left out of the report. Run automl retrain {run.name} --refit to redo it")
-        return None
-    table = table.set_index("member_id").loc[chosen].reset_index()
-    factors = list(prior_factors(table, run.refit_members).values()) if decision == "prior" else None
-    raw = combine([run.read_member_probs(m, "test", tta, refit=True) for m in chosen],
-                  [weights[m] for m in chosen], factors)
-    probs = apply_temperature(raw, temperature)
-    return {"members": chosen, "epochs": dict(zip(chosen, map(int, table["epochs"]), strict=True)),
-            "test": classification_metrics(y_test, probs, classes),
-            "test_ci95": bootstrap_ci(y_test, probs, classes, bootstrap, seed),
-            "calibration": {"temperature": temperature, "test": {"before": calibration_metrics(y_test, raw),
-                                                                 "after": calibration_metrics(y_test, probs)}}}
+def _label_roles(label: str, classes: list[str]) -> dict:
+    """What an image of ``label`` counts as: its model class in the multiclass metrics (``None``: not scored there),
+    and per question 1 (positive), 0 (negative) or -1 (not scored).
+
+    A benign-vs-malignant model scores every known label as its side; a model of dx codes the labels among its
+    classes. A malignant lesion of unstated type (``malignant``) may be a melanoma: not scored in melanoma vs rest.
+    """
+    side = _label_side(label)
+    as_class = side if classes == list(BINARY_CLASSES) else label
+    return {"multiclass": as_class if as_class in classes else None,
+            "malignant": -1 if side is None else int(side == "malignant"),
+            "melanoma": 1 if label == "mel" else 0 if side is not None and label != "malignant" else -1}
 
 
-def _write(run: RunLayout, info: dict, summary: dict, results: dict, y_test: np.ndarray,
-           roc: dict[str, np.ndarray]) -> None:
-    """``ensemble/``: summary, metrics, plots and report, swapped in as a whole."""
-    classes = tuple(summary["classes"])
-    with staged_dir(run.ensemble) as stage:
-        def at(path: Path) -> Path:  # the run's own file name, inside the stage
-            return stage / path.relative_to(run.ensemble)
+@dataclass
+class _Images:
+    """The readable labelled images: their labels and probabilities, and what each counts as in each metric.
 
-        write_json(at(run.ensemble_json), summary)
-        write_json(at(run.ensemble_metrics), results)
-        _plot_confusion(results["ensemble"]["test"]["confusion_matrix"], classes, at(run.confusion_png))
-        if len(classes) == 2:
-            _plot_roc(y_test, roc, at(run.roc_png))
-        atomic_write(at(run.report), report_markdown(run.name, info, summary, results))
+    ``target``: the model class each image is scored as in the multiclass metrics (-1: not scored). ``truth``: per
+    question, 1 positive, 0 negative, -1 not scored. ``score``: per question, the model's score.
+    """
+
+    dx: np.ndarray
+    probs: np.ndarray
+    classes: list[str]
+    target: np.ndarray
+    truth: dict[str, np.ndarray]
+    score: dict[str, np.ndarray]
+    score_text: dict[str, str]
+
+    @classmethod
+    def of(cls, dx: np.ndarray, probs: np.ndarray, classes: list[str]) -> _Images:
+        roles = {label: _label_roles(label, classes) for label in set(dx)}
+        target = np.array([-1 if roles[d]["multiclass"] is None else classes.index(roles[d]["multiclass"])
+                           for d in dx], dtype=int)
+        truth = {q: np.array([roles[d][q] for d in dx], dtype=int) for q in QUESTIONS}
+        if classes == list(BINARY_CLASSES):
+            score = {"melanoma": probs[:, 1], "malignant": probs[:, 1]}
+            text = {"melanoma": "p_malignant (the model has no melanoma output)", "malignant": "p_malignant"}
+        else:
+            malignant = [c for c in MALIGNANT if c in classes]
+            score = {"melanoma": probs[:, classes.index("mel")],
+                     "malignant": np.clip(probs[:, [classes.index(c) for c in malignant]].sum(axis=1), 0.0, 1.0)}
+            text = {"melanoma": "p_mel", "malignant": " + ".join(f"p_{c}" for c in malignant)}
+        return cls(dx, probs, classes, target, truth, score, text)
 
 
-def bootstrap_ci(y: np.ndarray, probs: np.ndarray, classes: tuple[str, ...], rounds: int, seed: int) -> dict:
-    """95% percentile intervals of the headline metrics over image-level bootstrap resamples."""
-    def headline(rows: np.ndarray) -> dict[str, float]:
-        metrics = classification_metrics(y[rows], probs[rows], classes)
-        return {name: metrics[name] for name in HEADLINE}
+def _multiclass_scores(images: _Images, rows: np.ndarray) -> dict[str, float]:
+    """The headline metrics, ECE (top class) and Brier score on the images of ``rows`` scored in the multiclass
+    metrics."""
+    keep = images.target[rows] >= 0
+    y, probs = images.target[rows][keep], images.probs[rows][keep]
+    if not len(y):
+        return dict.fromkeys([*HEADLINE, "ece", "brier"], math.nan)
+    labels, predicted = np.arange(probs.shape[1]), probs.argmax(axis=1)
+    values = {name: SCORERS[name](y, predicted, probs, labels) for name in HEADLINE}
+    values["ece"] = expected_calibration_error(predicted == y, probs.max(axis=1))
+    values["brier"] = brier_score(y, probs)
+    return values
 
-    return bootstrap_intervals(len(y), headline, rounds, seed)
+
+def _question_scores(images: _Images, question: str, rows: np.ndarray) -> dict[str, float]:
+    """ROC-AUC and sensitivity at fixed specificities of one question (and calibration of the malignant
+    probability) on the images of ``rows`` scored in it."""
+    keep = images.truth[question][rows] >= 0
+    y, score = images.truth[question][rows][keep], images.score[question][rows][keep]
+    values = {"auc": float(roc_auc_score(y, score)) if 0 < y.sum() < len(y) else math.nan}
+    for specificity in SPECIFICITIES:
+        values[sensitivity_at(specificity)] = sensitivity_at_specificity(y, score, specificity)["sensitivity"]
+    if question == "malignant":
+        values["ece"] = expected_calibration_error(y == 1, score) if len(y) else math.nan
+        values["brier"] = float(brier_score_loss(y, score, pos_label=1)) if len(y) else math.nan
+    return values
 
 
-def _searched_at(info: dict) -> str:
-    searched = tuple(info["image_size"])
-    return "" if searched == member_image_size(info) else f" (searched at {size_text(searched)})"
+def _measure(images: _Images, rounds: int = 1000, seed: int = 0) -> dict:
+    """Every metric of the evaluation with its 95% interval (the same image-level resamples for each section)."""
+    n, every = len(images.dx), np.arange(len(images.dx))
+    sections: dict[str, Callable[[np.ndarray], dict[str, float]]] = {
+        "multiclass": lambda rows: _multiclass_scores(images, rows),
+        **{q: (lambda rows, q=q: _question_scores(images, q, rows)) for q in QUESTIONS},
+    }
+    results = {name: {**statistic(every), "ci95": bootstrap_intervals(n, statistic, rounds, seed)}
+               for name, statistic in sections.items()}
+    results["multiclass"] |= _multiclass_details(images)
+    for question in QUESTIONS:
+        results[question] |= _question_details(images, question)
+    results["confusion_matrix"] = _confusion(images)
+    shares = np.bincount(images.probs.argmax(axis=1), minlength=len(images.classes)) / n
+    results["predicted_share"] = dict(zip(images.classes, map(float, shares), strict=True))
+    return results
 
 
-def report_markdown(name: str, info: dict, summary: dict, results: dict) -> str:
-    best = summary["best_member"]
+def _multiclass_details(images: _Images) -> dict:
+    """Which images and classes the multiclass metrics saw, per-class scores and the reliability bins."""
+    scored = images.target >= 0
+    y, probs = images.target[scored], images.probs[scored]
+    present = sorted(set(y.tolist()))
+    per_class = classification_metrics(y, probs, tuple(images.classes))["per_class"] if scored.any() else {}
+    return {"images": int(scored.sum()), "classes_scored": [images.classes[k] for k in present],
+            "per_class": {c: v for c, v in per_class.items() if images.classes.index(c) in present},
+            "reliability": _bins(probs.argmax(axis=1) == y, probs.max(axis=1))}
+
+
+def _question_details(images: _Images, question: str) -> dict:
+    """The score used, which labels were positive and negative, the thresholds of the fixed specificities, and (for
+    the malignant probability) the reliability bins."""
+    truth, score = images.truth[question], images.score[question]
+    scored = truth >= 0
+    points = {f"{s:g}": sensitivity_at_specificity(truth[scored], score[scored], s) for s in SPECIFICITIES}
+    details = {"score": images.score_text[question], "positives": int((truth == 1).sum()),
+               "negatives": int((truth == 0).sum()), "positive_labels": _label_order(images.dx[truth == 1]),
+               "negative_labels": _label_order(images.dx[truth == 0]),
+               "operating_points": {s: {k: p[k] for k in ("threshold", "specificity")} for s, p in points.items()}}
+    if question == "malignant":
+        details["reliability"] = _bins(truth[scored] == 1, score[scored])
+    return details
+
+
+def _bins(hits: np.ndarray, confidence: np.ndarray) -> dict[str, list]:
+    counts, mean_confidence, hit_rate = calibration_bins(hits, confidence)
+    return {"bins": ECE_BINS, "images": counts.tolist(), "mean_confidence": mean_confidence.tolist(),
+            "observed": hit_rate.tolist()}
+
+
+def _label_order(labels) -> list[str]:
+    known = [*DX_CLASSES, *OTHER_LABELS]
+    return [c for c in known if c in set(labels)] + sorted(set(labels) - set(known))
+
+
+def _confusion(images: _Images) -> dict:
+    rows = _label_order(images.dx)
+    predicted = np.array(images.classes, dtype=object)[images.probs.argmax(axis=1)]
+    counts = pd.crosstab(pd.Series(images.dx, name="label"), pd.Series(predicted, name="predicted"))
+    counts = counts.reindex(index=rows, columns=images.classes, fill_value=0)
+    return {"rows": rows, "columns": list(images.classes), "counts": counts.to_numpy().tolist()}
+
+
+def _label_counts(predictions: pd.DataFrame, images: _Images) -> dict:
+    """Per label: images found, unreadable, scored, and what the label counts as in each metric."""
+    counts = {}
+    readable = predictions["error"] == ""
+    for label in _label_order(predictions["dx"]):
+        found, roles = predictions["dx"] == label, _label_roles(label, images.classes)
+        counts[label] = {"images": int(found.sum()), "unreadable": int((found & ~readable).sum()),
+                         "scored": int((images.dx == label).sum()), "multiclass": roles["multiclass"],
+                         **{QUESTION_TEXT[q].replace(" ", "_"): None if roles[q] < 0 else ANSWERS[q][roles[q]]
+                            for q in QUESTIONS}}
+    return counts
+
+
+def _write(target: EvaluationLayout, results: dict, images: _Images, predictions: pd.DataFrame) -> None:
+    with staged_dir(target.root) as stage:
+        staged = EvaluationLayout(stage)
+        write_json(staged.metrics, results)
+        atomic_write(staged.report, _report_markdown(results))
+        buffer = io.StringIO()
+        predictions.to_csv(buffer, index=False, float_format="%.6g")
+        atomic_write(staged.predictions, buffer.getvalue())
+        _plot_roc(images, results, staged.roc_png)
+        _plot_reliability(results, staged.reliability_png)
+
+
+def _summary(target: EvaluationLayout, results: dict) -> None:
+    parts = []
+    for question in QUESTIONS:
+        section = results[question]
+        parts.append(f"{QUESTION_TEXT[question]} AUC {_with_ci(section, 'auc')} ({section['score']})")
+    console.info(f"{results['name']}: {results['images']['scored']} images scored; " + "; ".join(parts)
+                 + f"; report: {target.report}")
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _with_ci(section: dict, key: str) -> str:
+    low, high = section.get("ci95", {}).get(key, [math.nan, math.nan])
+    if _fmt(section.get(key)) == "-" or _fmt(low) == "-":
+        return _fmt(section.get(key))
+    return f"{section[key]:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def _report_markdown(results: dict) -> str:
+    """``report.md``: what was measured on which images, the tables, and how the numbers were made."""
+    counts = results["images"]
     lines = [
-        f"# {name}: ensemble report", "",
-        (f"Task {info.get('task')}, members at {size_text(member_image_size(info))} pixels"
-         f"{_searched_at(info)}, split: {summary['split']}. "
-         f"Ensemble method: {summary['method']}, selected by {_objective_text(summary)} on validation only; "
-         "the test split was used for nothing but this report."),
-        "", "## Test split", "",
-        "| model | weight | balanced accuracy | macro-F1 | accuracy | AUC |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        f"# External evaluation: {results['name']}", "", f"**{MEASURES_ONLY}**", "",
+        f"- model: `{results['model']}` ({results.get('model_name') or 'unnamed'}), classes "
+        f"{', '.join(results['classes'])}",
+        f"- data: `{results['data']}`, labels from `{results['labels_file']}`",
+        f"- images: {counts['scored']} scored of {counts['labelled']} labelled ({counts['missing']} without an image "
+        f"file, {counts['unreadable']} unreadable; {counts['unlabelled_files']} image files without a label ignored)",
+        f"- made {results['created']}; brackets are 95% intervals from {results['bootstrap']['rounds']} image-level "
+        f"bootstrap rounds (seed {results['bootstrap']['seed']}), the same resamples for every metric",
+        *_ham10000_caveat(results),
+        "", *_binary_section(results), "", *_multiclass_section(results), "", *_labels_section(results), "",
+        *_confusion_section(results), "", "## How the numbers were made", "", *_method_notes(results),
     ]
-    for model in ["ensemble", *summary["members"]]:
-        cells = _headline_cells(results[model]["test"], results[model].get("test_ci95", {}))
-        weight = "" if model == "ensemble" else f"{summary['weights'][model]:.2f}"
-        label = f"{model} (best member on val)" if model == best else model
-        lines.append(f"| {label} | {weight} | {cells} |")
-    ens_val, best_val = results["ensemble"]["val"], results[best]["val"]
-    key = Objective.from_record(summary.get("objective") or {}).key
-    lines += ["", (f"Validation {key.replace('_', ' ')} (the objective): ensemble {ens_val[key]:.3f}, best member "
-                   f"{best_val[key]:.3f}. Brackets: 95% bootstrap intervals over test images."), "",
-              *_posthoc_lines(summary, results), *_refit_lines(summary, results),
-              "## Per class (ensemble, test)", "", "| class | precision | recall | F1 | support |",
-              "| --- | ---: | ---: | ---: | ---: |"]
-    for cls, row in results["ensemble"]["test"]["per_class"].items():
-        lines.append(f"| {cls} | {row['precision']:.2f} | {row['recall']:.2f} | {row['f1']:.2f} | {row['support']} |")
-    lines += ["", "## Published numbers, for scale", "",
-              "None of these used a lesion-grouped split; image-level splits put images of one lesion on both sides.",
-              "",
-              "| source | resolution | split | accuracy | macro-F1 | AUC |", "| --- | --- | --- | ---: | ---: | ---: |"]
-    for row in (p for p in PUBLISHED if p["task"] == info.get("task")):
-        cells = " | ".join(f"{row[k]:.3f}" if k in row else "-" for k in ("accuracy", "macro_f1", "auc"))
-        lines.append(f"| {row['source']} | {row['resolution']} | {row['split']} | {cells} |")
-    lines += ["", "## How this was made", "", *_provenance(info)]
     return "\n".join(lines) + "\n"
 
 
-def _headline_cells(metrics: dict, ci: dict) -> str:
-    return " | ".join(f"{metrics[k]:.3f}" + (f" [{ci[k][0]:.3f}, {ci[k][1]:.3f}]" if ci.get(k) else "")
-                      for k in HEADLINE)
-
-
-def _posthoc_lines(summary: dict, results: dict) -> list[str]:
-    """What the ensemble does after its members: TTA, decision rule, temperature (runs before them have none)."""
-    if "tta" not in summary:
+def _ham10000_caveat(results: dict) -> list[str]:
+    if Path(results["labels_file"]).name != METADATA_FILE:
         return []
-    scores = ", ".join(f"{mode} {score:.3f}" for mode, score in (summary.get("tta_scores") or {}).items())
-    decision = summary["decision"]
-    lines = ["## Test-time augmentation, decision rule and calibration", "",
-             f"- **TTA: {summary['tta']}** ({VIEW_COUNT[summary['tta']]} view(s) per member, averaged), chosen on "
-             f"validation by {_objective_text(summary)}: {scores} (a tie goes to the cheaper mode).",
-             f"- **Decision rule: {decision}**, the user's setting (`--decision`); no objective chooses it, as it "
-             "trades balanced accuracy for accuracy. "
-             + ("Each member's probabilities are multiplied by training prior / the class mix its imbalance setting "
-                "made it learn, renormalised, before the average (Saerens et al. 2002)." if decision == "prior" else
-                "Members' probabilities as trained (their re-balanced class mix favours balanced accuracy).")]
-    if summary.get("decisions"):
-        lines += ["", "| decision rule (ensemble, test) | balanced accuracy | macro-F1 | accuracy | AUC |",
-                  "| --- | ---: | ---: | ---: | ---: |"]
-        lines += [f"| {name}{' (this ensemble)' if name == decision else ''} | {_headline_cells(m, {})} |"
-                  for name, m in summary["decisions"].items()]
-    cal = results["ensemble"]["calibration"]
-    lines += ["", (f"- **Temperature T = {cal['temperature']:.3f}**: one temperature on the ensemble's averaged "
-                   "probabilities (softmax(log p / T), applied last), fitted on validation by minimising log loss. It "
-                   "changes no argmax, so accuracy, balanced accuracy, macro-F1 and the confusion matrix are the same "
-                   "before and after; only the probabilities (log loss, ECE, Brier score and, with more than two "
-                   "classes, the one-vs-rest AUC, which ranks images across rows) move."), "",
-              *_calibration_table(cal["test"]), ""]
+    return ["", f"Labels from {METADATA_FILE}: these are HAM10000 images. A model trained on HAM10000 may have seen "
+            "some of them in its training or validation split; those numbers then measure fit, not another site."]
+
+
+def _binary_section(results: dict) -> list[str]:
+    specs = [f"{s:g}" for s in SPECIFICITIES]
+    lines = ["## Melanoma and malignancy", "",
+             "| question | score | positives | negatives | ROC-AUC | "
+             + " | ".join(f"sensitivity at specificity {s}" for s in specs) + " | ECE | Brier |",
+             "| --- | --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in specs) + " | ---: | ---: |"]
+    for question in QUESTIONS:
+        s = results[question]
+        cells = [f"{_with_ci(s, sensitivity_at(float(v)))} (threshold {_fmt(s['operating_points'][v]['threshold'])})"
+                 for v in specs]
+        calibration = [_with_ci(s, k) if k in s else "-" for k in ("ece", "brier")]
+        lines.append(f"| {QUESTION_TEXT[question]} | {s['score']} | {s['positives']} | {s['negatives']} | "
+                     f"{_with_ci(s, 'auc')} | " + " | ".join([*cells, *calibration]) + " |")
+    for question in QUESTIONS:
+        positives, negatives = (", ".join(results[question][f"{k}_labels"]) or "none" for k in ("positive", "negative"))
+        lines += ["", f"{QUESTION_TEXT[question].capitalize()}: positives {positives}; negatives {negatives}."]
+    lines += ["", "Sensitivity at a fixed specificity: the threshold is the score that this set's own negatives "
+              "(benign images; for melanoma vs rest, every non-melanoma image) put at that specificity (their "
+              "quantile); an image above it is called positive. These thresholds describe points on this set's ROC "
+              "curve and are not for use: a threshold to deploy is chosen on the training data's validation split."]
     return lines
 
 
-def _calibration_table(before_after: dict) -> list[str]:
-    rows = ["| test split | log loss | ECE (15 bins, top label) | Brier score |", "| --- | ---: | ---: | ---: |"]
-    for when in ("before", "after"):
-        m = before_after[when]
-        rows.append(f"| {when} temperature | {m['loss']:.3f} | {m['ece']:.3f} | {m['brier']:.3f} |")
-    return rows
+def _multiclass_section(results: dict) -> list[str]:
+    m = results["multiclass"]
+    names = [{"macro_f1": "macro-F1", "auc": "AUC (macro one-vs-rest)"}.get(n, n.replace("_", " ")) for n in HEADLINE]
+    lines = ["## The model's classes", ""]
+    if not m["images"]:
+        return [*lines, "No image has a label among the model's classes: no multiclass metric."]
+    lines += [f"On the {m['images']} images whose label is one of the model's classes; classes scored (present): "
+              f"{', '.join(m['classes_scored'])}. Balanced accuracy and macro-F1 average over these classes only.", "",
+              "| " + " | ".join([*names, "ECE (top class)", "Brier"]) + " |",
+              "| " + " | ".join("---:" for _ in range(len(names) + 2)) + " |",
+              "| " + " | ".join(_with_ci(m, k) for k in [*HEADLINE, "ece", "brier"]) + " |", "",
+              "| class | precision | recall | F1 | images |", "| --- | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {c} | {r['precision']:.2f} | {r['recall']:.2f} | {r['f1']:.2f} | {r['support']} |"
+              for c, r in m["per_class"].items()]
+    return lines
 
 
-def _refit_lines(summary: dict, results: dict) -> list[str]:
-    """The refit ensemble next to the validation run's, when ``retrain --refit`` has run for these members."""
-    refit = results.get("refit_ensemble")
-    if not refit:
-        return []
-    epochs = ", ".join(f"{m} {n}" for m, n in refit["epochs"].items())
-    return ["## Refit on train+val", "",
-            (f"The ensemble's members trained again from scratch on train+val, each for the epochs its validation "
-             f"run chose ({epochs}), at that run's learning rates. Ensemble weights, TTA mode "
-             f"({summary.get('tta')}), temperature ({refit['calibration']['temperature']:.3f}) and decision rule "
-             f"({summary.get('decision')}) carry over from the validation run: with val in the training set "
-             "nothing is left to choose them on. The test split stays untouched."), "",
-            "| ensemble (test) | balanced accuracy | macro-F1 | accuracy | AUC |",
-            "| --- | ---: | ---: | ---: | ---: |",
-            f"| validation run (train only) | {_headline_cells(results['ensemble']['test'], {})} |",
-            f"| refit (train+val) | {_headline_cells(refit['test'], refit.get('test_ci95', {}))} |", "",
-            *_calibration_table(refit["calibration"]["test"]), ""]
+def _labels_section(results: dict) -> list[str]:
+    lines = ["## Images per label", "",
+             "| label | images | unreadable | scored | multiclass metrics as | melanoma vs rest "
+             "| malignant vs benign |",
+             "| --- | ---: | ---: | ---: | --- | --- | --- |"]
+    for label, c in results["labels"].items():
+        answers = " | ".join(c[QUESTION_TEXT[q].replace(" ", "_")] or "not scored" for q in QUESTIONS)
+        lines.append(f"| {label} | {c['images']} | {c['unreadable']} | {c['scored']} | "
+                     f"{c['multiclass'] or 'not scored'} | {answers} |")
+    unknown = [label for label in results["labels"] if _label_side(label) is None]
+    if unknown:
+        lines += ["", f"Unknown labels ({', '.join(unknown)}) enter no metric; they are counted here and in the "
+                  "confusion matrix only."]
+    if results["images"]["missing"]:
+        lines += ["", f"{results['images']['missing']} labelled images have no image file (first: "
+                  f"{', '.join(results['images']['missing_first'])})."]
+    return lines
 
 
-def _objective_text(summary: dict) -> str:
-    return str(Objective.from_record(summary.get("objective") or {}))
+def _confusion_section(results: dict) -> list[str]:
+    matrix, shares = results["confusion_matrix"], results["predicted_share"]
+    lines = ["## Confusion matrix and predicted classes", "",
+             "Rows: the label (including labels outside the model's classes); columns: the predicted class.", "",
+             "| label \\ predicted | " + " | ".join(matrix["columns"]) + " |",
+             "| --- | " + " | ".join("---:" for _ in matrix["columns"]) + " |"]
+    lines += [f"| {row} | " + " | ".join(map(str, counts)) + " |"
+              for row, counts in zip(matrix["rows"], matrix["counts"], strict=True)]
+    lines += ["| share predicted | " + " | ".join(f"{shares[c]:.1%}" for c in matrix["columns"]) + " |"]
+    return lines
 
 
-def _provenance(info: dict) -> list[str]:
-    """The command, the machine and the wall time of each stage, from ``run.json``."""
-    machine = info.get("machine") or {}
-    retrain = info.get("retrain") or {}
-    lines = []
-    if info.get("command"):
-        lines.append(f"- command: `{info['command']}`")
-    if machine:
-        lines.append(f"- machine: {machine.get('cpus')} CPUs, {machine.get('memory_gib')} GiB, "
-                     f"{machine.get('platform')}, Python {machine.get('python')}, automl {machine.get('automl')}")
-    if info.get("wall_s") is not None:
-        lines.append(f"- search: {info.get('num_samples')} trials ({info.get('searcher')} + {info.get('scheduler')}), "
-                     f"{info['wall_s'] / 60:.1f} min wall, {info.get('started')} to {info.get('ended')}")
-    if info.get("search_copied_from"):
-        lines.append(f"- search stage reused from run {info['search_copied_from']}")
-    if retrain:
-        lines.append(f"- retrain: top {retrain.get('top_k')} x {retrain.get('seeds')} seed(s) = "
-                     f"{retrain.get('members')} members, up to {retrain.get('epochs')} epochs, "
-                     f"{retrain['wall_s'] / 60:.1f} min wall, {retrain.get('started')} to {retrain.get('ended')}")
-    if info.get("refit") and info["refit"].get("wall_s") is not None:
-        lines.append(f"- refit on train+val: {info['refit'].get('members')} members, "
-                     f"{info['refit']['wall_s'] / 60:.1f} min wall, {info['refit'].get('started')} to "
-                     f"{info['refit'].get('ended')}")
-    return lines or ["- not recorded (run made before automl recorded provenance)"]
+def _method_notes(results: dict) -> list[str]:
+    binary = results["classes"] == list(BINARY_CLASSES)
+    return [
+        f"- {MEASURES_ONLY}",
+        "- Multiclass metrics: " + ("a benign-vs-malignant model scores every image with a known label as its side."
+                                    if binary else "only the images whose label is one of the model's classes."),
+        "- Melanoma vs rest: score " + results["melanoma"]["score"] + ("; a benign-vs-malignant model has no melanoma "
+                                                                      "output, so its malignant probability stands in"
+                                                                      if binary else "") + ".",
+        f"- Malignant vs benign: score {results['malignant']['score']}; malignant = {', '.join(MALIGNANT)}, every "
+        "other known label (benign_nos too) benign.",
+        f"- ECE: {ECE_BINS} equal-width bins, sum of (images in bin / images) x |observed - mean probability|; for the "
+        "model's classes the top class's probability against whether it was right, for malignant vs benign the "
+        "malignant probability against whether the image is malignant. Brier score: for the model's classes the "
+        "multi-category form (squared distance of the probability vector from the one-hot label, 0 to 2), for "
+        "malignant vs benign mean((p - y)^2) (0 to 1).",
+        "- Intervals: image-level bootstrap; a metric undefined in a resample (e.g. an AUC without positives) is "
+        "left out of that resample's percentiles.",
+    ]
 
 
-def _plot_confusion(matrix: list[list[int]], classes: tuple[str, ...], path: Path) -> None:
+def _plot_roc(images: _Images, results: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    counts = np.asarray(matrix)
-    recall = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(classes), 0.8 + 0.8 * len(classes)))
-    ax.imshow(recall, cmap="Blues", vmin=0, vmax=1)
-    for i in range(len(classes)):
-        for j in range(len(classes)):
-            ax.text(j, i, f"{counts[i, j]}\n{recall[i, j]:.0%}", ha="center", va="center", fontsize=8,
-                    color="white" if recall[i, j] > 0.6 else "black")
-    ax.set_xticks(range(len(classes)), classes)
-    ax.set_yticks(range(len(classes)), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title("ensemble, test split (counts, row %)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def _plot_roc(y: np.ndarray, models: dict[str, np.ndarray], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import roc_auc_score, roc_curve
-
-    fig, ax = plt.subplots(figsize=(5, 5))
-    for name, probs in models.items():
-        fpr, tpr, _ = roc_curve(y, probs[:, 1])
-        ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(y, probs[:, 1]):.3f})")
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for question, colour in zip(QUESTIONS, ("tab:purple", "tab:red"), strict=True):
+        truth, score = images.truth[question], images.score[question]
+        scored = truth >= 0
+        if not 0 < truth[scored].sum() < scored.sum():
+            continue
+        fpr, tpr, _ = roc_curve(truth[scored], score[scored])
+        section = results[question]
+        ax.plot(fpr, tpr, color=colour,
+                label=f"{QUESTION_TEXT[question]}: {section['score']} (AUC {_with_ci(section, 'auc')})")
+        for s in SPECIFICITIES:
+            point = section["operating_points"][f"{s:g}"]
+            ax.plot(1 - point["specificity"], section[sensitivity_at(s)], "o", color=colour, markersize=4)
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
     ax.set_xlabel("1 - specificity")
     ax.set_ylabel("sensitivity")
-    ax.set_title("malignant vs benign, test split")
-    ax.legend(loc="lower right")
+    ax.set_title(f"{results['name']} (dots: specificity {', '.join(f'{s:g}' for s in SPECIFICITIES)})", fontsize=10)
+    ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_reliability(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("multiclass", "model's classes: top class", "probability of the top class", "share right"),
+              ("malignant", f"malignant vs benign: {results['malignant']['score']}", "malignant probability",
+               "share malignant")]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+    for ax, (key, title, xlabel, ylabel) in zip(axes, panels, strict=True):
+        section = results[key]
+        bins = section.get("reliability") or {}
+        counts = np.asarray(bins.get("images", []))
+        if counts.sum():
+            edges = np.linspace(0, 1, ECE_BINS + 1)
+            observed = np.nan_to_num(np.asarray(bins["observed"], dtype=float))
+            ax.bar(edges[:-1], observed, width=1 / ECE_BINS, align="edge", edgecolor="black", alpha=0.7,
+                   label="observed")
+            confidence = np.asarray(bins["mean_confidence"], dtype=float)
+            ax.plot(confidence, np.where(counts > 0, confidence, np.nan), "k.", label="mean probability")
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel=xlabel, ylabel=ylabel)
+        ax.set_title(f"{title}\nECE {_with_ci(section, 'ece')}, Brier {_with_ci(section, 'brier')}, "
+                     f"{int(counts.sum())} images", fontsize=9)
+        ax.legend(loc="upper left", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
     plt.close(fig)

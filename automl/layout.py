@@ -1,7 +1,7 @@
 """Every path inside a run folder and a model folder, and the readers for them: the one owner.
 
 A run folder ``RESULTS/NAME/`` (what each file holds: :mod:`automl.store`, :mod:`automl.retrain`,
-:mod:`automl.evaluate`)::
+:mod:`automl.ensemble`)::
 
     spec.yaml  run.json  trials.parquet  epochs.parquet  optuna.db  .lock
     trials-parts/  epochs-parts/                  rows appended while a search runs (:class:`PartedTable`)

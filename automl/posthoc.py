@@ -108,7 +108,7 @@ def apply_temperature(probs, temperature: float, xp=np):
 def combine(member_probs: Sequence[np.ndarray], weights: Sequence[float],
             factors: Sequence[np.ndarray] | None = None, temperature: float = 1.0) -> np.ndarray:
     """The exported graph's tail on numpy arrays: prior correction per member, weighted average, temperature."""
-    from automl.ensemble import average
+    from automl.ensemble_methods import average
 
     if factors is not None:
         member_probs = [correct_prior(p, f) for p, f in zip(member_probs, factors, strict=True)]

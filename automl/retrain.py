@@ -153,7 +153,7 @@ def refit(
     Each keeps its configuration and seed and trains for its validation run's ``best_epoch`` epochs at
     that run's learning rate per epoch (``history.csv``), since with val inside the training set nothing
     is left to stop on. The ensemble's weights, TTA mode, temperature and decision carry over
-    (:mod:`automl.evaluate` reports the refit ensemble with them, :mod:`automl.export` ships it).
+    (:mod:`automl.ensemble` reports the refit ensemble with them, :mod:`automl.export` ships it).
     """
     run = RunLayout(run_dir)
     weights = run.read_ensemble()["weights"]  # before loading data: a run without an ensemble fails at once

@@ -469,11 +469,39 @@ class Spec:
         return parse_spec(_plain(raw), source=self.source, where="command line" if self.source is None else None)
 
 
+#: The folder inside the package that holds the shipped specs (package data, so a wheel install has them).
+SHIPPED_SPECS = "search_spaces"
+
+
+def shipped_specs_dir() -> Path:
+    """The folder of the specs shipped with automl (``automl/search_spaces``, wherever the package is installed)."""
+    from importlib.resources import files
+
+    return Path(str(files("automl").joinpath(SHIPPED_SPECS)))
+
+
+def shipped_spec_names() -> list[str]:
+    """The names a spec can be given by instead of a path (``quick``, ``ham10000_cnn``, ...), sorted."""
+    return sorted(path.stem for path in shipped_specs_dir().glob("*.yaml"))
+
+
+def find_spec(spec: str | Path) -> Path:
+    """The spec file a command's SPEC argument names: a path to a YAML file, else the name of a shipped spec
+    (``quick`` or ``quick.yaml``), from any folder. A :class:`SpecError` listing the shipped names when neither exists.
+    """
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path
+    if path.parent == Path(".") and path.suffix in ("", ".yaml"):
+        shipped = shipped_specs_dir() / f"{path.stem}.yaml"
+        if shipped.is_file():
+            return shipped
+    raise SpecError(f"{spec}: no such spec file, and not a shipped spec (shipped: {', '.join(shipped_spec_names())})")
+
+
 def load_spec(path: str | Path) -> Spec:
-    """Read and validate a spec file."""
-    path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"{path}: spec file not found")
+    """Read and validate a spec file, given by its path or by a shipped spec's name (:func:`find_spec`)."""
+    path = find_spec(path)
     raw = read_yaml(path, "spec")
     return parse_spec(raw if raw is not None else {}, source=path)
 

@@ -6,7 +6,7 @@ Nothing heavy is imported: the command line builds its flags from these without 
 #: Configurations of the search that ``automl retrain`` trains again, and seeds for each.
 TOP_K = 5
 SEEDS = 1
-#: How ``automl ensemble`` weighs the members (:mod:`automl.ensemble`).
+#: How ``automl ensemble`` weighs the members (:mod:`automl.ensemble_methods`).
 ENSEMBLE_METHODS = ("greedy", "mean", "weighted")
 ENSEMBLE_METHOD = "greedy"
 #: The exported model's decision rule (:mod:`automl.posthoc`): the user's choice, never an objective's.

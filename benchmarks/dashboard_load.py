@@ -1,7 +1,7 @@
 """Server-side page load time of the dashboard on a generated 200-trial, 20-epoch run.
 
 Generates the run in a temporary results folder with :class:`automl.store.RunStore` (hyperparameters
-sampled from ``search_spaces/ham10000_cnn.yaml``, a simulated clock so wall times look like a real
+sampled from ``automl/search_spaces/ham10000_cnn.yaml``, a simulated clock so wall times look like a real
 search, plus retrained members and an ensemble so the models page has content), then times each
 page as the browser asks for it: the Dash callback request through Flask's test client, which
 covers reading the store, building the figures and serialising the page. "cold" is the first
@@ -37,7 +37,7 @@ from automl.spec import load_spec
 from automl.store import RunStore, machine_info, write_run_info
 
 ROOT = Path(__file__).resolve().parents[1]
-SPEC = ROOT / "search_spaces" / "ham10000_cnn.yaml"
+SPEC = ROOT / "automl" / "search_spaces" / "ham10000_cnn.yaml"
 OBJECTIVE = Objective()
 METRIC = OBJECTIVE.name
 CLASSES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")

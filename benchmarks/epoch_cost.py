@@ -14,7 +14,7 @@ ratio
     falls on all of them alike. Per strategy: samples per epoch (and what the old oversampling drew), median
     epoch seconds, and the ratio to ``imbalance: none`` (goal: within 1.2x).
 draws
-    ``--draws`` random draws of ``search_spaces/ham10000_cnn.yaml`` (draws too deep for 28 px are skipped and
+    ``--draws`` random draws of ``automl/search_spaces/ham10000_cnn.yaml`` (draws too deep for 28 px are skipped and
     counted), each trained for one epoch as a trial's first: its seconds include the graph tracing every trial
     pays. The spread of epoch seconds (min, median, max, max/min), and the median per imbalance strategy.
 
@@ -59,7 +59,7 @@ from automl.hparams import ModelConfig
 from automl.spec import load_spec
 from automl.trial import EpochRunner, configure_tensorflow, oversampled_counts
 
-SPACE = REPO / "search_spaces" / "ham10000_cnn.yaml"
+SPACE = REPO / "automl" / "search_spaces" / "ham10000_cnn.yaml"
 PARTS = ("ratio", "draws")
 # Two blocks of one conv, 32 filters doubling, dense 128, batch 64: a mid-size candidate of the space.
 RATIO_CONFIG = {"conv_blocks": 2, "convs_per_block": 1, "base_filters": 32, "dense_units": 128, "batch_size": 64,

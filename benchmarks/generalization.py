@@ -100,7 +100,7 @@ def train_one(lever: str, seed: int, data_dir: Path, folder: Path) -> dict:
 
 def archive_probs(model_dir: Path, out: Path) -> dict:
     """The product's own external evaluation of the model on the archive, as per-image probabilities."""
-    from automl.assess import evaluate_model
+    from automl.evaluate import evaluate_model
 
     evaluate_model(model_dir, ARCHIVE, out=out, rounds=10)
     table = pd.read_csv(out / "predictions.csv", keep_default_na=False)

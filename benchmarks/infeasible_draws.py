@@ -75,7 +75,7 @@ def search(space_file: Path, image_size: int, trials: int, data_dir: Path, out: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--space", type=Path, default=REPO / "search_spaces" / "ham10000_cnn.yaml")
+    parser.add_argument("--space", type=Path, default=REPO / "automl" / "search_spaces" / "ham10000_cnn.yaml")
     parser.add_argument("--image-size", type=int, default=28)
     parser.add_argument("--draws", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)

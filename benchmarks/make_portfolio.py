@@ -1,8 +1,8 @@
 """The shipped portfolio: diverse good configurations of a space, chosen by validation scores of a run on another split.
 
-    python benchmarks/make_portfolio.py       # search_spaces/portfolios/ham10000_cnn.yaml (a second; no training)
+    python benchmarks/make_portfolio.py   # automl/search_spaces/portfolios/ham10000_cnn.yaml (a second; no training)
 
-Optuna searches of ``search_spaces/ham10000_cnn.yaml`` train these configurations first (``search.portfolio``;
+Optuna searches of ``automl/search_spaces/ham10000_cnn.yaml`` train these configurations first (``search.portfolio``;
 :mod:`automl.search._warm`). How they are chosen:
 
 - from a run on another split than the benchmark's: ``results/reference-official-split`` searched the same space
@@ -94,9 +94,10 @@ def portfolio_text(run: RunLayout, space_file: Path, chosen: list[dict], notes: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, default=REPO / "results" / "reference-official-split")
-    parser.add_argument("--space", type=Path, default=REPO / "search_spaces" / "ham10000_cnn.yaml")
+    parser.add_argument("--space", type=Path, default=REPO / "automl" / "search_spaces" / "ham10000_cnn.yaml")
     parser.add_argument("--top", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=REPO / "search_spaces" / "portfolios" / "ham10000_cnn.yaml")
+    parser.add_argument("--out", type=Path,
+                        default=REPO / "automl" / "search_spaces" / "portfolios" / "ham10000_cnn.yaml")
     args = parser.parse_args()
     run = RunLayout(args.run)
     chosen, notes = choose(run, args.space, args.top)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from automl.evaluate import bootstrap_ci
+from automl.ensemble import bootstrap_ci
 from automl.layout import RunLayout
 from automl.metrics import HEADLINE, classification_metrics
 from automl.posthoc import correct_prior, prior_factor

@@ -4,7 +4,7 @@ Draws configurations at random from a space (as a random search draws them; only
 trains each from scratch at a low and at a high image size for the same number of epochs (same split, seed and
 schedule, no early stopping), and compares each configuration's best validation score at the two sizes: Spearman
 and Kendall rank correlation, and what choosing the top K at the low size would have found at the high size
-(regret against the best high-resolution configuration). The recipe of ``search_spaces/ham10000_hires.yaml``
+(regret against the best high-resolution configuration). The recipe of ``automl/search_spaces/ham10000_hires.yaml``
 is chosen from it::
 
     python benchmarks/resolution_rank.py --configs 12 --epochs 8 --low 32 --high 64
@@ -32,7 +32,7 @@ from automl.errors import SpecError  # noqa: E402
 from automl.hparams import ModelConfig  # noqa: E402
 from automl.spec import load_spec  # noqa: E402
 
-DEFAULT_SPACE = REPO / "search_spaces" / "ham10000_hires.yaml"
+DEFAULT_SPACE = REPO / "automl" / "search_spaces" / "ham10000_hires.yaml"
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "ham10000_200x150"
 
 

@@ -184,7 +184,7 @@ def measure_store(kind: str, trials: int, args, window: int | None) -> dict[str,
     events = list(workload(trials, EPOCHS, args.workers, args.report_every))
     rng = random.Random(0)
     qualities = [rng.uniform(0.25, 0.65) for _ in range(trials)]
-    params = sample_params(REPO / "search_spaces" / "ham10000_cnn.yaml", trials)
+    params = sample_params(REPO / "automl" / "search_spaces" / "ham10000_cnn.yaml", trials)
     epoch_rows = [i for i, e in enumerate(events) if e[1] == "epoch"]
     first = epoch_rows[-window] if window else 0
     with tempfile.TemporaryDirectory(dir=args.scratch) as tmp, simulated_clock(automl.store, _old_store) as clock:
@@ -445,7 +445,7 @@ def driver_child() -> None:
         "searcher": searcher, "scheduler": "asha", "num_samples": int(trials), "max_epochs": 2, "grace_period": 1,
         "reduction_factor": 2, "max_concurrent": concurrent, "cpu": round(2 / concurrent, 4), "max_failures": 0,
         "portfolio": "none", "snapshot_period_s": None if snapshot_period == "default" else float(snapshot_period)})
-    spec = load_spec(REPO / "search_spaces" / "ham10000_cnn.yaml").with_overrides({"data.image_size": 16, **settings})
+    spec = load_spec("ham10000_cnn").with_overrides({"data.image_size": 16, **settings})
     data = tiny_ham(Path(results).parent / "ham16")
     run_search(spec, data, name, Path(results), resume=bool(resume), cache_dir=Path(results).parent / "cache",
                trainable=sleeping_trainable(float(sleep_s)))

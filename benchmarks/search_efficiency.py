@@ -2,11 +2,11 @@
 
     python benchmarks/search_efficiency.py      # the full run: 6 methods x 3 seeds x 190 epochs (grace period 2)
     python benchmarks/search_efficiency.py --epoch-budget 10 --seeds 1 --methods random-asha,optuna-asha,kt-hyperband \\
-        --space search_spaces/quick.yaml --out /tmp/eff-smoke   # a smoke test, a few minutes
+        --space automl/search_spaces/quick.yaml --out /tmp/eff-smoke   # a smoke test, a few minutes
 
 Compute is counted in equal-cost epochs: every epoch of every candidate draws as many training samples as the train
 split has, whatever its imbalance strategy (``automl.trial.EPOCH_DEFINITION``), so an epoch costs the same data for
-every method. Each search is a real ``automl search`` of the space (default ``search_spaces/ham10000_cnn.yaml`` with
+every method. Each search is a real ``automl search`` of the space (default the shipped ``ham10000_cnn.yaml`` with
 its max_epochs, grace period and reduction factor) in its own process, with ``search.epoch_budget`` = N
 (``--epoch-budget``) ending it; ``time_budget_s`` (``--time-cap``, default 2 h) is only a safety cap, and a search it
 ends is flagged. num_samples is far above what N epochs can run, so it never ends a search.
@@ -183,8 +183,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                           f"(default: {','.join(DEFAULT_METHODS)})")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
                         help="HAM10000 folder (default ../shared/data/ham10000_28)")
-    parser.add_argument("--space", type=Path, default=REPO / "search_spaces" / "ham10000_cnn.yaml",
-                        help="search spec (default search_spaces/ham10000_cnn.yaml)")
+    parser.add_argument("--space", type=Path, default=REPO / "automl" / "search_spaces" / "ham10000_cnn.yaml",
+                        help="search spec (default automl/search_spaces/ham10000_cnn.yaml)")
     parser.add_argument("--max-epochs", type=int,
                         help="epochs per trial at most (default: the space's search.max_epochs)")
     parser.add_argument("--target", type=float,

@@ -4,10 +4,10 @@ the class mix the loss sees (``automl.model.set_output_prior``) and at zero (Ker
     nice -n 15 python benchmarks/start_plateau.py                     # 4 configs, 20 runs of 2 epochs: about 5 min
     python benchmarks/start_plateau.py --configs 1 --epochs 1 --out /tmp/plateau  # a smoke test
     # where ASHA's first rung should be: draws as the search draws them, 4 epochs each
-    nice -n 15 python benchmarks/start_plateau.py --space search_spaces/ham10000_cnn.yaml --strategies drawn \
+    nice -n 15 python benchmarks/start_plateau.py --space automl/search_spaces/ham10000_cnn.yaml --strategies drawn \
         --configs 12 --epochs 4
 
-Draws ``--configs`` candidates at random from ``--space`` (default ``search_spaces/quick.yaml``, whose imbalance
+Draws ``--configs`` candidates at random from ``--space`` (default ``automl/search_spaces/quick.yaml``, whose imbalance
 is ``class_weight`` or ``both``), feasible ones only (as the searchers draw them), and trains each as a search
 trial does (``EpochRunner``: its batches, callbacks and seed, one CPU thread like a trial of that space) for
 ``--epochs`` epochs on ``--data``, under the imbalance strategies of ``--strategies``:
@@ -68,7 +68,7 @@ from automl.hparams import ModelConfig
 from automl.spec import load_spec
 from automl.trial import EpochRunner, configure_tensorflow
 
-SPACE = REPO / "search_spaces" / "quick.yaml"
+SPACE = REPO / "automl" / "search_spaces" / "quick.yaml"
 STRATEGIES = ("drawn", "none", "oversample")
 
 

@@ -35,7 +35,7 @@ startup
     import, dataset from the object store) or resetting a reused one, building the model, and
     reporting. The data is in the object store before ``fit()``.
 concurrency
-    Trials per hour of a small random search (``search_spaces/quick.yaml``, no pruning,
+    Trials per hour of a small random search (``automl/search_spaces/quick.yaml``, no pruning,
     ``--search-trials`` trials of ``--search-epochs`` epochs) with 1 trial at a time given both
     CPUs versus 2 at a time with one CPU each, as ``automl search`` child processes.
 
@@ -86,11 +86,11 @@ from automl.data import Dataset, load_dataset
 from automl.spec import Spec, TrainingSpec, load_spec, parse_image_size, search_overrides
 
 PARTS = ("data", "plain", "tune", "startup", "concurrency")
-CANDIDATE_SPEC = REPO / "search_spaces" / "seed000_proposed.yaml"
+CANDIDATE_SPEC = REPO / "automl" / "search_spaces" / "seed000_proposed.yaml"
 # Seed 000's 4 blocks at batch 32 take 10-20 s an epoch here; 2 blocks at batch 64 (1.7 M weights)
 # is a typical mid-size candidate of the search space.
 MID_SIZE = {"conv_blocks": 2, "block_dropout": [0.1, 0.2], "batch_size": 64}
-SEARCH_SPEC = REPO / "search_spaces" / "quick.yaml"
+SEARCH_SPEC = REPO / "automl" / "search_spaces" / "quick.yaml"
 CPUS = os.cpu_count() or 2
 OVERHEAD_GOAL_PCT, STARTUP_GOAL_S, INPUT_WAIT_GOAL_PCT = 5.0, 2.0, 10.0
 

@@ -5,7 +5,7 @@
 
 No training: the searchers the Ray engine runs (``automl.search._searchers.searcher``: Optuna TPE behind Tune's
 concurrency limit, infeasible draws rejected and told) are driven directly, each trial's result a synthetic
-objective over ``search_spaces/ham10000_cnn.yaml`` at 28 px:
+objective over ``automl/search_spaces/ham10000_cnn.yaml`` at 28 px:
 
 - an additive part fitted (ridge) to the 38 trials of ``results/ham10000_cnn_40``: each trial's validation balanced
   accuracy after 2 epochs (every trial ran at least 2, so the scores share a budget), on one-hot choices and scaled
@@ -44,7 +44,7 @@ from _common import DEFAULT_OUT, REPO, print_table, write_result
 from automl.layout import RunLayout
 from automl.spec import Spec, load_spec, search_overrides
 
-SPACE = REPO / "search_spaces" / "ham10000_cnn.yaml"
+SPACE = REPO / "automl" / "search_spaces" / "ham10000_cnn.yaml"
 FITTED_RUN = REPO / "results" / "ham10000_cnn_40"
 IMAGE_SIZE = (28, 28)
 NOISE_SD = 0.02

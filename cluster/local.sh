@@ -72,7 +72,7 @@ case "${1:-}" in
       $AGENT_PORTS
     live_nodes 2 60 >/dev/null
     echo "two-node Ray cluster up: GCS 127.0.0.1:$HEAD_PORT, Jobs API http://127.0.0.1:$DASHBOARD_PORT (token auth on)"
-    echo "try: automl submit search_spaces/quick.yaml --address http://127.0.0.1:$DASHBOARD_PORT --data \$PWD/../shared/data/ham10000_28 --name quick-cluster --results \$PWD/results --wait"
+    echo "try: automl submit quick --address http://127.0.0.1:$DASHBOARD_PORT --data \$PWD/../shared/data/ham10000_28 --name quick-cluster --results \$PWD/results --wait"
     ;;
   token)
     ensure_token

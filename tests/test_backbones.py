@@ -1,7 +1,6 @@
 """Family ``backbone``: keras.applications models inside a candidate, their weights and their fine-tuning."""
 
 import re
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -219,10 +218,11 @@ def test_mixed_ensemble_exports_and_predicts_raw_images(tmp_path):
 def test_search_with_imagenet_weights_offline_is_one_line_exit_2_and_writes_nothing(tiny_ham, tmp_path, monkeypatch,
                                                                                    capsys):
     from automl.cli import main
+    from automl.spec import shipped_specs_dir
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     monkeypatch.setenv("AUTOML_WEIGHTS_URL", "http://127.0.0.1:9")  # nothing listens: no network, at once
-    spec = Path(__file__).resolve().parents[1] / "search_spaces" / "transfer_binary.yaml"
+    spec = shipped_specs_dir() / "transfer_binary.yaml"
     code = main(["search", str(spec), "--data", str(tiny_ham), "--name", "t", "--results", str(tmp_path / "results")])
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("automl search: error")]

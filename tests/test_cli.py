@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 
 from automl.cli import main
+from automl.spec import shipped_specs_dir
 
-SPEC = Path(__file__).resolve().parents[1] / "search_spaces" / "seed000_proposed.yaml"
+SPEC = shipped_specs_dir() / "seed000_proposed.yaml"
 TINY_SPEC = """
 name: tiny
 data: {image_size: 16}

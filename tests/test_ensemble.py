@@ -1,80 +1,112 @@
+"""The ensemble report's numbers and text: bootstrap intervals, and the markdown tables ``report.md`` holds."""
+
+from __future__ import annotations
+
 import numpy as np
 import pytest
 
-from automl.ensemble import average, build_ensemble, greedy_selection
-from automl.objective import Objective
+from automl.ensemble import bootstrap_ci, report_markdown
+from automl.metrics import HEADLINE, classification_metrics
+
+CLASSES = ("bkl", "mel", "nv")
 
 
-def balanced_accuracy(y, probs):
-    return Objective().score(y, probs)
+def predictions(n: int, seed: int = 0, skill: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and the probabilities of a decent but imperfect classifier (about 80% right at skill 2)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, len(CLASSES), n)
+    logits = skill * np.eye(len(CLASSES))[y] + rng.normal(0, 1, (n, len(CLASSES)))
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return y, probs
 
 
-def one_hot(pred, k=3, confidence=0.8):
-    probs = np.full((len(pred), k), (1 - confidence) / (k - 1))
-    probs[np.arange(len(pred)), pred] = confidence
-    return probs
+def width(interval: list[float]) -> float:
+    return interval[1] - interval[0]
 
 
-Y = np.array([0, 0, 1, 1, 2, 2])
-# A is sure and right on classes 0 and 1 but unsure and wrong on class 2; B is the reverse.
-A = np.array([[.9, .05, .05], [.9, .05, .05], [.05, .9, .05], [.05, .9, .05], [.4, .25, .35], [.4, .25, .35]])
-B = np.array([[.3, .4, .3], [.3, .4, .3], [.4, .3, .3], [.4, .3, .3], [.05, .05, .9], [.05, .05, .9]])
-C = one_hot([1, 1, 1, 1, 2, 2], confidence=0.6)  # misses class 0
+@pytest.fixture(scope="module")
+def small_and_large():
+    """Intervals on 80 and on 2,000 images of the same classifier (computed once: each round is sklearn work)."""
+    return {n: bootstrap_ci(*predictions(n), CLASSES, rounds=60, seed=0) for n in (80, 2000)}
 
 
-def test_greedy_starts_from_the_best_member_and_adds_what_helps():
-    singles = [balanced_accuracy(Y, p) for p in (A, B, C)]
-    ens = greedy_selection([A, B, C], Y)
-    assert ens.picks[0] == int(np.argmax(singles))
-    assert ens.scores[-1] == pytest.approx(1.0) and max(singles) < 1.0
-    assert ens.scores == sorted(ens.scores) and len(set(ens.scores)) == len(ens.scores)  # strictly improving
-    assert sum(ens.weights) == pytest.approx(1.0)
-    assert balanced_accuracy(Y, ens.predict([A, B, C])) == pytest.approx(ens.scores[-1])
+def test_intervals_hold_the_point_estimate_and_are_probabilities(small_and_large):
+    y, probs = predictions(80)
+    point = classification_metrics(y, probs, CLASSES)
+    ci = small_and_large[80]
+    assert set(ci) == set(HEADLINE)
+    for name in HEADLINE:
+        low, high = ci[name]
+        assert 0.0 <= low < high <= 1.0, name
+        assert low <= point[name] <= high, name
 
 
-def test_greedy_allows_repeats():
-    # Adding B twice beats adding it once: selection with replacement must be able to do that.
-    y = np.array([0, 1])
-    a = np.array([[0.9, 0.1], [0.9, 0.1]])
-    b = np.array([[0.6, 0.4], [0.3, 0.7]])
-    ens = greedy_selection([a, b], y)
-    assert ens.picks[0] == 1 and ens.weights == [0.0, 1.0]
-    c = np.array([[0.45, 0.55], [0.2, 0.8]])
-    ens = greedy_selection([a, c, b], np.array([0, 1]))
-    assert ens.picks.count(2) >= 1
+def test_intervals_narrow_with_more_images(small_and_large):
+    for name in HEADLINE:
+        assert width(small_and_large[2000][name]) < width(small_and_large[80][name]) / 2, name
 
 
-def test_greedy_stops_when_nothing_improves():
-    ens = greedy_selection([A, A.copy()], Y)
-    assert ens.picks == [0]
+def test_intervals_are_reproducible_for_a_seed():
+    y, probs = predictions(50)
+    first = bootstrap_ci(y, probs, CLASSES, rounds=20, seed=7)
+    assert bootstrap_ci(y, probs, CLASSES, rounds=20, seed=7) == first
+    assert bootstrap_ci(y, probs, CLASSES, rounds=20, seed=8) != first
 
 
-def test_mean_and_weighted():
-    mean = build_ensemble("mean", [A, B], Y)
-    assert mean.weights == [0.5, 0.5]
-    np.testing.assert_allclose(mean.predict([A, B]), (A + B) / 2)
-    weighted = build_ensemble("weighted", [A, B, C], Y)
-    scores = np.array([balanced_accuracy(Y, p) for p in (A, B, C)])
-    np.testing.assert_allclose(weighted.weights, scores / scores.sum())
-    np.testing.assert_allclose(average([A, B, C], weighted.weights).sum(axis=1), 1.0)
-    with pytest.raises(ValueError, match="unknown ensemble method"):
-        build_ensemble("vote", [A], Y)
+def build_report() -> tuple[str, dict]:
+    """A two-member ensemble's report, with metrics computed from real predictions."""
+    y_val, val = predictions(120, seed=1)
+    y_test, test = predictions(150, seed=2)
+    _, weak_test = predictions(150, seed=2, skill=0.5)
+    _, weak_val = predictions(120, seed=1, skill=0.5)
+    results = {
+        "m01": {"val": classification_metrics(y_val, weak_val, CLASSES),
+                "test": classification_metrics(y_test, weak_test, CLASSES)},
+        "m02": {"val": classification_metrics(y_val, val, CLASSES),
+                "test": classification_metrics(y_test, test, CLASSES),
+                "test_ci95": {"balanced_accuracy": [0.61, 0.83]}},
+        "ensemble": {"val": classification_metrics(y_val, (val + weak_val) / 2, CLASSES),
+                     "test": classification_metrics(y_test, (test + weak_test) / 2, CLASSES),
+                     "test_ci95": bootstrap_ci(y_test, (test + weak_test) / 2, CLASSES, rounds=10, seed=0)},
+    }
+    summary = {"method": "greedy", "members": ["m01", "m02"], "weights": {"m01": 0.25, "m02": 0.75},
+               "best_member": "m02", "split": "lesion-grouped 70/15/15", "classes": list(CLASSES)}
+    info = {"task": "multiclass", "image_size": [28, 28]}
+    return report_markdown("tiny", info, summary, results), results
 
 
-@pytest.mark.parametrize("metric", ["val_auc", "val_loss", "val_macro_f1"])
-def test_greedy_follows_the_objective_including_one_to_minimise(metric):
-    objective = Objective.of(metric)
-    singles = [objective.score(Y, p) for p in (A, B, C)]
-    ens = greedy_selection([A, B, C], Y, objective)
-    assert ens.picks[0] == objective.best_index(singles)
-    # Every added pick made the objective strictly better, in the objective's own direction.
-    assert all(objective.better(b, a) for a, b in zip(ens.scores, ens.scores[1:]))
-    assert ens.scores[-1] == pytest.approx(objective.score(Y, ens.predict([A, B, C])))
-    assert not objective.better(singles[ens.picks[0]], ens.scores[-1])
+def table_rows(text: str, heading: str) -> list[list[str]]:
+    """The body rows of the first markdown table after ``heading``, as lists of stripped cells."""
+    lines = text.split(heading, 1)[1].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    # lines[start] is the header, lines[start + 1] the --- separator
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[start + 2:end]]
 
 
-def test_weighted_by_a_loss_gives_the_lower_loss_more_weight():
-    objective = Objective.of("val_loss")
-    weighted = build_ensemble("weighted", [A, C], Y, objective)
-    losses = [objective.score(Y, p) for p in (A, C)]
-    assert (weighted.weights[0] > weighted.weights[1]) == (losses[0] < losses[1])
+def test_report_has_the_test_table_with_ensemble_members_weights_and_intervals():
+    text, results = build_report()
+    assert text.startswith("# tiny: ensemble report")
+    rows = {row[0]: row for row in table_rows(text, "## Test split")}
+
+    assert list(rows) == ["ensemble", "m01", "m02 (best member on val)"]
+    assert rows["ensemble"][1] == "" and rows["m01"][1] == "0.25" and rows["m02 (best member on val)"][1] == "0.75"
+    ens, ci = results["ensemble"]["test"], results["ensemble"]["test_ci95"]
+    low, high = ci["balanced_accuracy"]
+    assert rows["ensemble"][2] == f"{ens['balanced_accuracy']:.3f} [{low:.3f}, {high:.3f}]"
+    assert rows["m01"][2] == f"{results['m01']['test']['balanced_accuracy']:.3f}"  # no interval: none computed
+    assert rows["m02 (best member on val)"][2].endswith("[0.610, 0.830]")
+    assert rows["m02 (best member on val)"][5] == f"{results['m02']['test']['auc']:.3f}"  # only given intervals
+    assert f"best member {results['m02']['val']['balanced_accuracy']:.3f}" in text
+
+
+def test_report_has_the_ensembles_per_class_table():
+    text, results = build_report()
+    rows = table_rows(text, "## Per class (ensemble, test)")
+
+    assert [row[0] for row in rows] == list(CLASSES)
+    for row in rows:
+        expected = results["ensemble"]["test"]["per_class"][row[0]]
+        assert row[1:] == [f"{expected['precision']:.2f}", f"{expected['recall']:.2f}", f"{expected['f1']:.2f}",
+                           str(expected["support"])]
+    assert sum(int(row[4]) for row in rows) == 150

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from automl.errors import UserError
-from automl.evaluate import choose_tta, evaluate_run
+from automl.ensemble import choose_tta, evaluate_run
 from automl.hparams import ModelConfig
 from automl.layout import RunLayout
 from automl.metrics import HEADLINE, brier_score, calibration_metrics

@@ -7,9 +7,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from automl.errors import SpecError
-from automl.spec import load_spec, parse_image_size
+from automl.spec import find_spec, load_spec, parse_image_size, shipped_spec_names, shipped_specs_dir
 
-SPECS = Path(__file__).resolve().parents[1] / "search_spaces"
+SPECS = shipped_specs_dir()
 
 
 def write(tmp_path, text: str) -> Path:
@@ -103,8 +103,33 @@ def test_bad_spec_names_file_and_field(tmp_path, text, message):
 
 
 def test_missing_spec_file(tmp_path):
-    with pytest.raises(SpecError, match="spec file not found"):
+    with pytest.raises(SpecError, match="no such spec file"):
         load_spec(tmp_path / "nope.yaml")
+
+
+def test_a_shipped_spec_is_found_by_name_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert {"quick", "ham10000_cnn", "seed000_proposed"} <= set(shipped_spec_names())
+    assert find_spec("quick") == find_spec("quick.yaml") == SPECS / "quick.yaml"
+    assert load_spec("quick").name == "quick"
+    (tmp_path / "quick.yaml").write_text("name: mine\n")  # a file of that name here is what the user means
+    assert load_spec("quick.yaml").name == "mine"
+    # The shipped portfolio is found next to its shipped spec, wherever the package is installed.
+    from automl.search._warm import find_portfolio
+
+    spec = load_spec("ham10000_cnn")
+    assert find_portfolio(spec.search.portfolio, spec.source) == (SPECS / "portfolios" / "ham10000_cnn.yaml").resolve()
+
+
+def test_an_unknown_spec_name_is_one_line_listing_the_shipped_ones(tmp_path, monkeypatch, capsys):
+    from automl.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    code = main(["search", "quik", "--data", str(tmp_path), "--name", "x"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "quik: no such spec file, and not a shipped spec (shipped: " in err and "quick" in err
+    assert not (tmp_path / "results").exists()
 
 
 def test_search_ranges_cannot_be_trained_directly(tmp_path):

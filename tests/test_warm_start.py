@@ -2,7 +2,6 @@
 when they do not, the portfolio trained first; real tiny searches on embedded local Ray."""
 
 import dataclasses
-from pathlib import Path
 
 import optuna
 import pytest
@@ -15,14 +14,14 @@ from automl.search import run_search
 from automl.search._searchers import WARM_START, searcher
 from automl.objective import Objective
 from automl.search._warm import find_portfolio, plan_warm_start, read_portfolio, read_sources
-from automl.spec import load_spec, search_overrides
+from automl.spec import load_spec, search_overrides, shipped_specs_dir
 from automl.trial import EPOCH_DEFINITION
 from tests.conftest import make_ham
 from tests.test_search import TINY_SEARCH
 
 #: Two one-epoch trials at once, no pruning: the smallest search that has results to start from.
 SMALL = {"num_samples": 2, "max_epochs": 1, "scheduler": "none", "max_concurrent": 2}
-SPECS = Path(__file__).resolve().parents[1] / "search_spaces"
+SPECS = shipped_specs_dir()
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Warm starts: a search that starts from other runs' configurations, and from their results when they compare.
 
 ``search.warm_start`` names earlier runs (``--warm-start RUN...``: run folders, or run names in ``--results``) and
-``search.portfolio`` a YAML file of configurations (``search_spaces/portfolios/``). Before the first trial:
+``search.portfolio`` a YAML file of configurations (``automl/search_spaces/portfolios/``). Before the first trial:
 
 - a run whose results compare with this search's (:func:`search_key`: the same data fingerprint, split (by its
   images), task, image size, hyperparameter space, objective, ``max_epochs`` and epoch definition) has each trial's
