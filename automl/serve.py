@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass
 from email.message import Message
 from pathlib import Path
 
+import numpy as np
+
 from ray import serve
 
 from automl.errors import UserError
@@ -190,6 +192,9 @@ class ModelServer:
         self.card = layout.read_card()
         self.card_md = layout.card_md.read_text() if layout.card_md.is_file() else None
         self.about = {"model": self.card.get("name", model_dir.name), "version": model_version(model_dir)}
+        from automl.predict import classify_images
+
+        classify_images(self.model, [np.zeros((8, 8, 3), np.uint8)])  # traces the graph: the first request is not slow
         self.token = token
         self._classify.set_max_batch_size(self.settings.max_batch_size)
         self._classify.set_batch_wait_timeout_s(self.settings.batch_wait_ms / 1000)
