@@ -44,7 +44,7 @@ class ServeSettings:
     max_upload_mb: float = 20.0
     max_images: int = 16
     max_batch_size: int = 32
-    batch_wait_ms: float = 5.0
+    batch_wait_ms: float = 30.0  # at 5 ms batches held 1-2 images under 32 clients, at 30 ms 5-6 (and 1.6x req/s)
     replicas: int = 1
     max_replicas: int = 0  # above replicas: autoscale between the two
     target_ongoing_requests: int = 16
@@ -72,8 +72,11 @@ class ServeSettings:
 
     def deployment_options(self) -> dict:
         """Ray Serve's options for the model deployment: fixed replicas, or autoscaling when --max-replicas is more."""
+        # The handler never blocks its event loop (decoding and the model run in threads), so it runs on the
+        # replica's own loop rather than a second one: measured 15-20% more requests/s at 32 clients on 2 cores.
+        same_loop = {"env_vars": {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}}
         options = {"max_ongoing_requests": self.max_ongoing_requests, "max_constructor_retry_count": 3,
-                   "ray_actor_options": {"num_cpus": self.replica_cpus}}
+                   "ray_actor_options": {"num_cpus": self.replica_cpus, "runtime_env": same_loop}}
         if self.max_replicas > self.replicas:
             options["autoscaling_config"] = {"min_replicas": self.replicas, "initial_replicas": self.replicas,
                                              "max_replicas": self.max_replicas,
