@@ -151,6 +151,20 @@ def test_several_images_in_one_request_each_with_its_answer(server):
     assert alone["probabilities"] == pytest.approx(results[0]["probabilities"], abs=2e-6)
 
 
+def test_multipart_as_clients_send_it(server):
+    """The multipart body of a common HTTP client library (as curl -F sends it: a Content-Type per part)."""
+    import requests
+
+    port, _ = server
+    files = [("image", ("x.jpg", _image_bytes(112, 150), "image/jpeg")),
+             ("image", ("y.png", _image_bytes(40, 50, "PNG"), "image/png"))]
+    response = requests.post(f"http://127.0.0.1:{port}/predict", files=files,
+                             headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+    assert response.status_code == 200, response.text
+    assert [r["file"] for r in response.json()["results"]] == ["x.jpg", "y.png"]
+    assert all("predicted" in r for r in response.json()["results"])
+
+
 def test_model_card_and_health(server):
     port, _ = server
     status, kind, body = _request(port, "GET", "/")
