@@ -87,12 +87,19 @@ def role(pid: int, server_pid: int) -> str:
 
 
 def cpu_by_role(server_pid: int) -> dict[str, float]:
-    """CPU seconds used so far by each role (the client, and every process of the server's tree)."""
-    used: dict[str, float] = {}
+    """CPU seconds used so far by each role (the client, and every process of the server's tree), and by the whole
+    machine (other users' work included) as ``machine``."""
+    used: dict[str, float] = {"machine": machine_busy_s()}
     for pid in [os.getpid(), *tree(server_pid)]:
         if stat := _stat(pid):
             used[role(pid, server_pid)] = used.get(role(pid, server_pid), 0.0) + stat[1]
     return used
+
+
+def machine_busy_s() -> float:
+    """CPU seconds every process on the machine has used (all cores), from /proc/stat."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def replica_pid(server_pid: int) -> int | None:
@@ -290,8 +297,11 @@ def main() -> None:
     images = [path.read_bytes() for path in files]
     print(f"{len(files)} JPEGs of {SAMPLE} ({np.mean([len(b) for b in images]) / 1024:.1f} KiB on average)")
 
-    local = in_process(files, args.repeats)
-    print(f"in-process predict: {local['images_per_s']:.1f} images/s (best of {args.repeats} passes)", flush=True)
+    # Other work on the machine comes and goes: in-process is measured before the server starts and after it stops,
+    # and the faster of the two is the reference (the ratio errs on the low side).
+    local_before = in_process(files, args.repeats)
+    print(f"in-process predict: {local_before['images_per_s']:.1f} images/s (best of {args.repeats} passes)",
+          flush=True)
 
     port = free_port()
     server = start_server(port, args.serve_args.split())
@@ -326,22 +336,30 @@ def main() -> None:
         print(f"replica killed: {kill}", flush=True)
     finally:
         stop_server(server)
+    local_after = in_process(files, args.repeats)
+    print(f"in-process predict again: {local_after['images_per_s']:.1f} images/s", flush=True)
+    local = max(local_before, local_after, key=lambda run: run["images_per_s"])
 
     ratio = levels[32]["rps"] / local["images_per_s"]
     goal = (ratio >= 0.6, levels[32]["p99_s"] < 1.5, levels[32]["errors"] == 0)
     write_result(args.out / "serve_load.json", {"model": str(MODEL.relative_to(REPO)), "images": len(files),
-                                                 "in_process": local, "levels": levels, "bad_inputs": bad,
+                                                 "in_process": local, "in_process_before": local_before,
+                                                 "in_process_after": local_after, "levels": levels, "bad_inputs": bad,
                                                  "replica_kill": kill, "ratio_32": ratio,
                                                  "load_average_at_start": load_at_start,
                                                  "serve_args": args.serve_args})
-    roles = sorted({name for level in levels.values() for name in level["cpu_share"]})
+    roles = sorted({name for level in levels.values() for name in level["cpu_share"]} - {"machine"})
+    for level in levels.values():  # what the rest of the machine (other users' processes) took meanwhile
+        share = level["cpu_share"]
+        share["other processes"] = share.pop("machine") - sum(share.values())
     load_rows = [[clients, level["requests"], f"{level['rps']:.1f}", f"{level['p50_s'] * 1000:.0f}",
                   f"{level['p99_s'] * 1000:.0f}", level["errors"], f"{level['rps'] / local['images_per_s']:.2f}"]
                  for clients, level in levels.items()]
     load_cols = ["clients", "requests", "requests/s", "p50 ms", "p99 ms", "errors", "ratio to in-process"]
     cpu_rows = [[clients, *(f"{level['cpu_share'].get(name, 0) * 100:.0f}%" for name in roles),
-                 f"{sum(level['cpu_share'].values()) * 100:.0f}%"] for clients, level in levels.items()]
-    cpu_cols = ["clients", *roles, "total (of 200%)"]
+                 f"{sum(v for k, v in level['cpu_share'].items() if k != 'other processes') * 100:.0f}%",
+                 f"{level['cpu_share']['other processes'] * 100:.0f}%"] for clients, level in levels.items()]
+    cpu_cols = ["clients", *roles, "ours in all", "other processes on the machine"]
     bad_rows = [[b["case"], b["status"], b["message"], b["next_good_request"]] for b in bad]
     bad_cols = ["case", "status", "message", "next good request"]
     print_table("load", load_cols, load_rows)
@@ -353,14 +371,17 @@ def main() -> None:
         f"on 127.0.0.1 (embedded Ray, one replica{', ' + args.serve_args if args.serve_args else ''}); "
         f"{len(files)} real 150x112 HAM10000 JPEGs, one per request; each level at most its request count and "
         f"{args.time_limit:g} s. In-process: `automl predict`'s code (decode + graph, batches of 64) in one "
-        f"process, best of {args.repeats} passes: **{local['images_per_s']:.1f} images/s**. "
+        f"process, best of {args.repeats} passes, before the server started and after it stopped: "
+        f"{local_before['images_per_s']:.1f} and {local_after['images_per_s']:.1f} images/s; the ratios use the "
+        f"faster, **{local['images_per_s']:.1f} images/s**. "
         f"Load average at start {load_at_start[0]:.2f}.", "",
         markdown_table(load_cols, load_rows, title="Load"),
         f"Goal at 32 clients: ratio >= 0.6 ({'met' if goal[0] else 'not met'}: {ratio:.2f}), p99 < 1.5 s "
         f"({'met' if goal[1] else 'not met'}), 0 errors ({'met' if goal[2] else 'not met'}).", "",
         markdown_table(cpu_cols, cpu_rows, title="CPU share per process during each level (100% = one core)",
                        caption="client: this script's threads (and its idle TensorFlow); ray system: raylet, GCS "
-                               "and Ray's other processes; 2 cores in all."),
+                               "and Ray's other processes; other processes: everything else on the machine "
+                               "(other users' work), from /proc/stat; 2 cores = 200%."),
         markdown_table(bad_cols, bad_rows, title="Bad input (each then followed by a good request)",
                        left=["message"]),
         "**Replica killed (SIGKILL) under 8 clients**", "",
