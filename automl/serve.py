@@ -184,7 +184,7 @@ class ModelServer:
     def __init__(self, model_dir: str, settings: dict, token: str | None):
         from automl.console import import_tensorflow_quietly
         from automl.layout import ModelLayout
-        from automl.predict import load_model, model_classes
+        from automl.predict import classify_images, load_model, model_classes
 
         model_dir = resolve_model_dir(model_dir)
         import_tensorflow_quietly()
@@ -195,8 +195,6 @@ class ModelServer:
         self.card = layout.read_card()
         self.card_md = layout.card_md.read_text() if layout.card_md.is_file() else None
         self.about = {"model": self.card.get("name", model_dir.name), "version": model_version(model_dir)}
-        from automl.predict import classify_images
-
         classify_images(self.model, [np.zeros((8, 8, 3), np.uint8)])  # traces the graph: the first request is not slow
         self.token = token
         self._classify.set_max_batch_size(self.settings.max_batch_size)
@@ -326,13 +324,24 @@ def start(model_dir: str, settings: ServeSettings, host: str = DEFAULT_HOST, por
                 logging_config={"log_level": logging.WARNING, "enable_access_log": False})
     try:
         serve.run(app(model_dir, settings, token), name=APP_NAME, route_prefix="/")
-    except Exception as exc:  # noqa: BLE001 - Serve wraps a replica's failure (a UserError in it) in its own types
-        text = str(exc)
-        lines = [line for line in text.splitlines() if "UserError" in line] or text.strip().splitlines() or [""]
+    except Exception as exc:  # noqa: BLE001 - Serve says only "failed"; the replica's own error is in its status
+        reason = _replica_error() or str(exc).strip().splitlines()[0]
         stop()
-        raise UserError(f"the model's replicas did not start: {lines[-1].strip()[:300]}") from None
+        raise UserError(f"the model's replicas did not start: {reason}") from None
     shown = f"[{host}]" if ":" in host else host
     return f"http://{shown}:{port}"
+
+
+def _replica_error() -> str | None:
+    """The last line of a failed replica's traceback (a UserError naming the model file, usually), from Serve."""
+    try:
+        deployments = serve.status().applications[APP_NAME].deployments
+    except Exception:  # noqa: BLE001 - no status to read: the caller falls back on Serve's own message
+        return None
+    lines = [line.strip() for d in deployments.values() for line in (d.message or "").splitlines() if line.strip()]
+    named = [line for line in lines if "Error:" in line]
+    last = (named or lines or [None])[-1]
+    return last.split("UserError: ", 1)[-1] if last else None  # our own errors are one line already
 
 
 def stop() -> None:
