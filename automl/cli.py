@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import shlex
 import sys
@@ -62,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="automl", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_train_parser, _search_parser, _retrain_parser, _ensemble_parser, _export_parser, _predict_parser,
-                _evaluate_parser, _run_parser, _dashboard_parser, _submit_parser, _jobs_parser):
+                _evaluate_parser, _run_parser, _dashboard_parser, _serve_parser, _submit_parser, _jobs_parser):
         add(commands)
     return parser
 
@@ -212,6 +213,42 @@ def _dashboard_parser(commands) -> None:
     dashboard.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     dashboard.add_argument("--port", type=int, default=8050)
     dashboard.set_defaults(run=_dashboard)
+
+
+def _serve_parser(commands) -> None:
+    from automl.serve import DEFAULT_HOST, DEFAULT_PORT, ServeSettings
+
+    default = ServeSettings()
+    serve = commands.add_parser("serve", help="serve an exported model over HTTP with Ray Serve (POST /predict)")
+    serve.add_argument("model_dir", help="folder written by automl export (or its URI: s3://...)")
+    serve.add_argument("--host", default=DEFAULT_HOST,
+                       help="address to bind (default %(default)s: this machine only; any other needs --token-file)")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT,
+                       help="HTTP port of Serve's proxy (default %(default)s)")
+    serve.add_argument("--token-file", type=Path,
+                       help="file holding a bearer token every request but GET /healthz must send "
+                            "(Authorization: Bearer TOKEN); required when --host is not loopback (default: no token)")
+    _ray_address_arg(serve)
+    limits = serve.add_argument_group("requests and scaling")
+    for flag, kind, dest, text in (
+            ("--max-upload-mb", float, "max_upload_mb", "largest request body in MiB (413 above it)"),
+            ("--max-images", int, "max_images", "most images in one multipart request (413 above it)"),
+            ("--max-batch-size", int, "max_batch_size",
+             "most images classified in one model call, gathered across requests"),
+            ("--batch-wait-ms", float, "batch_wait_ms", "how long a batch waits for more requests before it runs"),
+            ("--replicas", int, "replicas",
+             "model replicas (each loads the model; its TensorFlow uses every core it gets)"),
+            ("--max-replicas", int, "max_replicas",
+             "above --replicas: autoscale between the two on ongoing requests per replica (0: fixed)"),
+            ("--target-ongoing-requests", int, "target_ongoing_requests",
+             "ongoing requests per replica autoscaling aims at (with --max-replicas)"),
+            ("--max-ongoing-requests", int, "max_ongoing_requests",
+             "requests one replica takes at once; more wait in Serve's queue"),
+            ("--replica-cpus", float, "replica_cpus", "CPUs Ray reserves for each replica"),
+            ("--request-timeout", float, "request_timeout_s", "seconds before Serve's proxy gives up on a request")):
+        limits.add_argument(flag, type=kind, dest=dest, default=getattr(default, dest),
+                            help=f"{text} (default %(default)s)")
+    serve.set_defaults(run=_serve)
 
 
 def _submit_parser(commands) -> None:
@@ -463,6 +500,21 @@ def _dashboard(args: argparse.Namespace) -> None:
         serve(kept_pulled(location, REFRESH_S), host=args.host, port=args.port, shown=location.display)
         return
     serve(args.results, host=args.host, port=args.port)
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from automl.predict import model_classes
+    from automl.remote import is_uri
+    from automl.serve import ServeSettings, read_token, serve_forever
+
+    settings = ServeSettings(**{field.name: getattr(args, field.name) for field in dataclasses.fields(ServeSettings)})
+    settings.check()
+    token = read_token(args.token_file, args.host)
+    model_dir = _model_folder(args.model_dir)
+    model_classes(model_dir)  # not a model folder: one line here, before Ray starts
+    # On a cluster a replica may run on another node: it pulls a URI itself; a local folder must be on every node.
+    served = args.model_dir if args.ray_address and is_uri(args.model_dir) else str(model_dir)
+    serve_forever(served, settings, args.host, args.port, token, args.ray_address)
 
 
 def _submit(args: argparse.Namespace) -> None:
