@@ -543,31 +543,15 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from automl.console import import_tensorflow_quietly
+    from automl.api import run_stages
 
     spec = _search_spec(args, RUN_GROUPS)
     with _run_folder(args) as run:
-        import_tensorflow_quietly()
-        from automl.ensemble import evaluate_run
-        from automl.export import export_run
-        from automl.retrain import retrain
-        from automl.search import run_search
-        from automl.store import write_run_info
-
-        if args.resume and run.read_info().get("status") == "finished":
-            print(f"search {run.name} already finished; going on to retrain")
-        else:
-            run_search(spec, args.data, run.name, run.root.parent, address=args.ray_address, resume=args.resume,
-                       skip_bad_images=args.skip_bad_images, cache_dir=args.cache_dir, storage=args.storage,
-                       results_label=args.results)
-            if run.read_info().get("status") != "finished":
-                return  # interrupted: run_search said how to resume
-        write_run_info(run.root, command=args.command_line)
-        retrain(run.root, args.data, top_k=spec.retrain.top_k, seeds=spec.retrain.seeds, address=args.ray_address,
-                skip_bad_images=args.skip_bad_images, cache_dir=args.cache_dir)
-        evaluate_run(run.root, method=args.method, decision=args.decision)
-        out = export_run(run.root, run.model.root)
-    print(f"done: report {run.report}, model {out}")
+        out = run_stages(spec, args.data, run, method=args.method, decision=args.decision, resume=args.resume,
+                         ray_address=args.ray_address, storage=args.storage, skip_bad_images=args.skip_bad_images,
+                         cache_dir=args.cache_dir, results_label=args.results, command=args.command_line)
+    if out is not None:
+        print(f"done: report {run.report}, model {out}")
 
 
 def _dashboard(args: argparse.Namespace) -> None:
