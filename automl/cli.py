@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import shlex
 import sys
@@ -122,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_train_parser, _check_parser, _search_parser, _retrain_parser, _ensemble_parser, _export_parser,
-                _predict_parser, _evaluate_parser, _run_parser, _dashboard_parser, _submit_parser, _jobs_parser):
+                _predict_parser, _evaluate_parser, _run_parser, _dashboard_parser, _serve_parser, _submit_parser,
+                _jobs_parser):
         add(commands)
     for listed in commands._choices_actions:  # each command's --help opens with what it does, as the list says
         commands.choices[listed.dest].description = commands.choices[listed.dest].description or listed.help
@@ -304,6 +306,43 @@ def _dashboard_parser(commands) -> None:
     dashboard.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     dashboard.add_argument("--port", type=int, default=8050, help="port to listen on (default: 8050)")
     dashboard.set_defaults(run=_dashboard)
+
+
+def _serve_parser(commands) -> None:
+    from automl.serve import DEFAULT_HOST, DEFAULT_PORT, ServeSettings
+
+    default = ServeSettings()
+    serve = commands.add_parser("serve", help="serve an exported model over HTTP with Ray Serve (POST /predict)")
+    serve.add_argument("model_dir", metavar="MODEL_DIR", help="folder written by automl export (or its URI: s3://...)")
+    serve.add_argument("--host", default=DEFAULT_HOST,
+                       help="address to bind (default %(default)s: this machine only; any other needs --token-file)")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT,
+                       help="HTTP port of Serve's proxy (default %(default)s)")
+    serve.add_argument("--token-file", type=Path, metavar="FILE",
+                       help="file holding a bearer token every request but GET /healthz must send "
+                            "(Authorization: Bearer TOKEN); required when --host is not loopback (default: no token)")
+    _ray_address_arg(serve)
+    limits = serve.add_argument_group("requests and scaling")
+    units = {"max_upload_mb": "MIB", "batch_wait_ms": "MS", "replica_cpus": "CPUS", "request_timeout_s": "SECONDS"}
+    for flag, kind, dest, text in (
+            ("--max-upload-mb", float, "max_upload_mb", "largest request body in MiB (413 above it)"),
+            ("--max-images", int, "max_images", "most images in one multipart request (413 above it)"),
+            ("--max-batch-size", int, "max_batch_size",
+             "most images classified in one model call, gathered across requests"),
+            ("--batch-wait-ms", float, "batch_wait_ms", "how long a batch waits for more requests before it runs"),
+            ("--replicas", int, "replicas",
+             "model replicas (each loads the model; its TensorFlow uses every core it gets)"),
+            ("--max-replicas", int, "max_replicas",
+             "above --replicas: autoscale between the two on ongoing requests per replica (0: fixed)"),
+            ("--target-ongoing-requests", int, "target_ongoing_requests",
+             "ongoing requests per replica autoscaling aims at (with --max-replicas)"),
+            ("--max-ongoing-requests", int, "max_ongoing_requests",
+             "requests one replica takes at once; more wait in Serve's queue"),
+            ("--replica-cpus", float, "replica_cpus", "CPUs Ray reserves for each replica"),
+            ("--request-timeout", float, "request_timeout_s", "seconds before Serve's proxy gives up on a request")):
+        limits.add_argument(flag, type=kind, dest=dest, default=getattr(default, dest), metavar=units.get(dest, "N"),
+                            help=f"{text} (default %(default)s)")
+    serve.set_defaults(run=_serve)
 
 
 #: run's flags that submit passes on to the job as they are (beyond the spec settings): (flag, dest, is a switch).
@@ -536,7 +575,10 @@ def _evaluate(args: argparse.Namespace) -> None:
     results = evaluate_model(model_dir, args.data, out=out, name=args.name, labels=args.labels)
     if location is None and args.out is None and is_uri(args.model_dir):
         out = ModelLayout(model_dir).evaluation(results["name"]).root
-        location = Location.parse(args.model_dir, "MODEL_DIR").join("evaluations", results["name"])
+        model = Location.parse(args.model_dir, "MODEL_DIR")
+        location = model.join("evaluations", results["name"])
+        for card in (ModelLayout(model_dir).card_json, ModelLayout(model_dir).card_md):  # the card names it now
+            model.upload(card, card.name)
     if location:
         push_folder(Path(out), location)
         print(f"evaluation: {location.display}")
@@ -563,6 +605,21 @@ def _dashboard(args: argparse.Namespace) -> None:
         serve(kept_pulled(location, REFRESH_S), host=args.host, port=args.port, shown=location.display)
         return
     serve(args.results, host=args.host, port=args.port)
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from automl.predict import model_classes
+    from automl.remote import is_uri
+    from automl.serve import ServeSettings, read_token, serve_forever
+
+    settings = ServeSettings(**{field.name: getattr(args, field.name) for field in dataclasses.fields(ServeSettings)})
+    settings.check()
+    token = read_token(args.token_file, args.host)
+    model_dir = _model_folder(args.model_dir)
+    model_classes(model_dir)  # not a model folder: one line here, before Ray starts
+    # On a cluster a replica may run on another node: it pulls a URI itself; a local folder must be on every node.
+    served = args.model_dir if args.ray_address and is_uri(args.model_dir) else str(model_dir)
+    serve_forever(served, settings, args.host, args.port, token, args.ray_address)
 
 
 def _submit(args: argparse.Namespace) -> None:

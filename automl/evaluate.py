@@ -109,6 +109,10 @@ def evaluate_model(model_dir: str | Path, data_dir: str | Path, out: str | Path 
         **_measure(images, rounds, seed),
     }
     _write(target, results, images, predictions)
+    if out is None:  # an evaluation kept beside the model: its card says how the model held up
+        from automl.export import record_evaluations
+
+        record_evaluations(model_dir)
     _summary(target, results)
     return results
 

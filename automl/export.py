@@ -25,7 +25,7 @@ import automl.model  # noqa: F401 - registers the members' own layers (colour co
 from automl import posthoc
 from automl.data import resize_tensor
 from automl.files import atomic_write, staged_dir, write_json
-from automl.layout import ModelLayout, RunFolderError, RunLayout, hp_column, member_image_size
+from automl.layout import ModelLayout, RunFolderError, RunLayout, hp_column, json_object, member_image_size
 from automl.objective import HEADLINE, Objective
 from automl.stages import DECISION
 
@@ -227,9 +227,9 @@ def card_markdown(card: dict) -> str:
     """A human-readable model card from its JSON form."""
     lines = [f"# {card.get('name', 'skin-automl model')}", "",
              f"Intended use: {card.get('intended_use', 'research only, not diagnosis')}.", ""]
-    for key in ("task", "classes", "input", "image_size", "search_image_size", "resize", "data_fingerprint", "split",
-                "trained_on",
-                "objective", "ensemble_method", "tta", "decision", "temperature"):
+    for key in ("task", "classes", "input", "image_size", "search_image_size", "resize", "training_data",
+                "data_fingerprint", "split", "trained_on", "objective", "ensemble_method", "tta", "decision",
+                "temperature"):
         if key in card:
             value = card[key]
             lines.append(f"- **{key.replace('_', ' ')}**: "
@@ -256,11 +256,49 @@ def card_markdown(card: dict) -> str:
                   "| --- | ---: | ---: | ---: |"]
         lines += [f"| {when.removeprefix('test_').replace('_', ' ')} | {m['loss']:.3f} | {m['ece']:.3f} | "
                   f"{m['brier']:.3f} |" for when, m in card["calibration"].items()]
+    if card.get("external_evaluations"):
+        lines += ["", "External evaluations (`automl evaluate`, in `evaluations/`; they measure, never choose):", "",
+                  "| data | images scored | melanoma vs rest AUC | malignant vs benign AUC | balanced accuracy * |",
+                  "| --- | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {e['name']} | {e['scored']} | {_with_interval(e['melanoma_auc'])} | "
+                  f"{_with_interval(e['malignant_auc'])} | {_with_interval(e['balanced_accuracy'])} |"
+                  for e in card["external_evaluations"]]
+        lines += ["", "\\* over the model's classes present in that set."]
     if card.get("versions"):
         lines += ["", "Made with " + ", ".join(f"{k} {v}" for k, v in card["versions"].items()) + "."]
     if card.get("search_spec"):
         lines += ["", "Search spec: `spec.yaml` of the run, also in `model_card.json` (`search_spec`)."]
     return "\n".join(lines) + "\n"
+
+
+def _with_interval(value: dict) -> str:
+    low, high = value.get("ci95") or (None, None)
+    return f"{value['value']:.3f}" + (f" [{low:.3f}, {high:.3f}]" if low is not None else "")
+
+
+def record_evaluations(model_dir: Path) -> dict:
+    """Write the headline figures of every evaluation in ``MODEL_DIR/evaluations/`` into the model card (JSON and
+    Markdown), so that the card a user reads says how the model held up on data kept outside the project."""
+    layout = ModelLayout(model_dir)
+    card, found = layout.read_card(), []
+    for name in layout.evaluation_names():
+        try:
+            metrics = json_object(layout.evaluation(name).metrics)
+        except (OSError, ValueError):
+            continue  # an evaluation folder being written, or not ours: nothing to report from it
+
+        def headline(section: str, key: str = "auc") -> dict:
+            part = metrics.get(section) or {}
+            return {"value": part.get(key), "ci95": (part.get("ci95") or {}).get(key)}
+
+        found.append({"name": name, "data": metrics.get("data"), "created": metrics.get("created"),
+                      "scored": (metrics.get("images") or {}).get("scored"), "melanoma_auc": headline("melanoma"),
+                      "malignant_auc": headline("malignant"),
+                      "balanced_accuracy": headline("multiclass", "balanced_accuracy")})
+    card["external_evaluations"] = found
+    write_json(layout.card_json, card)
+    atomic_write(layout.card_md, card_markdown(card))
+    return card
 
 
 def export_run(run_dir: Path, out_dir: Path, overwrite: bool = False, refit: bool = False) -> Path:
@@ -327,6 +365,7 @@ def _card(run: RunLayout, info: dict, summary: dict, members, chosen: list[str],
         "search_image_size": list(info["image_size"]),
         "resize": RESIZE_METHOD,
         "data_fingerprint": info.get("data_fingerprint"),
+        "training_data": TRAINING_DATA,
         "split": summary["split"],
         "trained_on": "train+val (refit; choices carried over from the validation run)" if refit else "train",
         "objective": str(Objective.from_record(summary.get("objective") or info)),
@@ -351,6 +390,12 @@ def _card(run: RunLayout, info: dict, summary: dict, members, chosen: list[str],
         "search_spec": yaml.safe_load(run.spec.read_text()) if run.spec.is_file() else None,
         "versions": _versions(),
     }
+
+
+#: What the card says of the training data and its terms: runs read HAM10000's public layout, and the HAM10000
+#: images are published under CC BY-NC 4.0, whose non-commercial terms a user of the model needs to know.
+TRAINING_DATA = ("HAM10000 layout (HAM10000: Tschandl, Rosendahl & Kittler, Sci. Data 2018, doi:10.7910/DVN/DBW86T; "
+                 "licence CC BY-NC 4.0, non-commercial: check its terms before any other use of this model)")
 
 
 def member_family(row) -> dict:

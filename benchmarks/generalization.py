@@ -1,6 +1,6 @@
 """Training levers for images from other clinics, one at a time, on one fixed configuration.
 
-The configuration is the reference run's best member (``results/reference``, member m01, chosen on
+The configuration is the reference CNN run's best member (``results/reference-cnn``, member m01, chosen on
 validation by that run). Each lever is trained with the reference's budget (``training`` of its spec:
 up to 50 epochs, early stopping on the objective) for each seed, then measured on the lesion-grouped
 test split and on ``isic_archive_150`` (other clinics; measured, never used to choose anything):
@@ -39,7 +39,7 @@ from automl import console  # noqa: E402
 from automl.layout import RunLayout, hyperparameter_columns, hyperparameter_name  # noqa: E402
 from automl.spec import load_spec  # noqa: E402
 
-REFERENCE = REPO / "results" / "reference"
+REFERENCE = REPO / "results" / "reference-cnn"
 ARCHIVE = REPO.parent / "shared" / "data" / "isic_archive_150"
 MEMBER = "m01"
 LEVERS = {

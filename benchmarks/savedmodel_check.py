@@ -2,13 +2,13 @@
 
     python benchmarks/savedmodel_check.py [MODEL_DIR]
 
-The 150 pictures of ``../shared/data/ham10000_sample_150`` (150x112 files), and the same pictures resized to
+The 202 pictures of ``../shared/data/ham10000_sample_150`` (150x112 files), and the same pictures resized to
 200x150 and to 600x450 (HAM10000's original size), each written as JPEG files. For each size, ``automl predict``
 classifies the files (in its own process) and the SavedModel of ``MODEL_DIR/saved_model`` (default
 ``results/reference/model``) classifies the same files here, where automl is deliberately not imported: the
 model resizes in its graph, so it takes every size unchanged, and runs without the package. Prints and writes
-``results/benchmarks/savedmodel_check.md``: per size, the largest probability difference between the two and how
-often the predicted class agrees with the one at 150x112.
+``results/benchmarks/savedmodel_check-RUN.md`` (RUN: the model's run folder): per size, the largest probability
+difference between the two and how often the predicted class agrees with the one at 150x112.
 """
 
 import csv
@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 MODEL = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO / "results" / "reference" / "model"
 IMAGES = REPO.parent / "shared" / "data" / "ham10000_sample_150" / "HAM10000_images"
 SIZES = ((150, 112), (200, 150), (600, 450))  # width x height, as files are described
-OUT = REPO / "results" / "benchmarks" / "savedmodel_check.md"
+OUT = REPO / "results" / "benchmarks" / f"savedmodel_check-{MODEL.resolve().parent.name}.md"
 
 
 def read(path: Path) -> np.ndarray:

@@ -142,6 +142,14 @@ def test_labels_csv_with_other_labels_and_a_corrupt_image(exported, labelled, ca
         assert part in report, part
     assert "## Images per label" in report
 
+    # The model card now says how the model held up there.
+    card = ModelLayout(model_dir).read_card()
+    [entry] = card["external_evaluations"]
+    assert entry["name"] == "isic_like" and entry["scored"] == 14
+    assert entry["malignant_auc"]["value"] == pytest.approx(results["malignant"]["auc"])
+    assert entry["malignant_auc"]["ci95"] == [low, high]
+    assert f"| isic_like | 14 | {results['melanoma']['auc']:.3f} [" in ModelLayout(model_dir).card_md.read_text()
+
 
 def test_ham10000_layout_through_the_command_line(exported, tmp_path, monkeypatch, capsys):
     _, model_dir = exported
@@ -152,6 +160,7 @@ def test_ham10000_layout_through_the_command_line(exported, tmp_path, monkeypatc
     assert "melanoma vs rest AUC" in capsys.readouterr().err
     results = json.loads((out / "metrics.json").read_text())
     assert results["name"] == "sample" and not ModelLayout(model_dir).evaluations.exists()
+    assert "external_evaluations" not in ModelLayout(model_dir).read_card()  # kept elsewhere: the card is untouched
     metadata = pd.read_csv(ham / "HAM10000_metadata.csv")
     assert results["images"]["scored"] == results["multiclass"]["images"] == len(metadata)
     assert results["multiclass"]["classes_scored"] == sorted(set(metadata["dx"]))

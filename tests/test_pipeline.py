@@ -63,6 +63,7 @@ def test_run_then_predict(tiny_ham, tmp_path, capsys):
     assert all(m["parameters"] == sizes[m["member_id"]] > 0 for m in card["members"])
     assert card["parameters"] == sum(m["parameters"] for m in card["members"])
     assert f"- **parameters**: {card['parameters']:,}" in (model_dir / "model_card.md").read_text()
+    assert "CC BY-NC 4.0" in card["training_data"]  # the training data's terms travel with the model
     images = tiny_ham / "HAM10000_images"
     assert main(["predict", str(model_dir), str(images), "--out", str(tmp_path / "preds.csv")]) == 0
     preds = pd.read_csv(tmp_path / "preds.csv", keep_default_na=False)

@@ -182,6 +182,8 @@ def test_run_predict_evaluate_and_export_with_the_run_folder_in_a_bucket(tiny_ha
     assert (pd.read_csv(tmp_path / "preds.csv", keep_default_na=False)["error"] == "").all()
     assert main(["evaluate", model, "--data", str(tiny_ham), "--name", "tiny"]) == 0
     assert "model/evaluations/tiny/metrics.json" in location.files()
+    card = json.loads(location.join("model").read_bytes("model_card.json"))
+    assert [e["name"] for e in card["external_evaluations"]] == ["tiny"]  # the card in the bucket names it
     assert main(["export", "e2e", "--results", bucket, "--out", f"{bucket}/shipped/v1"]) == 0
     shipped = Location.parse(bucket, "--results").join("shipped", "v1").files()
     assert {"model.keras", "model_card.json", "saved_model/saved_model.pb"} <= set(shipped)
@@ -195,7 +197,7 @@ def test_a_search_killed_outright_resumes_from_the_bucket_alone(tiny_ham, tmp_pa
     spec.write_text(TINY_SEARCH)
     location = Location.parse(bucket, "--results").join("killed")
     command = [sys.executable, "-m", "automl", "search", str(spec), "--data", str(tiny_ham), "--name", "killed",
-               "--results", bucket, "--num-samples", "6", "--max-concurrent", "1", "--searcher", "random"]
+               "--results", bucket, "--num-samples", "6", "--max-concurrent", "1"]  # Optuna: its study resumes too
     driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline, finished_before = time.monotonic() + 240, set()
     try:

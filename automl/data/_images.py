@@ -13,6 +13,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -91,8 +92,9 @@ def index_images(data_dir: Path) -> dict[str, Path]:
     return scan_images(data_dir).by_id()[0]
 
 
-def decode_image(path: Path) -> np.ndarray:
-    """An image file as an (H, W, 3) uint8 RGB array; raises ``ValueError`` saying why it is unreadable.
+def decode_image(path: Path | BinaryIO) -> np.ndarray:
+    """An image file (or a binary file object: an upload's bytes in ``io.BytesIO``) as an (H, W, 3) uint8 RGB array;
+    raises ``ValueError`` saying why it is unreadable.
 
     Every colour mode PIL opens is converted without clipping, after the EXIF orientation is applied:
 

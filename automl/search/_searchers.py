@@ -159,6 +159,7 @@ class FeasibleOptunaSearch(OptunaSearch):
 
     def __init__(self, rejections: Rejections, worst: float, **kwargs):
         self.rejections, self.worst = rejections, worst
+        self.finished_in_study: set[str] = set()
         super().__init__(**kwargs)
 
     def suggest(self, trial_id: str) -> dict | None:
@@ -202,3 +203,16 @@ class FeasibleOptunaSearch(OptunaSearch):
             if INFEASIBLE in trial.user_attrs:
                 why = trial.user_attrs.get(f"{INFEASIBLE}_reason", INVALID)
                 self.rejections.by_reason[why] = self.rejections.by_reason.get(why, 0) + 1
+        # The study is written as trials end, this state only with Tune's experiment snapshots: a trial that the study
+        # finished after the snapshot is resumed by Tune, and Optuna refuses to update a finished trial. The study
+        # keeps the outcome it has; the resumed trial's results go to the store only.
+        finished = {trial.number for trial in self._ot_study.get_trials(deepcopy=False) if trial.state.is_finished()}
+        self.finished_in_study = {trial_id for trial_id, trial in self._ot_trials.items() if trial.number in finished}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id not in self.finished_in_study:
+            super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id not in self.finished_in_study:
+            super().on_trial_complete(trial_id, result, error)
