@@ -46,7 +46,6 @@ from automl.objective import Objective
 from automl.posthoc import predict_modes, tta_modes
 from automl.remote import join
 from automl.spec import Spec, load_spec
-from automl.stages import SEEDS, TOP_K
 from automl.store import missing, utc_now, write_run_info
 from automl.trial import epoch_line, expected_class_mix
 from automl.weights import require_weights
@@ -101,17 +100,18 @@ def _params(row) -> dict:
 def retrain(
     run_dir: Path,
     data_dir: Path,
-    top_k: int = TOP_K,
-    seeds: int = SEEDS,
+    top_k: int | None = None,
+    seeds: int | None = None,
     epochs: int | None = None,
     address: str | None = None,
     skip_bad_images: bool = False,
     cache_dir: Path | None = None,
 ) -> Path:
-    """Retrain the run's ``top_k`` configurations with ``seeds`` seeds each; returns the retrain folder."""
+    """Retrain the run's ``top_k`` configurations with ``seeds`` seeds each, for up to ``epochs`` epochs (None: the
+    run spec's ``retrain.top_k``, ``retrain.seeds`` and ``training.epochs``); returns the retrain folder."""
     run = RunLayout(run_dir)
     spec, info, dataset = _run_data(run, data_dir, skip_bad_images, cache_dir)
-    epochs = epochs or spec.training.epochs
+    top_k, seeds, epochs = top_k or spec.retrain.top_k, seeds or spec.retrain.seeds, epochs or spec.training.epochs
     if tuple(info["image_size"]) == dataset.image_size:
         configs = top_configurations(run.root, top_k)  # the search built each of them at this size already
     else:

@@ -30,6 +30,9 @@ flags are declared once, in :data:`SETTINGS`)::
       engine: ray                     # ray | keras-tuner
       searcher: optuna                # random | optuna (TPE)
       ...                             # see SETTINGS
+    retrain:                          # automl run and automl retrain
+      top_k: 5                        # configurations retrained from scratch
+      seeds: 1                        # trainings of each (members = top_k x seeds)
 
 The objective is the one source of the metric: the search, the retrain's early stopping and
 learning-rate schedule, the ensemble and the reports all use it, and so does ``automl train``.
@@ -58,6 +61,7 @@ from automl.errors import SpecError
 from automl.hparams import ModelConfig, check_domain
 from automl.objective import DEFAULT_METRIC, METRICS, MODES, Objective
 from automl.space import SearchSpace
+from automl.stages import SEEDS, TOP_K
 
 TASKS = ("multiclass", "binary")
 MAX_SEED = 2**32 - 1  # NumPy's and TensorFlow's seeds are 32-bit
@@ -180,7 +184,7 @@ SETTINGS: dict[str, Setting] = {
         Setting("description", str, "", "free text"),
         Setting("data.task", str, "multiclass", "multiclass (7 dx classes) or binary (malignant = mel, bcc, akiec)",
                 choices=TASKS),
-        Setting("data.image_size", tuple, (28, 28), "S or HEIGHTxWIDTH (default: the spec's data.image_size)",
+        Setting("data.image_size", tuple, (28, 28), "S or HEIGHTxWIDTH: the size every image is resized to",
                 flag="--image-size", group="data", parse=parse_image_size),
         Setting("data.split.method", str, "grouped", "grouped (by lesion, stratified by dx) or file",
                 choices=("grouped", "file")),
@@ -192,15 +196,16 @@ SETTINGS: dict[str, Setting] = {
                 flag="--metric", group="objective", choices=METRICS),
         Setting("objective.mode", str, None, "min or max (default: min for val_loss, max otherwise)",
                 flag="--mode", group="objective", choices=MODES, optional=True),
-        Setting("training.epochs", int, 50, "maximum epochs (default: the spec's training.epochs)",
+        Setting("training.epochs", int, 50, "maximum epochs of automl train and of each retrained member (early "
+                "stopping may end one sooner)",
                 flag="--epochs", group="train", low=1, high=100_000),
         Setting("training.early_stopping_patience", int, 10, "epochs without improvement before stopping; 0 = off",
                 low=0, high=100_000),
         Setting("training.reduce_lr_patience", int, 0, "epochs without improvement before the lr is cut; 0 = off",
                 low=0, high=100_000),
         Setting("training.reduce_lr_factor", float, 0.5, "factor the lr is cut by", low=0.01, high=0.99),
-        Setting("training.seed", int, 0, "training seed (default: the spec's training.seed)", flag="--seed",
-                group="train", low=0, high=MAX_SEED),
+        Setting("training.seed", int, 0, "training seed (retrained members: this, this + 1, ... per seed)",
+                flag="--seed", group="train", low=0, high=MAX_SEED),
         Setting("training.precision", str, "auto", "float32, mixed_float16 or mixed_bfloat16 (Keras dtype policies: "
                 "the output stays float32, mixed_float16 scales the loss), or auto: mixed_float16 on CUDA GPUs of "
                 "compute capability 7.0 or more, float32 elsewhere; exports are float32 whatever trained them",
@@ -257,7 +262,8 @@ SETTINGS: dict[str, Setting] = {
                 low=1.0, high=1e6, optional=True),
         Setting("search.max_failures", int, 2, "a failing trial is retried from its last checkpoint this often",
                 flag="--max-failures", group="search", low=0, high=1000),
-        Setting("search.seed", int, 0, "searcher seed", flag="--seed", group="search", low=0, high=MAX_SEED),
+        Setting("search.seed", int, 0, "the searcher's seed (its draws; training.seed seeds the training)",
+                flag="--search-seed", group="search", low=0, high=MAX_SEED),
         Setting("search.warm_start", tuple, (), "earlier runs (folders, or names in --results) whose best "
                 "configurations the search starts from; told to Optuna with their results, without training, when "
                 "data, split, task, image size, space, objective, max_epochs and epoch definition agree",
@@ -265,6 +271,11 @@ SETTINGS: dict[str, Setting] = {
         Setting("search.portfolio", str, "none", "optuna: a YAML file of configurations to train first (relative to "
                 "the spec's folder, or the working directory), or none", flag="--portfolio", group="search",
                 parse=_file_or_none),
+        Setting("retrain.top_k", int, TOP_K, "configurations of the search retrained from scratch as the ensemble's "
+                "candidate members (automl run, automl retrain)", flag="--top-k", group="retrain", low=1, high=10_000),
+        Setting("retrain.seeds", int, SEEDS, "times each of those configurations is retrained, with training seeds "
+                "training.seed, training.seed + 1, ...: members = top_k x seeds", flag="--seeds", group="retrain",
+                low=1, high=1000),
     ]
 }
 #: Keys of specs written before the objective had its own section: read as the objective.
@@ -324,6 +335,12 @@ class TrainingSpec:
     seed: int = _default("training.seed")
     max_parameters: int | None = _default("training.max_parameters")
     precision: str = _default("training.precision")
+
+
+@dataclass(frozen=True)
+class RetrainSettings:
+    top_k: int = _default("retrain.top_k")
+    seeds: int = _default("retrain.seeds")
 
 
 @dataclass(frozen=True)
@@ -390,7 +407,7 @@ class SearchSettings:
 
 #: Where each section's settings land.
 _HOLDERS = {"data": "data", "data.split": "data.split", "training": "training", "search": "search",
-            "search.resources": "search", "objective": "objective", "": ""}
+            "search.resources": "search", "objective": "objective", "retrain": "retrain", "": ""}
 
 
 @dataclass(frozen=True)
@@ -404,6 +421,7 @@ class Spec:
     source: Path | None = None
     objective: Objective = field(default_factory=Objective)
     space: SearchSpace = field(default=None, compare=False, repr=False)  # parsed once, in parse_spec
+    retrain: RetrainSettings = field(default_factory=RetrainSettings)
 
     @property
     def search_image_size(self) -> tuple[int, int]:
@@ -552,6 +570,7 @@ def parse_spec(raw: Any, source: Path | None = None, where: str | None = None) -
         source=source,
         objective=Objective.of(values["objective.metric"], values["objective.mode"], where=f"{where}: objective"),
         space=space,
+        retrain=RetrainSettings(**section("retrain")),
     )
 
 

@@ -26,7 +26,8 @@ from automl.layout import RunLayout
 
 ROOT = Path(__file__).resolve().parents[1]
 # Real runs under results/ (those present are linked in).
-REAL_RUNS = ("reference-cnn", "reference-official-split", "quick_cluster", "quick_optuna_asha", "quick_optuna_nopruning")
+REAL_RUNS = ("reference-cnn", "reference-official-split", "quick_cluster", "quick_optuna_asha",
+             "quick_optuna_nopruning")
 PAGES = {
     "experiments": "/",
     "experiment": "/runs/search_in_progress",

@@ -1,6 +1,7 @@
 """The ``automl`` command as a user meets it: real runs on tiny data, and one clear line for bad input."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -109,3 +110,104 @@ def test_train_binary_task(tiny_ham, tmp_path, capsys):
     assert metrics["class_names"] == ["benign", "malignant"]
     assert 0 <= metrics["test_sensitivity"] <= 1 and 0 <= metrics["test_specificity"] <= 1
     assert set(metrics["per_class"]["test"]) == {"benign", "malignant"}
+
+
+def _commands(parser):
+    """Every (command path, parser) under ``automl``: run, submit, jobs list, ..."""
+    import argparse
+
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found.append((name, sub))
+                found += [(f"{name} {inner}", p) for inner, p in _commands(sub)]
+    return found
+
+
+def test_every_flag_has_help_and_a_metavar_that_reads_as_a_word():
+    import argparse
+
+    from automl.cli import build_parser
+
+    missing, unreadable = [], []
+    for name, parser in _commands(build_parser()):
+        for action in parser._actions:
+            skipped = isinstance(action, argparse._HelpAction | argparse._SubParsersAction)
+            if skipped or action.help == argparse.SUPPRESS:
+                continue
+            label = f"automl {name} {'/'.join(action.option_strings) or action.dest}"
+            if not action.help:
+                missing.append(label)
+            if action.option_strings and action.nargs != 0 and not action.choices and not isinstance(
+                    action, argparse.BooleanOptionalAction):
+                if action.metavar is None and ("_" in action.dest):
+                    unreadable.append(f"{label}: {action.dest.upper()}")
+                if action.metavar and "__" in action.metavar:
+                    unreadable.append(f"{label}: {action.metavar}")
+    assert missing == [] and unreadable == []
+    run_help = build_parser().parse_args(["run", "quick", "--data", "d", "--name", "n"])  # parses; now the text
+    assert run_help.command == "run"
+
+
+def test_help_says_what_run_does_and_every_spec_flag_its_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "search, retrain the best, ensemble them (judged on the test split) and export the model" in text
+    assert "evaluate" not in text.split("options:")[0]
+    assert "--num-samples N" in text and "[search.num_samples; default: the spec's value, else 20]" in text
+    assert "--tpe-constant-liar, --no-tpe-constant-liar" in text and "SEARCH__" not in text
+    assert "--search-seed N" in text and not re.search(r"(?<![\w-])--seed\b(?!s)", text)
+    with pytest.raises(SystemExit):
+        main(["retrain", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "epoch budget" not in text and "maximum epochs per member" in text
+
+
+def test_version(capsys):
+    from automl import __version__
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"automl {__version__}"
+
+
+def test_old_spellings_still_work_for_one_release_with_one_line_each(capsys):
+    from automl.cli import _old_boolean_values, build_parser
+
+    argv = ["search", "quick", "--data", "d", "--name", "n", "--seed", "7", "--tpe-constant-liar", "false"]
+    args = build_parser().parse_args(_old_boolean_values(argv))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (args.search__seed, args.search__tpe_constant_liar) == (7, False)
+    assert err == ["automl: --tpe-constant-liar false is now --no-tpe-constant-liar (the old spelling goes in the "
+                   "next release)",
+                   "automl: --seed is now --search-seed here (the old spelling goes in the next release)"]
+    args = build_parser().parse_args(["search", "quick", "--data", "d", "--name", "n", "--tpe-constant-liar"])
+    assert args.search__tpe_constant_liar is True and capsys.readouterr().err == ""
+    # train's --seed is the training seed, as before: no note.
+    args = build_parser().parse_args(["train", "quick", "--data", "d", "--seed", "3"])
+    assert args.training__seed == 3 and capsys.readouterr().err == ""
+
+
+def test_check_describes_a_space_and_measures_an_epoch(tmp_path, capsys):
+    spec = tmp_path / "deep.yaml"
+    spec.write_text("hyperparameters:\n  conv_blocks: {choice: [2, 5]}\n  base_filters: {choice: [8, 16]}\n"
+                    "  dense_units: 16\n  batch_size: 32\n"
+                    "  block_dropout_5: {float: [0.1, 0.2], when: 'conv_blocks >= 5'}\n")
+    code, out, err = run_cli(["check", spec, "--draws", "200"], capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[1].startswith("dimensions: 3 searched, 2 fixed")
+    assert "conditions: 1 (block_dropout_5 when conv_blocks >= 5)" in out
+    # conv_blocks 5 pools 28 px down to nothing: about half the draws cannot run, by the pooling rule.
+    [feasible] = [line for line in lines if line.startswith("feasible draws at 28x28: ")]
+    share = int(feasible.split(": ")[1].split(" of ")[0])
+    assert 60 < share < 140 and "rejected by reason: pooling" in feasible, feasible
+    [params] = [line for line in lines if line.startswith("parameters over")]
+    low, high = (int(params.split(kind)[1].split(",")[0].split()[0].replace(",", "")) for kind in (" min ", " max "))
+    assert 0 < low < high
+    [timing] = [line for line in lines if line.startswith("seconds per epoch on this machine: ")]
+    assert float(timing.split("smallest draw")[1].split(") ")[1].split(" s")[0]) > 0
+    code, out, _ = run_cli(["check", "quick", "--image-size", "8", "--draws", "50", "--no-timing"], capsys)
+    assert code == 0 and "feasible draws at 8x8: " in out and "seconds per epoch" not in out

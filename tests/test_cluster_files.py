@@ -122,6 +122,10 @@ def test_dockerfile_installs_the_wheel_with_the_gpu_extra():
     assert "pip install -e" not in text and "--editable" not in text and ":latest" not in text
     ignore = (CLUSTER / "Dockerfile.dockerignore").read_text().splitlines()
     assert "*" in ignore and "!automl" in ignore and "!pyproject.toml" in ignore
+    # Everything pyproject.toml names is in the build context: the licence files the wheel carries, the readme.
+    assert {"!LICENSE", "!NOTICE", "!README.md"} <= set(ignore)
+    assert "COPY pyproject.toml README.md LICENSE NOTICE" in text
+    assert "search_spaces" not in text.split("FROM ${RAY_IMAGE}")[1].replace("# The shipped specs", "")
 
 
 def kuberay_docs():

@@ -269,19 +269,64 @@ def test_bad_spec_fails_before_contacting_the_cluster(tmp_path, capsys):
     assert code == 2 and "num_samples" in err and "Traceback" not in err
 
 
-def test_submit_forwards_every_search_setting_under_a_flag_the_cluster_understands():
-    from automl.cli import SUBMIT_GROUPS, build_parser
-    from automl.spec import settings_with_flags
+def _subparser(parser, name):
+    import argparse
+
+    [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return commands.choices[name]
+
+
+#: A value for each of run's flags that is not its default (flag -> value; None: a switch given alone).
+def _sample(action) -> list[str]:
+    import argparse
+
+    flag = action.option_strings[0]
+    if isinstance(action, argparse.BooleanOptionalAction):
+        return [f"--no-{flag[2:]}"]  # the spec's default is on
+    if action.nargs == 0:
+        return [flag]
+    if action.choices:
+        return [flag, str([c for c in action.choices if c != action.default][-1])]
+    special = {"--image-size": "64", "--search-image-size": "24", "--split-file": "/cluster/split.csv",
+               "--portfolio": "/cluster/portfolio.yaml", "--warm-start": "earlier", "--storage": "s3://bucket/ckpt",
+               "--cache-dir": "/cluster/cache", "--max-epochs": "6", "--grace-period": "2"}
+    return [flag, special.get(flag, "3")]
+
+
+def test_submit_forwards_every_setting_run_takes_under_a_flag_the_cluster_understands():
+    """Every flag of automl run is a flag of submit, and the job's command line carries it to the cluster's
+    automl run with the same value (run's parser reads the job's command back)."""
+    import argparse
+
+    from automl.cli import SUBMIT_GROUPS, _search_spec, build_parser, job_command
 
     parser = build_parser()
-    samples = {"training.precision": "float32", "search.engine": "ray", "search.searcher": "random",
-               "search.scheduler": "none", "search.keras_tuner": "bayesian", "objective.metric": "val_auc",
-               "objective.mode": "max",
-               "search.tpe_sampling": "grouped", "search.tpe_constant_liar": "false"}
-    for setting in settings_with_flags(*SUBMIT_GROUPS):
-        value = samples.get(setting.key, "2")
-        args = parser.parse_args(["run", "s.yaml", "--data", "d", "--name", "n", setting.flag, value])
-        given = getattr(args, setting.dest)
-        if setting.nargs:
-            [given] = given  # a list setting (--warm-start RUN...) takes one value or more
-        assert str(given).lower() in (value, f"{value}.0"), setting.key
+    run, submit = _subparser(parser, "run"), _subparser(parser, "submit")
+    own = {"help", "ray_address", "results", "data", "name"}  # the job sets these itself
+    run_flags = [a for a in run._actions if a.option_strings and a.help != argparse.SUPPRESS and a.dest not in own]
+    submit_dests = {a.dest for a in submit._actions}
+    assert [a.dest for a in run_flags if a.dest not in submit_dests] == []
+    base = ["submit", "quick", "--data", "/cluster/data", "--name", "n", "--results", "/cluster/results"]
+    for action in run_flags:
+        args = parser.parse_args([*base, *_sample(action)])
+        command, files = job_command(args, _search_spec(args, SUBMIT_GROUPS))
+        assert command[:4] == ["python", "-m", "automl", "run"] and files["spec.yaml"].name == "quick.yaml"
+        forwarded = parser.parse_args(command[3:])
+        sent, received = getattr(args, action.dest), getattr(forwarded, action.dest)
+        assert sent != action.default and str(received) == str(sent), (action.dest, command)  # paths stay text here
+    # A search-only job refuses the settings of the stages it will not run, in one line.
+    args = parser.parse_args([*base, "--search-only", "--top-k", "3"])
+    with pytest.raises(UserError, match="--top-k: settings of the stages after the search"):
+        job_command(args, _search_spec(args, SUBMIT_GROUPS))
+
+
+def test_submit_image_size_and_top_k_reach_the_job(capsys):
+    """The two settings 0.1 refused (issue 28): given to submit, they are in the job's automl run."""
+    from automl.cli import SUBMIT_GROUPS, _search_spec, build_parser, job_command
+
+    args = build_parser().parse_args(["submit", "quick", "--data", "/d", "--name", "n", "--results", "/r",
+                                      "--image-size", "64", "--top-k", "3", "--seed", "7"])
+    assert "--seed is now --search-seed" in capsys.readouterr().err
+    command, _ = job_command(args, _search_spec(args, SUBMIT_GROUPS))
+    text = " ".join(command)
+    assert "--image-size 64" in text and "--top-k 3" in text and "--search-seed 7" in text

@@ -95,6 +95,10 @@ def test_run_then_predict(tiny_ham, tmp_path, capsys):
     assert card["trained_on"].startswith("train+val") and card["members"][0]["epochs"] == member["best_epoch"]
     assert card["metrics"]["test_accuracy"] == metrics["refit_ensemble"]["test"]["accuracy"]
     assert main(["predict", str(refit_dir), str(images), "--out", str(tmp_path / "refit.csv")]) == 0
+    # Without --out, export writes where automl run puts the model: RESULTS/NAME/model.
+    (model_dir / "model.keras").unlink()
+    assert main(["export", "e2e", "--results", str(results)]) == 0
+    assert f"exported {model_dir.resolve()}" in capsys.readouterr().out and (model_dir / "model.keras").is_file()
 
 
 def test_a_metric_to_minimise_is_minimised_by_every_stage(tiny_ham, tmp_path, capsys):

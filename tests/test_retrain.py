@@ -107,12 +107,14 @@ def test_nothing_usable_is_a_user_error(tmp_path, rows):
 
 
 def test_a_retrain_run_again_goes_on_from_each_members_last_epoch(tiny_ham, tmp_path, monkeypatch):
-    import automl.retrain as retrain_module
+    import importlib
+
     from automl.layout import RunLayout
     from automl.retrain import retrain
     from automl.search import run_search
     from automl.spec import parse_spec
 
+    retrain_module = importlib.import_module("automl.retrain")  # automl.retrain itself is the API function
     spec = parse_spec({"data": {"image_size": 16}, "training": {"early_stopping_patience": 0},
                        "hyperparameters": {"conv_blocks": 1, "base_filters": {"choice": [4, 8]}, "dense_units": 8,
                                            "batch_size": 32},

@@ -200,7 +200,7 @@ def test_search_budget_and_tpe_settings(tmp_path):
     no_asha = spec.with_overrides({"search.epoch_budget": 200, "search.scheduler": "none"}).search
     assert no_asha.expected_configurations() == 10  # every trial runs max_epochs
     args = build_parser().parse_args(["search", str(SPECS / "ham10000_cnn.yaml"), "--data", "d", "--name", "n",
-                                      "--epoch-budget", "30", "--tpe-constant-liar", "false",
+                                      "--epoch-budget", "30", "--no-tpe-constant-liar",
                                       "--tpe-sampling", "grouped", "--snapshot-period", "30"])
     overridden = spec.with_overrides(_overrides(args, "search"))
     assert (overridden.search.epoch_budget, overridden.search.tpe_constant_liar) == (30, False)

@@ -77,6 +77,10 @@ def cli_reference() -> str:
     parser = build_parser()
     out = ["Generated from `automl.cli.build_parser()`. `automl COMMAND --help` prints the same.\n",
            "```text", _usage(parser), "```\n"]
+    top = [_argument_row(a) for a in parser._actions
+           if not isinstance(a, argparse._HelpAction | argparse._SubParsersAction) and a.help != argparse.SUPPRESS]
+    if top:
+        out += ["| argument | meaning | default |", "| --- | --- | --- |", *top, ""]
     for name, sub, text in _commands(parser):
         out += _command(f"automl {name}", sub, text)
     return "\n".join(out)
@@ -120,11 +124,13 @@ def _command(title: str, parser: argparse.ArgumentParser, text: str) -> list[str
 
 def _argument_row(action: argparse.Action) -> str:
     if action.option_strings:
-        name = ", ".join(action.option_strings)
+        name = action.option_strings[-1]
         if action.nargs != 0:
             metavar = action.metavar or ("{" + ",".join(map(str, action.choices)) + "}" if action.choices
                                          else action.dest.upper())
             name += f" {metavar}" + (" ..." if action.nargs in ("+", "*") else "")
+        # Each spelling in a code span of its own (--tpe-constant-liar, --no-tpe-constant-liar).
+        name = ", ".join([*map(code, action.option_strings[:-1]), code(name)])
     else:
         name = action.metavar or action.dest
         if action.choices:
@@ -142,7 +148,7 @@ def _argument_row(action: argparse.Action) -> str:
         shown = ""  # none, a switch, or the help already says it (defaults read from the environment among them)
     else:
         shown = code(default)
-    return f"| {code(name)} | {cell(text)} | {shown} |"
+    return f"| {name if action.option_strings else code(name)} | {cell(text)} | {shown} |"
 
 
 def _settings_by_dest() -> dict:
