@@ -74,3 +74,10 @@ def test_readme_is_short_and_keeps_what_ci_runs():
         assert command in readme, command
     for link in re.findall(r"\]\((?!https?://)([^)#]+)", readme):  # relative links point at files that exist
         assert (ROOT / link).exists(), link
+
+
+def test_the_api_page_shows_the_example_ci_runs():
+    from tests.test_api import docstring_example
+
+    page = (ROOT / "docs" / "guide" / "api.md").read_text()
+    assert f"```python\n{docstring_example()}```" in page
