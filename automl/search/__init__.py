@@ -183,7 +183,7 @@ def start_ray(address: str | None) -> None:
         try:
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise UserError(f"--address {address}: cannot connect to the Ray cluster: "
+            raise UserError(f"--ray-address {address}: cannot connect to the Ray cluster: "
                             f"{str(exc).splitlines()[0]}") from None
     else:
         # Embedded local Ray; its dashboard stays off (nothing listens beyond Ray's own token-protected ports).
@@ -285,12 +285,12 @@ def _check_reachable(address: str) -> None:
         return
     host, _, port = address.split("://")[-1].rpartition(":")
     if not host or not port.isdigit():
-        raise UserError(f"--address {address}: expected HOST:PORT of the cluster's head (e.g. 10.0.0.5:6379) or auto")
+        raise UserError(f"--ray-address {address}: expected HOST:PORT of the cluster's head (e.g. 10.0.0.5:6379) or auto")
     try:
         socket.create_connection((host, int(port)), timeout=5).close()
     except OSError as exc:
         raise UserError(
-            f"--address {address}: nothing answers there ({exc.strerror or exc}); start the cluster "
+            f"--ray-address {address}: nothing answers there ({exc.strerror or exc}); start the cluster "
             "(ray start --head) or check the address"
         ) from None
 
