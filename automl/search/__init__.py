@@ -285,7 +285,8 @@ def _check_reachable(address: str) -> None:
         return
     host, _, port = address.split("://")[-1].rpartition(":")
     if not host or not port.isdigit():
-        raise UserError(f"--ray-address {address}: expected HOST:PORT of the cluster's head (e.g. 10.0.0.5:6379) or auto")
+        raise UserError(f"--ray-address {address}: expected HOST:PORT of the cluster's head (e.g. 10.0.0.5:6379) "
+                        "or auto")
     try:
         socket.create_connection((host, int(port)), timeout=5).close()
     except OSError as exc:
