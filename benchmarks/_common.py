@@ -130,17 +130,21 @@ def fmt(value: float | None, digits: int = 3, missing: str = "-") -> str:
 def sample_params(space_file: Path, count: int, seed: int = 0) -> list[dict[str, Any]]:
     """``count`` hyperparameter sets drawn at random from the space of ``space_file`` (conditional ones included,
     only where their condition holds), as a random search draws them."""
-    import optuna
+    from automl.search._feasible import random_draws
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    space = load_spec(space_file).space
-    sample = space.optuna_define_by_run()
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-    drawn = []
-    for _ in range(count):
-        trial = study.ask()
-        drawn.append(space.active(sample(trial) | trial.params))
-    return drawn
+    return random_draws(load_spec(space_file).space, count, seed)
+
+
+def stop_child(child: subprocess.Popen, timeout_s: float = 120) -> None:
+    """Ctrl-C (a search stops gracefully and records its state; a server shuts down), then SIGKILL of the child's
+    session after ``timeout_s``."""
+    if child.poll() is None:
+        child.send_signal(signal.SIGINT)
+        try:
+            child.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
 
 
 def append_row(path: Path, row: dict[str, Any]) -> None:

@@ -64,7 +64,8 @@ from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import DEFAULT_OUT, LOCAL_RAY, REPO, check_idle, print_table, sample_params, write_result  # noqa: E402
+from _common import (DEFAULT_OUT, LOCAL_RAY, REPO, check_idle, print_table, sample_params, stop_child,  # noqa: E402
+                     write_result)
 
 from automl import console  # noqa: E402
 from automl.layout import RunLayout  # noqa: E402
@@ -551,17 +552,6 @@ def windows(rows: list[dict]) -> list[dict]:
                     "driver_mb_written_per_min": round(60 * (b["driver_mb_written"] - a["driver_mb_written"])
                                                        / seconds, 2)})
     return out
-
-
-def stop_child(child: subprocess.Popen) -> None:
-    """Ctrl-C (the search stops gracefully and records its state), then SIGKILL of its session after 120 s."""
-    if child.poll() is None:
-        child.send_signal(signal.SIGINT)
-        try:
-            child.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
 
 
 def driver_run(args, searcher: str) -> dict[str, Any]:

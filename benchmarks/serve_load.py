@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (DEFAULT_OUT, REPO, check_idle, markdown_table, print_table, write_result,  # noqa: E402
+from _common import (DEFAULT_OUT, REPO, check_idle, markdown_table, print_table, stop_child, write_result,  # noqa: E402
                      write_text_result)
 
 SAMPLE = REPO.parent / "shared" / "data" / "ham10000_sample_150" / "HAM10000_images"
@@ -131,15 +131,6 @@ def start_server(port: int, extra: list[str]) -> subprocess.Popen:
             print(f"server up in {time.monotonic() - started:.1f} s", flush=True)
             threading.Thread(target=lambda: [None for _ in server.stdout], daemon=True).start()  # drain its output
             return server
-
-
-def stop_server(server: subprocess.Popen) -> None:
-    server.send_signal(signal.SIGINT)
-    try:
-        server.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
 
 
 class Client:
@@ -344,7 +335,7 @@ def main() -> None:
         kill = replica_kill(port, server.pid, singles)
         print(f"replica killed: {kill}", flush=True)
     finally:
-        stop_server(server)
+        stop_child(server, timeout_s=60)
     local_after = in_process(files, args.repeats)
     print(f"in-process predict again: {local_after['images_per_s']:.1f} images/s", flush=True)
     local = max(local_before, local_after, key=lambda run: run["images_per_s"])
