@@ -36,7 +36,7 @@ from automl.ensemble_methods import METHODS, Ensemble, build_ensemble
 from automl.errors import UserError
 from automl.files import atomic_write, staged_dir, write_json
 from automl.layout import RunLayout, member_image_size, size_text
-from automl.metrics import HEADLINE, bootstrap_intervals, calibration_metrics, classification_metrics
+from automl.metrics import HEADLINE, bootstrap_intervals, calibration_metrics, classification_metrics, headline_metrics
 from automl.objective import Objective
 from automl.posthoc import (
     DECISIONS,
@@ -211,11 +211,7 @@ def _write(run: RunLayout, info: dict, summary: dict, results: dict, y_test: np.
 
 def bootstrap_ci(y: np.ndarray, probs: np.ndarray, classes: tuple[str, ...], rounds: int, seed: int) -> dict:
     """95% percentile intervals of the headline metrics over image-level bootstrap resamples."""
-    def headline(rows: np.ndarray) -> dict[str, float]:
-        metrics = classification_metrics(y[rows], probs[rows], classes)
-        return {name: metrics[name] for name in HEADLINE}
-
-    return bootstrap_intervals(len(y), headline, rounds, seed)
+    return bootstrap_intervals(len(y), lambda rows: headline_metrics(y[rows], probs[rows]), rounds, seed)
 
 
 def _searched_at(info: dict) -> str:
