@@ -11,9 +11,9 @@ Example (``tests/test_api.py`` runs it on a small generated HAM10000 folder)::
 
     import automl
 
-    # The shipped demo spec, made smaller still: 2 trials of 1 epoch, 1 member retrained for 1 epoch.
+    # The shipped demo spec, made smaller still: 2 trials of 2 epochs, 1 member retrained for 1 epoch.
     run = automl.run("quick", data="HAM10000", name="demo", results="results",
-                     num_samples=2, max_epochs=1, top_k=1, epochs=1)
+                     num_samples=2, max_epochs=2, top_k=1, epochs=1)
     print(run.leaderboard[["trial_id", "status", "best_val_balanced_accuracy"]])
     print(run.metrics["balanced_accuracy"], run.model_dir, run.report)
 
