@@ -122,7 +122,8 @@ def _compiled(model):
     if model not in _COMPILED:
         import tensorflow as tf
 
-        forward = tf.function(lambda batch: model(batch, training=False),
+        held = weakref.ref(model)  # a strong reference in the value would keep the key, and the model, forever
+        forward = tf.function(lambda batch: held()(batch, training=False),
                               input_signature=[tf.TensorSpec((None, None, None, 3), tf.uint8)])
         _COMPILED[model] = lambda batch: forward(tf.convert_to_tensor(batch, tf.uint8)).numpy()
     return _COMPILED[model]
